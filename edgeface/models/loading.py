@@ -1,0 +1,105 @@
+"""Checkpoint loading: one entry point (`load_model`) used by every command that takes --model/--weights.
+
+Checkpoints load with `torch.load(weights_only=True)`: a checkpoint is data, never code. We accept a bare
+state_dict, the usual wrappers ({'state_dict': ...}, {'model': ...}, {'net_state_dict': ...}) and the
+'module.' prefix DataParallel/DDP adds, and edgeface's own compressed checkpoints, which carry their spec and
+enough structure (pruned channel counts, quantization recipe) to rebuild the compressed model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeface.errors import EdgefaceError
+from edgeface.models.registry import build_model
+from edgeface.spec import ModelSpec, read_spec_json
+
+CHECKPOINT_FORMAT = "edgeface.checkpoint/1"
+_WRAPPER_KEYS = ("state_dict", "model", "net_state_dict", "model_state_dict", "backbone")
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    checkpoint: dict[str, Any] | None = None  # the edgeface checkpoint, when the weights were one
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise EdgefaceError(f"weights file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgefaceError(f"cannot load weights {path}: {first}") from None
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the tensor dict inside the common checkpoint wrappers and drop DDP's 'module.' prefix."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        raise EdgefaceError("weights file holds no state_dict (expected a dict of tensors or a known wrapper)")
+    state = dict(obj)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
+    """load_state_dict(strict=True) with an error that names the first mismatches, not a wall of keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:3]}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected keys {unexpected[:3]}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+        )
+    if shape:
+        problems.append(f"shape mismatch {shape[:2]}" + (f" (+{len(shape) - 2} more)" if len(shape) > 2 else ""))
+    if problems:
+        raise EdgefaceError(f"{source} do not fit the architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def is_edgeface_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def load_model(
+    model: str, weights: str | os.PathLike[str] | None = None, spec_file: str | os.PathLike[str] | None = None
+) -> LoadedModel:
+    """Build `model` and load `weights`; the returned model is in eval mode."""
+    override = read_spec_json(spec_file) if spec_file else None
+    obj = read_checkpoint(weights) if weights else None
+    if is_edgeface_checkpoint(obj):
+        from edgeface.models.checkpoint import restore
+
+        net, spec = restore(obj, override)
+        return LoadedModel(net.eval(), spec, obj)
+    net, spec = build_model(model, override)
+    if obj is not None:
+        load_state_strict(net, unwrap_state_dict(obj), source=f"weights {weights}")
+        spec = spec.replace(provenance={**spec.provenance, "weights": Path(weights).name})  # type: ignore[arg-type]
+    return LoadedModel(net.eval(), spec, None)

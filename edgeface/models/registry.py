@@ -1,0 +1,139 @@
+"""Model names -> factories and default specs; `package.module:factory` for anything else.
+
+A user's model is a first-class citizen: any importable callable returning an `nn.Module` works. Its spec
+comes from, in order: `--spec FILE.json`, an `edgeface_spec` dict attribute on the model or the factory's
+module (`EDGEFACE_SPEC`), then defaults (112x112 RGB, mean/std 0.5) with the embedding size measured by one
+forward pass, since guessing it wrong would only fail later and more confusingly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from edgeface.errors import EdgefaceError
+from edgeface.spec import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Entry:
+    factory: Callable[..., nn.Module]
+    spec: ModelSpec
+    about: str
+
+
+def _mobilefacenet() -> nn.Module:
+    from edgeface.models.mobilefacenet import MobileFaceNet
+
+    return MobileFaceNet()
+
+
+def _iresnet(depth: int) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        from edgeface.models.iresnet import IResNet
+
+        return IResNet(depth)
+
+    return make
+
+
+def _mbf() -> nn.Module:
+    from edgeface.models.mbf import MBF
+
+    return MBF()
+
+
+REGISTRY: dict[str, Entry] = {
+    "mobilefacenet": Entry(
+        _mobilefacenet,
+        ModelSpec(name="mobilefacenet", mean=IMAGENET_MEAN, std=IMAGENET_STD, embedding_dim=128),
+        "foamliu MobileFaceNet, ReLU6, 128-d (loads ../shared/models/mobilefacenet_ms1m.pt)",
+    ),
+    **{
+        f"iresnet{d}": Entry(
+            _iresnet(d),
+            ModelSpec(name=f"iresnet{d}", mean=HALF, std=HALF, embedding_dim=512),
+            f"arcface_torch IResNet-{d}, PReLU, 512-d",
+        )
+        for d in (18, 34, 50, 100)
+    },
+    "mbf": Entry(
+        _mbf,
+        ModelSpec(name="mbf", mean=HALF, std=HALF, embedding_dim=512),
+        "arcface_torch MobileFaceNet (mbf), PReLU, 512-d",
+    ),
+}
+
+
+def _import_factory(ref: str) -> Callable[..., Any]:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise EdgefaceError(f"model '{ref}' is neither a known name ({', '.join(REGISTRY)}) nor module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # any import-time failure of user code is a user error here
+        raise EdgefaceError(f"cannot import module '{module_name}' for --model {ref}: {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise EdgefaceError(f"module '{module_name}' has no attribute '{attr}' (from --model {ref})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise EdgefaceError(f"--model {ref}: '{attr}' is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
+    import torch
+
+    h, w = spec.input_size
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, h, w))
+    model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        raise EdgefaceError(
+            f"model output must be a [batch, dim] embedding tensor, got {getattr(out, 'shape', type(out))}"
+        )
+    return int(out.shape[1])
+
+
+def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Instantiate a model (random weights) and its spec."""
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        return entry.factory(), spec_override or entry.spec
+    if ":" not in name:
+        raise EdgefaceError(
+            f"unknown model '{name}'; known: {', '.join(REGISTRY)} (or give package.module:factory)"
+        )
+    factory = _import_factory(name)
+    try:
+        model = factory()
+    except Exception as e:
+        raise EdgefaceError(f"factory --model {name} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise EdgefaceError(f"factory --model {name} returned {type(model).__name__}, not a torch.nn.Module")
+    if spec_override is not None:
+        return model, spec_override
+    declared = getattr(model, "edgeface_spec", None) or getattr(
+        importlib.import_module(name.partition(":")[0]), "EDGEFACE_SPEC", None
+    )
+    if declared is not None:
+        data = dict(declared)
+        data.setdefault("schema_version", 1)
+        data.setdefault("name", name)
+        spec = ModelSpec.from_dict(data)
+    else:
+        spec = ModelSpec(name=name)
+        spec = spec.replace(embedding_dim=_measure_embedding_dim(model, spec))
+    return model, spec

@@ -1,0 +1,59 @@
+"""Image decoding and spec-driven normalisation, written once.
+
+Evaluation, the exporters' parity checks, calibration and the on-device pipeline all call these functions,
+so what is measured is what ships. numpy + OpenCV only (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeface.errors import EdgefaceError
+from edgeface.spec import ModelSpec
+
+
+def read_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Decode an image file to BGR uint8 (H, W, 3); a clear error for missing or corrupt files."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgefaceError(f"image not found: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise EdgefaceError(f"cannot decode image (corrupt or not an image): {path}")
+    return image
+
+
+def normalize(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False) -> np.ndarray:
+    """Aligned BGR uint8 faces -> float32 network input in the spec's layout, channel order and scaling.
+
+    Faces that are not `spec.input_size` are resized, which is right for already-aligned crops of another
+    resolution; raw photos must go through alignment first.
+    """
+    h, w = spec.input_size
+    batch = []
+    for face in faces_bgr if isinstance(faces_bgr, Sequence) else list(faces_bgr):
+        if face.ndim != 3 or face.shape[2] != 3:
+            raise EdgefaceError(f"expected a colour image (H, W, 3), got shape {face.shape}")
+        if face.shape[:2] != (h, w):
+            face = cv2.resize(face, (w, h), interpolation=cv2.INTER_LINEAR)
+        batch.append(face)
+    x = np.stack(batch).astype(np.float32)  # N, H, W, C (BGR)
+    if flip:
+        x = x[:, :, ::-1, :]
+    if spec.channel_order == "RGB":
+        x = x[..., ::-1]
+    x = (x / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    e = np.asarray(embeddings, dtype=np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), eps)
