@@ -1,0 +1,40 @@
+"""Shared fixtures: the real models and data in ../shared (CI clones the repo with ../shared beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = SHARED / "models"
+LFW = SHARED / "data" / "lfw"
+MFN_WEIGHTS = MODELS / "mobilefacenet_ms1m.pt"
+MFN_ONNX = MODELS / "mobilefacenet_ms1m.reference.onnx"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Fail loudly rather than skip: the suite is meaningless without the real model and faces.
+    if not MFN_WEIGHTS.is_file() or not (LFW / "pairs.txt").is_file():
+        raise pytest.UsageError(f"../shared is missing (looked in {SHARED}); see README")
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def lfw() -> Path:
+    return LFW
+
+
+@pytest.fixture(scope="session")
+def mfn_weights() -> Path:
+    return MFN_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def mfn_onnx() -> Path:
+    return MFN_ONNX
