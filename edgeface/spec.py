@@ -31,21 +31,40 @@ JSON_SCHEMA: dict[str, Any] = {
     "$id": "https://edgeface.dev/schemas/spec-1.json",
     "title": "edgeface model spec",
     "type": "object",
-    "required": ["schema_version", "name", "input_size", "layout", "channel_order", "mean", "std",
-                 "embedding_dim"],
+    "required": [
+        "schema_version",
+        "name",
+        "input_size",
+        "layout",
+        "channel_order",
+        "mean",
+        "std",
+        "embedding_dim",
+    ],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
         "name": {"type": "string", "minLength": 1},
-        "input_size": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2,
-                       "maxItems": 2, "description": "[height, width] of the aligned face"},
+        "input_size": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1},
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[height, width] of the aligned face",
+        },
         "layout": {"enum": ["NCHW", "NHWC"]},
         "channel_order": {"enum": ["RGB", "BGR"]},
         "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
-        "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 3,
-                "maxItems": 3},
+        "std": {
+            "type": "array",
+            "items": {"type": "number", "exclusiveMinimum": 0},
+            "minItems": 3,
+            "maxItems": 3,
+        },
         "embedding_dim": {"type": "integer", "minimum": 1},
-        "threshold": {"type": ["number", "null"],
-                      "description": "cosine-similarity threshold for 1:1 verification"},
+        "threshold": {
+            "type": ["number", "null"],
+            "description": "cosine-similarity threshold for 1:1 verification",
+        },
         "threshold_far": {"type": ["number", "null"], "description": "FAR the threshold was set at"},
         "precision": {"enum": ["fp32", "w8a8", "w6a6", "mixed"]},
         "quantization": {
@@ -191,8 +210,10 @@ def _fail(msg: str) -> None:
 
 def _numbers(data: dict[str, Any], key: str, n: int) -> list[float]:
     v = data.get(key)
-    if not isinstance(v, list | tuple) or len(v) != n or not all(
-        isinstance(x, int | float) and not isinstance(x, bool) for x in v
+    if (
+        not isinstance(v, list | tuple)
+        or len(v) != n
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
     ):
         _fail(f"'{key}' must be a list of {n} numbers, got {v!r}")
     return list(v)  # type: ignore[arg-type]

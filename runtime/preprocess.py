@@ -29,7 +29,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return image
 
 
-def normalize(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False) -> np.ndarray:
+def normalize(
+    faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False
+) -> np.ndarray:
     """Aligned BGR uint8 faces -> float32 network input in the spec's layout, channel order and scaling.
 
     Faces that are not `spec.input_size` are resized, which is right for already-aligned crops of another

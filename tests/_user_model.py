@@ -10,8 +10,12 @@ class TinyFaceNet(nn.Module):
     def __init__(self, dim: int = 32) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.PReLU(16),
-            nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.PReLU(16),
+            nn.Conv2d(16, 32, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(32, dim)
@@ -26,6 +30,12 @@ def tiny_face_net() -> nn.Module:
 
 def declared_spec_net() -> nn.Module:
     model = TinyFaceNet(64)
-    model.edgeface_spec = {"input_size": [96, 96], "layout": "NCHW", "channel_order": "BGR",
-                           "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "embedding_dim": 64}
+    model.edgeface_spec = {
+        "input_size": [96, 96],
+        "layout": "NCHW",
+        "channel_order": "BGR",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "embedding_dim": 64,
+    }
     return model

@@ -20,9 +20,20 @@ def test_unknown_command_is_a_usage_error(capsys):
 
 def test_user_error_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeface.cli.main", "eval", "--model", "nope", "--pairs", str(tmp_path / "p.txt"),
-         "--images", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "edgeface.cli.main",
+            "eval",
+            "--model",
+            "nope",
+            "--pairs",
+            str(tmp_path / "p.txt"),
+            "--images",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -43,16 +43,34 @@ def test_iresnet_sizes_match_arcface_torch(name, params_m):
 def test_arcface_torch_parameter_names():
     iresnet, _ = build_model("iresnet18")
     keys = set(iresnet.state_dict())
-    for k in ("conv1.weight", "bn1.running_var", "prelu.weight", "layer1.0.bn1.weight", "layer1.0.conv1.weight",
-              "layer1.0.prelu.weight", "layer1.0.bn3.bias", "layer1.0.downsample.0.weight",
-              "layer1.0.downsample.1.running_mean", "layer4.1.conv2.weight", "bn2.weight", "fc.weight",
-              "features.running_mean"):
+    for k in (
+        "conv1.weight",
+        "bn1.running_var",
+        "prelu.weight",
+        "layer1.0.bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer1.0.prelu.weight",
+        "layer1.0.bn3.bias",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.running_mean",
+        "layer4.1.conv2.weight",
+        "bn2.weight",
+        "fc.weight",
+        "features.running_mean",
+    ):
         assert k in keys, k
     mbf, _ = build_model("mbf")
     keys = set(mbf.state_dict())
-    for k in ("layers.0.layers.0.weight", "layers.0.layers.2.weight", "layers.2.layers.0.layers.0.weight",
-              "layers.3.layers.0.layers.2.layers.1.running_var", "conv_sep.layers.2.weight",
-              "features.layers.0.layers.0.weight", "features.layers.2.weight", "features.layers.3.running_mean"):
+    for k in (
+        "layers.0.layers.0.weight",
+        "layers.0.layers.2.weight",
+        "layers.2.layers.0.layers.0.weight",
+        "layers.3.layers.0.layers.2.layers.1.running_var",
+        "conv_sep.layers.2.weight",
+        "features.layers.0.layers.0.weight",
+        "features.layers.2.weight",
+        "features.layers.3.running_mean",
+    ):
         assert k in keys, k
 
 

@@ -39,6 +39,10 @@ def test_ci_runs_the_readme_test_command_verbatim():
     blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
     commands = [ln for b in blocks for ln in b.splitlines() if ln.strip() and not ln.startswith("#")]
     assert len(commands) == 2, "README must hold exactly two commands for a newcomer"
-    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln and not ln.startswith(("#", "set ", "cd "))]
+    ci = [
+        ln
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln and not ln.startswith(("#", "set ", "cd "))
+    ]
     assert ci == [commands[1]]
     assert "edgeface export --int8" in commands[0] or "edgeface eval" in commands[0]

@@ -22,10 +22,17 @@ def _spec(**kw) -> ModelSpec:
 
 
 def test_round_trip_through_json(tmp_path):
-    spec = _spec(threshold=0.31, threshold_far=1e-3, precision="w8a8", layout="NHWC",
-                 input_quant=TensorQuant(0.0078, -1, "int8"), output_quant=TensorQuant(0.05, 3, "int8"),
-                 weight_quant="int8 symmetric per-channel", layer_bits={"conv1": 8},
-                 provenance={"weights": "x.pt"})
+    spec = _spec(
+        threshold=0.31,
+        threshold_far=1e-3,
+        precision="w8a8",
+        layout="NHWC",
+        input_quant=TensorQuant(0.0078, -1, "int8"),
+        output_quant=TensorQuant(0.05, 3, "int8"),
+        weight_quant="int8 symmetric per-channel",
+        layer_bits={"conv1": 8},
+        provenance={"weights": "x.pt"},
+    )
     path = write_spec_json(spec, tmp_path / "a.onnx.json")
     assert read_spec_json(path) == spec
     assert spec_path_for(tmp_path / "a.onnx") == path

@@ -19,6 +19,11 @@ from edgeface.errors import EdgefaceError
 COMMANDS: dict[str, str] = {
     "eval": "edgeface.cli.eval_cmd:eval_cmd",
     "models": "edgeface.cli.models_cmd:models_cmd",
+    "verify": "edgeface.cli.runtime_cmd:verify_cmd",
+    "enroll": "edgeface.cli.runtime_cmd:enroll_cmd",
+    "identify": "edgeface.cli.runtime_cmd:identify_cmd",
+    "gallery": "edgeface.cli.runtime_cmd:gallery_cmd",
+    "profile": "edgeface.cli.runtime_cmd:profile_cmd",
 }
 
 

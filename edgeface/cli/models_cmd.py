@@ -14,7 +14,12 @@ def models_cmd(as_json: bool) -> None:
     from edgeface.models.registry import REGISTRY
 
     rows = [
-        {"name": n, "embedding_dim": e.spec.embedding_dim, "input_size": list(e.spec.input_size), "about": e.about}
+        {
+            "name": n,
+            "embedding_dim": e.spec.embedding_dim,
+            "input_size": list(e.spec.input_size),
+            "about": e.about,
+        }
         for n, e in REGISTRY.items()
     ]
     if as_json:

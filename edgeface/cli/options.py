@@ -12,15 +12,23 @@ F = Callable[..., Any]
 
 def model_options(fn: F) -> F:
     fn = click.option(
-        "--spec", "spec_file", type=click.Path(dir_okay=False), default=None,
+        "--spec",
+        "spec_file",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="Model spec JSON overriding the model's own (input size, mean/std, channel order).",
     )(fn)
     fn = click.option(
-        "--weights", "-w", type=click.Path(dir_okay=False), default=None,
+        "--weights",
+        "-w",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="Checkpoint (.pt): a state_dict, a common wrapper, or an edgeface compressed checkpoint.",
     )(fn)
     fn = click.option(
-        "--model", "-m", required=True,
+        "--model",
+        "-m",
+        required=True,
         help="Built-in name (see `edgeface models`) or package.module:factory.",
     )(fn)
     return fn

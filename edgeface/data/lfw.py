@@ -47,16 +47,22 @@ def read_pairs(path: str | os.PathLike[str]) -> list[Pair]:
     try:
         n_folds, per_fold = (int(head[0]), int(head[1])) if len(head) == 2 else (1, 0)
     except ValueError:
-        raise EdgefaceError(f"{path}:1: header must be '<folds> <pairs per half-fold>', got {' '.join(head)!r}") from None
+        raise EdgefaceError(
+            f"{path}:1: header must be '<folds> <pairs per half-fold>', got {' '.join(head)!r}"
+        ) from None
     body = lines[1:] if len(head) == 2 else lines
     pairs: list[Pair] = []
     for n, parts in enumerate(body, start=2 if len(head) == 2 else 1):
         where = f"{path}:{n}"
         fold = (len(pairs) // (2 * per_fold)) + 1 if per_fold else 1
         if len(parts) == 3:
-            pairs.append(Pair(_image(parts[0], parts[1], where), _image(parts[0], parts[2], where), True, fold))
+            pairs.append(
+                Pair(_image(parts[0], parts[1], where), _image(parts[0], parts[2], where), True, fold)
+            )
         elif len(parts) == 4:
-            pairs.append(Pair(_image(parts[0], parts[1], where), _image(parts[2], parts[3], where), False, fold))
+            pairs.append(
+                Pair(_image(parts[0], parts[1], where), _image(parts[2], parts[3], where), False, fold)
+            )
         else:
             raise EdgefaceError(f"{where}: expected 'name i j' or 'name1 i name2 j', got {' '.join(parts)!r}")
     if per_fold and len(pairs) != n_folds * 2 * per_fold:
@@ -89,7 +95,9 @@ def select_folds(pairs: list[Pair], folds: tuple[int, ...]) -> list[Pair]:
     available = {p.fold for p in pairs}
     missing = sorted(set(folds) - available)
     if missing:
-        raise EdgefaceError(f"--folds: fold(s) {missing} not in the pairs file (it has {min(available)}-{max(available)})")
+        raise EdgefaceError(
+            f"--folds: fold(s) {missing} not in the pairs file (it has {min(available)}-{max(available)})"
+        )
     return [p for p in pairs if p.fold in folds]
 
 

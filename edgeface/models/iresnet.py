@@ -35,8 +35,9 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    def __init__(self, depth: int = 50, embedding_dim: int = 512, input_size: int = 112,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, depth: int = 50, embedding_dim: int = 512, input_size: int = 112, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"IResNet depth must be one of {sorted(DEPTHS)}")

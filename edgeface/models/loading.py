@@ -52,7 +52,9 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
             if inner is not None:
                 obj = inner
                 continue
-        raise EdgefaceError("weights file holds no state_dict (expected a dict of tensors or a known wrapper)")
+        raise EdgefaceError(
+            "weights file holds no state_dict (expected a dict of tensors or a known wrapper)"
+        )
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
@@ -71,13 +73,18 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys {missing[:3]}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+        problems.append(
+            f"missing keys {missing[:3]}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else "")
+        )
     if unexpected:
         problems.append(
-            f"unexpected keys {unexpected[:3]}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
+            f"unexpected keys {unexpected[:3]}"
+            + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
         )
     if shape:
-        problems.append(f"shape mismatch {shape[:2]}" + (f" (+{len(shape) - 2} more)" if len(shape) > 2 else ""))
+        problems.append(
+            f"shape mismatch {shape[:2]}" + (f" (+{len(shape) - 2} more)" if len(shape) > 2 else "")
+        )
     if problems:
         raise EdgefaceError(f"{source} do not fit the architecture: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)

@@ -11,8 +11,9 @@ from torch import nn
 
 
 class ConvBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
@@ -25,8 +26,9 @@ class ConvBlock(nn.Module):
 
 
 class LinearBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0,
-                 groups: int = 1) -> None:
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=False),
@@ -57,9 +59,7 @@ class DepthWise(nn.Module):
 class Residual(nn.Module):
     def __init__(self, channels: int, repeats: int, hidden: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            *[DepthWise(channels, channels, True, 1, hidden) for _ in range(repeats)]
-        )
+        self.layers = nn.Sequential(*[DepthWise(channels, channels, True, 1, hidden) for _ in range(repeats)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -80,8 +80,13 @@ class GDC(nn.Module):
 
 
 class MBF(nn.Module):
-    def __init__(self, embedding_dim: int = 512, blocks: tuple[int, int, int, int] = (1, 4, 6, 2),
-                 scale: int = 2, input_size: int = 112) -> None:
+    def __init__(
+        self,
+        embedding_dim: int = 512,
+        blocks: tuple[int, int, int, int] = (1, 4, 6, 2),
+        scale: int = 2,
+        input_size: int = 112,
+    ) -> None:
         super().__init__()
         c64, c128 = 64 * scale, 128 * scale
         layers: list[nn.Module] = [ConvBlock(3, c64, kernel=3, stride=2, padding=1)]

@@ -76,7 +76,9 @@ REGISTRY: dict[str, Entry] = {
 def _import_factory(ref: str) -> Callable[..., Any]:
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
-        raise EdgefaceError(f"model '{ref}' is neither a known name ({', '.join(REGISTRY)}) nor module:factory")
+        raise EdgefaceError(
+            f"model '{ref}' is neither a known name ({', '.join(REGISTRY)}) nor module:factory"
+        )
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any import-time failure of user code is a user error here
