@@ -1,0 +1,56 @@
+"""What detection costs: YuNet on a raw 250 px LFW photo with and without landmark refinement, and on a
+4000x3000 photo (the same photo upscaled, like a 12 MP phone picture) at full size versus downscaled to
+640 px as `YuNetDetector` does. Best of N runs (the minimum is the least contended figure).
+
+    python benchmarks/detect_speed.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+from edgeface.runtime.detect import YuNetDetector
+
+PHOTO = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared/data/lfw/raw_sample/Jimmy_Carter/Jimmy_Carter_0001.jpg"
+)
+
+
+def best_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="YuNet detection cost")
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    cv2.setNumThreads(1)
+    photo = cv2.imread(str(PHOTO))
+    big = cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    det, full = YuNetDetector(), YuNetDetector(max_side=10**6)
+    face = det.detect(photo)[0]
+    rows = [
+        ("250x250 photo, detect", best_ms(lambda: det.detect(photo), a.runs)),
+        ("250x250 photo, refine (extra)", best_ms(lambda: det.refine(photo, face), a.runs)),
+        ("4000x3000 photo, detect at full size", best_ms(lambda: full.detect(big), max(1, a.runs // 2))),
+        (
+            "4000x3000 photo, detect downscaled to 640 (resize included)",
+            best_ms(lambda: det.detect(big), a.runs),
+        ),
+    ]
+    print("| case (1 OpenCV thread) | best ms |\n|---|---:|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""On-device verbs: `edgeface verify | enroll | identify | gallery | profile`.
+
+Runtime-only: these import edgeface.runtime (numpy, OpenCV, onnxruntime/LiteRT), never torch, so they work
+on a Pi with the base install. Errors are EdgefaceError (one line, exit 2); warnings go to stderr so
+`--json` output on stdout stays parseable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+MODEL_ENV = "EDGEFACE_MODEL"
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--model",
+        "model",
+        required=True,
+        envvar=MODEL_ENV,
+        type=click.Path(dir_okay=False),
+        help=f"Exported artifact (.onnx or .tflite, with its spec) [env {MODEL_ENV}].",
+    )(f)
+
+
+def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for opt in reversed(
+        [
+            artifact_option,
+            click.option(
+                "--detector",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="YuNet ONNX file (default: ../shared/models/face_detection_yunet_2026may.onnx "
+                "or $EDGEFACE_YUNET).",
+            ),
+            click.option(
+                "--strict-single-face",
+                is_flag=True,
+                help="Fail when a photo has several faces instead of taking the largest.",
+            ),
+            click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads."),
+            click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time)."),
+            click.option(
+                "--no-refine",
+                is_flag=True,
+                help="Use YuNet's first landmarks; skip re-detecting small faces upscaled.",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print JSON."),
+        ]
+    ):
+        f = opt(f)
+    return f
+
+
+def gallery_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--gallery",
+        "gallery_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="SQLite gallery file (default: $EDGEFACE_GALLERY or ~/.local/share/edgeface/gallery.sqlite).",
+    )(f)
+
+
+def _pipeline(
+    model: str, detector: str | None, strict: bool, threads: int | None, flip: bool, no_refine: bool
+) -> Any:
+    from edgeface.runtime.backends import load_artifact
+    from edgeface.runtime.pipeline import Pipeline
+
+    return Pipeline(
+        load_artifact(model, num_threads=threads),
+        detector_path=detector,
+        strict_single_face=strict,
+        flip=flip,
+        refine_landmarks=not no_refine,
+    )
+
+
+def _face_json(e: Any) -> dict[str, Any]:
+    return {
+        "image": str(e.path),
+        "faces_found": e.faces_found,
+        "box": [round(v, 1) for v in e.face.box],
+        "detector_score": round(e.face.score, 4),
+    }
+
+
+@click.command("verify")
+@click.argument("image1", type=click.Path())
+@click.argument("image2", type=click.Path())
+@pipeline_options
+@click.option("--threshold", type=float, default=None, help="Override the artifact's calibrated threshold.")
+def verify_cmd(
+    image1: str,
+    image2: str,
+    model: str,
+    detector: str | None,
+    strict_single_face: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    as_json: bool,
+    threshold: float | None,
+) -> None:
+    """1:1 verification: are IMAGE1 and IMAGE2 the same person? (exit 0 either way; see `match`)"""
+    from edgeface.runtime.pipeline import Timings
+
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    t = Timings()
+    d, a, b = pipe.verify(image1, image2, threshold, t)
+    if as_json:
+        _echo_json(
+            {
+                "match": d.match,
+                "score": d.score,
+                "threshold": d.threshold,
+                "model": model,
+                "faces": [_face_json(a), _face_json(b)],
+                "timings_ms": t.ms,
+            }
+        )
+        return
+    verdict = "same person" if d.match else "different people"
+    click.echo(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
+
+
+@click.command("enroll")
+@click.option("--name", required=True, help="Identity to add the templates to (created if new).")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@pipeline_options
+@gallery_option
+def enroll_cmd(
+    name: str,
+    images: tuple[str, ...],
+    model: str,
+    detector: str | None,
+    strict_single_face: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    as_json: bool,
+    gallery_path: str | None,
+) -> None:
+    """Add one template per IMAGE to identity NAME. All images are checked first, then written in one
+    transaction: a bad image or a crash leaves the gallery as it was."""
+    from tqdm.auto import tqdm
+
+    from edgeface.runtime.gallery import Gallery, ModelTag
+
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    tag = ModelTag.of(pipe.spec, model)
+    with Gallery(gallery_path) as g:
+        g.check_model(tag)  # fail before the (slow) embedding of every image
+        embedded = [
+            pipe.embed_image(p) for p in tqdm(images, desc="enroll", unit="img", disable=len(images) < 5)
+        ]
+        added = g.enroll(name, [e.embedding for e in embedded], tag, sources=[str(e.path) for e in embedded])
+        total = next(r.templates for r in g.identities() if r.name == name.strip())
+        path = g.path
+    if as_json:
+        _echo_json(
+            {
+                "name": name.strip(),
+                "added": added,
+                "templates": total,
+                "gallery": str(path),
+                "faces": [_face_json(e) for e in embedded],
+            }
+        )
+        return
+    click.echo(f"enrolled {added} template(s) for '{name.strip()}' ({total} in total) in {path}")
+
+
+@click.command("identify")
+@click.argument("image", type=click.Path())
+@pipeline_options
+@gallery_option
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list.")
+@click.option("--threshold", type=float, default=None, help="Override the artifact's calibrated threshold.")
+def identify_cmd(
+    image: str,
+    model: str,
+    detector: str | None,
+    strict_single_face: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    as_json: bool,
+    gallery_path: str | None,
+    top_k: int,
+    threshold: float | None,
+) -> None:
+    """1:N identification of IMAGE against the gallery; the best candidate is accepted at the threshold."""
+    from edgeface.runtime.gallery import Gallery, ModelTag
+    from edgeface.runtime.pipeline import Timings
+
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    tag = ModelTag.of(pipe.spec, model)
+    thr = threshold if threshold is not None else pipe.spec.threshold
+    t = Timings()
+    with Gallery(gallery_path, create=False) as g:
+        e = pipe.embed_image(image, t)
+        g.matrix()  # load outside the timed match stage: a long-running device process keeps it in memory
+        with t.stage("match"):
+            matches = g.identify(e.embedding, tag, top_k)
+        size = len(g)
+    best = matches[0] if matches else None
+    accepted = best is not None and thr is not None and best.score >= thr
+    if as_json:
+        _echo_json(
+            {
+                "identity": best.name if accepted else None,
+                "score": best.score if best else None,
+                "threshold": thr,
+                "gallery_templates": size,
+                "face": _face_json(e),
+                "candidates": [{"name": m.name, "score": m.score, "templates": m.templates} for m in matches],
+                "timings_ms": t.ms,
+            }
+        )
+        return
+    who = best.name if accepted else "unknown"
+    click.echo(f"{who}" + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)"))
+    for i, m in enumerate(matches, 1):
+        click.echo(f"  {i}. {m.name:<30} {m.score:.4f}  ({m.templates} template(s))")
+
+
+@click.group("gallery")
+def gallery_cmd() -> None:
+    """List or remove enrolled identities."""
+
+
+@gallery_cmd.command("list")
+@gallery_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gallery_list(gallery_path: str | None, as_json: bool) -> None:
+    """Identities, template counts and the model the gallery belongs to."""
+    from edgeface.runtime.gallery import Gallery
+
+    with Gallery(gallery_path, create=False) as g:
+        rows, tag, path = g.identities(), g.model(), g.path
+    if as_json:
+        _echo_json(
+            {
+                "gallery": str(path),
+                "model": tag.__dict__ if tag else None,
+                "identities": [{"name": r.name, "templates": r.templates} for r in rows],
+            }
+        )
+        return
+    click.echo(f"{path}: {len(rows)} identities, model {tag.describe() if tag else '(none yet)'}")
+    for r in rows:
+        click.echo(f"  {r.name:<30} {r.templates} template(s)")
+
+
+@gallery_cmd.command("remove")
+@click.argument("name")
+@gallery_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
+    """Delete identity NAME and all its templates."""
+    from edgeface.runtime.gallery import Gallery
+
+    with Gallery(gallery_path, create=False) as g:
+        n = g.remove(name)
+    if as_json:
+        _echo_json({"removed": name, "templates": n})
+        return
+    click.echo(f"removed '{name}' ({n} template(s))")
+
+
+@click.command("profile")
+@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Photo with a face for per-stage times (default: first ../shared raw_sample photo).",
+)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
+@click.option("--no-operators", is_flag=True, help="Skip the per-operator profile.")
+@click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled (faster detect).")
+@click.option(
+    "--gallery",
+    "gallery_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Time the match stage as a 1:N search of this gallery (default: 1:1 cosine).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def profile_cmd(
+    artifact: str,
+    image: str | None,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    detector: str | None,
+    no_operators: bool,
+    no_refine: bool,
+    gallery_path: str | None,
+    as_json: bool,
+) -> None:
+    """Latency of ARTIFACT and of the whole pipeline (benchmark_model / onnxruntime_perf_test style)."""
+    from edgeface.runtime.profile import profile_artifact
+
+    r = profile_artifact(
+        artifact,
+        image,
+        runs,
+        warmup,
+        threads,
+        detector,
+        operators=not no_operators,
+        progress=not as_json,
+        refine_landmarks=not no_refine,
+        gallery=gallery_path,
+    )
+    if as_json:
+        _echo_json(r)
+        return
+    s = r["inference_ms"]
+    click.echo(
+        f"{Path(artifact).name} ({r['backend']}, {r['precision']}), threads {r['threads']}, "
+        f"{r['runs']} runs after {r['warmup_runs']} warm-up"
+    )
+    click.echo(
+        f"init {r['init_ms']:.1f} ms, first inference {r['first_inference_ms']:.2f} ms, "
+        f"peak RSS {r['peak_rss_mb']:.1f} MB"
+    )
+    click.echo("inference ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
+    if r["stages_ms"]:
+        m = r["match"]
+        where = f" over {m['templates']} templates" if "templates" in m else ""
+        click.echo(f"pipeline on {r['image']}, match = {m['kind']}{where} (mean ms):")
+        for stage, v in r["stages_ms"].items():
+            click.echo(f"  {stage:<7} {v['mean']:8.3f}  (p90 {v['p90']:.3f})")
+        click.echo(f"  {'total':<7} {r['pipeline_ms']['mean']:8.3f}")
+    if r["operators"]:
+        click.echo("operators (top 10 by time):")
+        for o in r["operators"][:10]:
+            click.echo(f"  {o['op']:<24} x{o['count']:<4} {o['ms_per_run']:8.3f} ms  {o['percent']:5.1f} %")
+    elif r["operators_note"]:
+        click.echo(f"operators: {r['operators_note']}")
