@@ -1,0 +1,325 @@
+"""`edgeface export`: PyTorch model -> ONNX / TFLite artifacts with their spec inside, parity-checked.
+
+Order of work is chosen so that mistakes cost little: arguments, output folder and calibration images are
+checked before the model loads; every artifact is written into a staging folder, run through the on-device
+runtime (edgeface.runtime) for parity and for its verification threshold, and only when all of them pass are
+they moved into place. A failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError, ParityError
+from edgeface.spec import ModelSpec, spec_path_for, write_spec_json
+
+FORMATS = ("onnx", "tflite")
+PRECISIONS = ("fp32", "int8", "w6a6")
+SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
+MIN_IMPOSTOR_IMAGES = 64
+
+
+@dataclass
+class ArtifactReport:
+    path: Path
+    format: str
+    precision: str
+    size_bytes: int
+    parity: Any  # converters.parity.Parity
+    threshold: float
+    per_channel_layers: int = 0
+    packed_size_bytes: int | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "path": str(self.path),
+            "format": self.format,
+            "precision": self.precision,
+            "size_bytes": self.size_bytes,
+            "parity": self.parity.to_dict(),
+            "threshold": self.threshold,
+            "per_channel_layers": self.per_channel_layers,
+            "seconds": round(self.seconds, 2),
+        }
+        if self.packed_size_bytes is not None:
+            d["packed_size_bytes"] = self.packed_size_bytes
+        d.update(self.extra)
+        return d
+
+
+def parse_list(value: str | Sequence[str], allowed: Sequence[str], what: str) -> list[str]:
+    items = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not items:
+        raise EdgefaceError(f"no {what} given (choose from {', '.join(allowed)})")
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise EdgefaceError(f"unknown {what} '{bad[0]}' (choose from {', '.join(allowed)})")
+    return list(dict.fromkeys(items))
+
+
+def split_images(
+    images: Sequence[Path], calib: int, holdout: int, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """Disjoint calibration and held-out parity sets from one folder, reproducibly."""
+    if len(images) < MIN_IMPOSTOR_IMAGES + 8:
+        raise EdgefaceError(
+            f"--calib has {len(images)} images; export needs at least {MIN_IMPOSTOR_IMAGES + 8} "
+            "(calibration, threshold and held-out parity images)"
+        )
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_hold = min(holdout, max(8, len(images) // 4))
+    n_cal = min(calib, len(images) - n_hold)
+    hold = [images[i] for i in order[:n_hold]]
+    cal = [images[i] for i in order[n_hold : n_hold + n_cal]]
+    return cal, hold
+
+
+def load_inputs(paths: Sequence[Path], spec: ModelSpec) -> np.ndarray:
+    """Float NCHW batch through the runtime's preprocessing (the one place that knows mean/std)."""
+    from edgeface.runtime.preprocess import normalize, read_image
+
+    return normalize([read_image(p) for p in paths], spec.replace(layout="NCHW"))
+
+
+def _batches(x: np.ndarray, size: int = 32) -> list[np.ndarray]:
+    return [x[i : i + size] for i in range(0, len(x), size)]
+
+
+def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+
+
+def export(
+    model: str,
+    weights: str | None,
+    spec_file: str | None,
+    precisions: str | Sequence[str],
+    formats: str | Sequence[str],
+    calib_dir: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    min_cosine: float = 0.99,
+    calib_images: int = 256,
+    parity_images: int = 128,
+    far: float = 1e-3,
+    progress: bool = True,
+) -> list[ArtifactReport]:
+    """Export every (format, precision) pair; raise ParityError (nothing written) if one drifts too far."""
+    import torch
+    from edgeface.converters.staging import check_writable_dir, staged
+    from tqdm.auto import tqdm
+
+    from edgeface.data.folders import compression_images
+    from edgeface.models.loading import load_model
+
+    precs = parse_list(precisions, PRECISIONS, "precision")
+    fmts = parse_list(formats, FORMATS, "format")
+    if "tflite" in fmts and "w6a6" in precs:
+        raise EdgefaceError(
+            "w6a6 is exported as ONNX only (QuantizeLinear-Clip-DequantizeLinear keeps activations on the "
+            "6-bit "
+            "grid); TFLite has no standard operator to hold int8 activations to 6 bits: use --format onnx"
+        )
+    if not 0.0 < min_cosine <= 1.0:
+        raise EdgefaceError(f"--min-cosine must be in (0, 1], got {min_cosine}")
+    out = Path(outdir)
+    check_writable_dir(out)
+    cal_paths, hold_paths = split_images(compression_images(calib_dir), calib_images, parity_images)
+    loaded = load_model(model, weights, spec_file)
+    net, spec = loaded.model, loaded.spec
+    plan_source = _learned_plan(loaded)
+    export_net = plan_source["model"] if plan_source else net  # a float twin of a fake-quant model
+    x_cal, x_hold = load_inputs(cal_paths, spec), load_inputs(hold_paths, spec)
+    with torch.inference_mode():
+        ref_hold = np.concatenate([net(torch.from_numpy(b)).float().numpy() for b in _batches(x_hold)])
+
+    _ONNX_CACHE.clear()
+    _clear_tflite_cache()
+    reports: list[ArtifactReport] = []
+    failures: list[str] = []
+    jobs = [(f, p) for f in fmts for p in precs]
+    bar = tqdm(total=len(jobs), desc="export", unit="artifact", disable=not progress)
+    with staged(out) as stage:
+        for fmt, prec in jobs:
+            bar.set_postfix_str(f"{fmt} {prec}")
+            t0 = time.perf_counter()
+            build = _build(fmt, prec, export_net, spec, x_cal, plan_source, model, weights)
+            name = f"{spec.name}_{prec}{SUFFIX[fmt]}"
+            path = stage / name
+            report = _finish(build, fmt, prec, path, x_cal, cal_paths, x_hold, ref_hold, far)
+            report.seconds = time.perf_counter() - t0
+            report.path = out / name
+            reports.append(report)
+            if report.parity.mean_cosine < min_cosine:
+                where = f"; most drift at {report.parity.drift_layer}" if report.parity.drift_layer else ""
+                failures.append(
+                    f"{name} mean cosine {report.parity.mean_cosine:.4f} < {min_cosine} "
+                    f"(min {report.parity.min_cosine:.4f} on {report.parity.images} held-out images{where})"
+                )
+            bar.update(1)
+        bar.close()
+        _ONNX_CACHE.clear()
+        _clear_tflite_cache()
+        if failures:
+            raise ParityError("parity check failed, nothing written: " + "; ".join(failures))
+    return reports
+
+
+@dataclass
+class Build:
+    data: bytes  # the artifact without its spec
+    spec: ModelSpec
+    per_channel_layers: int
+    int8_weight_bytes: int = 0
+    drift: Any = None  # callable(x) -> (layer, cosine) | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _build(
+    fmt: str,
+    prec: str,
+    net: Any,
+    spec: ModelSpec,
+    x_cal: np.ndarray,
+    plan: Any,
+    model: str,
+    weights: str | None,
+) -> Build:
+    provenance = {
+        **spec.provenance,
+        "exported_by": "edgeface export",
+        "source_model": model,
+        "source_weights": Path(weights).name if weights else None,
+        "format": fmt,
+        "calibration_images": int(len(x_cal)),
+        "learned_quantization": bool(plan),
+    }
+    base = spec.replace(provenance=provenance, threshold=None, threshold_far=None)
+    if fmt == "onnx":
+        return _build_onnx(prec, net, base, x_cal, plan)
+    from edgeface.converters.tflite import build_tflite
+
+    data, new_spec, info = build_tflite(net, base, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
+    return Build(data, new_spec, info["per_channel_layers"], info.get("int8_weight_bytes", 0), None, info)
+
+
+_ONNX_CACHE: dict[str, Any] = {}  # one float export and one calibration pass serve every precision of a run
+
+
+def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: Any) -> Build:
+    from edgeface.converters import onnx as onnx_conv
+    from edgeface.converters import qdq
+    from edgeface.converters.parity import onnx_layer_drift
+
+    if "float" not in _ONNX_CACHE:
+        _ONNX_CACHE["float"] = onnx_conv.float_graph(net, spec)
+    float_proto = _ONNX_CACHE["float"]
+    if prec != "fp32" and "stats" not in _ONNX_CACHE:
+        from edgeface.converters.onnx_float import prelu_as_max
+
+        graph = prelu_as_max(float_proto)  # the graph build_onnx quantizes
+        _ONNX_CACHE["stats"] = qdq.collect_stats(graph, qdq.quant_points(graph), _batches(x_cal))
+    stats = _ONNX_CACHE.get("stats")
+    onnx_plan = plan.get("onnx") if plan else None
+    b = onnx_conv.build_onnx(float_proto, spec.replace(layout="NCHW"), prec, stats, onnx_plan)
+    b.spec = b.spec.replace(provenance={**b.spec.provenance, "opset": onnx_conv.OPSET})
+    per_channel = onnx_conv.per_channel_weight_scales(b.proto)
+    int8_bytes = onnx_conv.int8_weight_bytes(b.proto)
+
+    def drift(x: np.ndarray) -> Any:
+        if not b.points:
+            return None
+        return onnx_layer_drift(b.float_proto, b.proto, b.points, x, b.spec.input_quant)
+
+    return Build(
+        b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, {"opset": onnx_conv.OPSET}
+    )
+
+
+def _embed(fmt: str, data: bytes, spec: ModelSpec) -> bytes:
+    from edgeface.converters import metadata
+
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load_from_string(data)
+        return metadata.embed_onnx_spec(proto, spec).SerializeToString()
+    return metadata.embed_tflite_spec(data, spec)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise EdgefaceError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _finish(
+    build: Build,
+    fmt: str,
+    prec: str,
+    path: Path,
+    x_cal: np.ndarray,
+    cal_paths: Sequence[Path],
+    x_hold: np.ndarray,
+    ref_hold: np.ndarray,
+    far: float,
+) -> ArtifactReport:
+    """Write, run through the runtime, set the threshold, write again with the complete spec."""
+    from edgeface.converters.parity import parity
+    from edgeface.converters.threshold import threshold_at_far
+    from edgeface.runtime.backends import load_artifact
+
+    _write(path, _embed(fmt, build.data, build.spec))
+    artifact = load_artifact(path, num_threads=1)
+    layout = build.spec.layout
+    # litert-torch graphs have a static batch of 1 (their final Reshape is [1, D]); XNNPACK cannot resize them
+    size = 1 if fmt == "tflite" else 32
+    emb_hold = np.concatenate([artifact.run(_to_layout(b, layout)) for b in _batches(x_hold, size)])
+    par = parity(emb_hold, ref_hold)
+    if build.drift is not None and prec != "fp32":
+        found = build.drift(x_hold[:16])
+        if found is not None:
+            par = type(par)(par.mean_cosine, par.min_cosine, par.images, found[0], found[1])
+    emb_cal = np.concatenate([artifact.run(_to_layout(b, layout)) for b in _batches(x_cal, size)])
+    threshold = threshold_at_far(emb_cal, cal_paths, far)
+    spec = build.spec.replace(
+        threshold=threshold,
+        threshold_far=far,
+        provenance={**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)},
+    )
+    data = _embed(fmt, build.data, spec)
+    _write(path, data)
+    write_spec_json(spec, spec_path_for(path))
+    packed = None
+    if prec == "w6a6":
+        packed = len(data) - build.int8_weight_bytes + (build.int8_weight_bytes * 6 + 7) // 8
+    return ArtifactReport(
+        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=dict(build.extra)
+    )
+
+
+def _learned_plan(loaded: Any) -> dict[str, Any] | None:
+    """Scales learned by `edgeface quantize` when the weights are such a checkpoint (else None: calibrate)."""
+    ckpt = loaded.checkpoint
+    if not ckpt or not any(t.get("kind") == "quant" for t in ckpt.get("transforms", [])):
+        return None
+    from edgeface.converters.learned import plan_from_quantized
+
+    return plan_from_quantized(loaded.model, loaded.spec)
+
+
+def _clear_tflite_cache() -> None:
+    import sys
+
+    mod = sys.modules.get("edgeface.converters.tflite")
+    if mod is not None:
+        mod._FLOAT_CACHE.clear()

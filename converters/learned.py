@@ -1,0 +1,87 @@
+"""Keep the scales `edgeface quantize` learned (PTQ/QAT) instead of recalibrating at export.
+
+The checkpoint restores as a fake-quant GraphModule (BN already folded). Its float twin (quantizers switched
+off, the module deep-copied) is what gets exported; `quant_plan` supplies per-channel weight scales per
+conv/linear and the scale/zero point of every activation quantizer. They are matched to the ONNX graph in
+execution order (convs to QuantConv2d/QuantLinear calls, Adds to the add quantizers), checked by weight
+shape, and turned into the ranges qdq.py consumes: a signed int8 (or int6) grid [qmin, qmax] with
+scale s and zero point z covers [s (qmin - z), s (qmax - z)], which the uint8 grid reproduces exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError
+from edgeface.spec import ModelSpec
+
+
+def _range(q: dict[str, Any]) -> tuple[float, float]:
+    s, z = float(q["scale"]), int(q["zero_point"])
+    return s * (int(q["quant_min"]) - z), s * (int(q["quant_max"]) - z)
+
+
+def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
+    """{"model": float twin, "onnx": {"weights": {conv node: scales}, "activations": {tensor: (lo, hi)}}}."""
+    from edgeface.converters.onnx_float import export_float_onnx
+
+    from edgeface.compress.quant import quant_plan
+    from edgeface.compress.quant.fakequant import ActQuant, QuantConv2d, QuantLinear
+
+    plan = quant_plan(qmodel)
+    twin = copy.deepcopy(qmodel).eval()
+    for m in twin.modules():
+        if isinstance(m, QuantConv2d | QuantLinear):
+            m.quant_enabled = False
+        elif isinstance(m, ActQuant):
+            m.enabled = False
+    proto = export_float_onnx(twin, spec.input_size)
+    return {"model": twin, "onnx": match_onnx(proto, plan), "plan": plan}
+
+
+def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    from edgeface.converters import qdq
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    layers = list(plan["layers"].items())
+    if len(convs) != len(layers):
+        raise EdgefaceError(
+            f"quantized checkpoint has {len(layers)} weight layers but its ONNX graph {len(convs)} convs; "
+            "cannot carry the learned scales over"
+        )
+    weights: dict[str, np.ndarray] = {}
+    acts: dict[str, tuple[float, float]] = {}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    for conv, (name, layer) in zip(convs, layers, strict=True):
+        w = inits[conv.input[1]]
+        if len(layer["weight_scale"]) != w.shape[0]:
+            raise EdgefaceError(f"learned scales of {name} do not fit ONNX node {conv.name} ({w.shape})")
+        weights[conv.name] = np.asarray(layer["weight_scale"], np.float32)
+        if layer["output"] is not None:
+            out = conv.output[0]
+            users = consumers.get(out, [])
+            if len(users) == 1 and users[0].op_type in (*qdq.ACTIVATIONS, "PRelu", "LeakyRelu"):
+                out = users[0].output[0]
+            acts[out] = _range(layer["output"])
+    quantizers = plan["quantizers"]
+    if plan.get("input_quantizer"):
+        acts[proto.graph.input[0].name] = _range(quantizers[plan["input_quantizer"]])
+    adds = [n for n in proto.graph.node if n.op_type == "Add"]
+    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    if len(adds) == len(add_q):
+        for node, q in zip(adds, sorted(add_q, key=_add_index), strict=True):
+            acts[node.output[0]] = _range(quantizers[q])
+    return {"weights": weights, "activations": acts}
+
+
+def _add_index(name: str) -> int:
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0

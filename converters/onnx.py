@@ -1,0 +1,120 @@
+"""ONNX artifacts: fp32, int8 (w8a8) and w6a6, every one self-contained (weights inside the file, opset 17).
+
+int8 follows the QDQ convention ORT's CPU kernels want (see qdq.py): uint8 activations with a per-tensor
+scale and zero point, int8 symmetric per-output-channel weights, uint8 graph input and output (their
+parameters go into the spec, the runtime applies them). Measured on this CPU, int8 activations
+(s8s8) are ~2x slower than uint8 in ORT 1.31; see docs/speed.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgeface.converters import qdq
+from edgeface.converters.onnx_float import OPSET, export_float_onnx, prelu_as_max
+
+from edgeface.spec import ModelSpec, TensorQuant
+
+PRECISION_BITS = {"fp32": None, "int8": 8, "w6a6": 6}
+SPEC_PRECISION = {"fp32": "fp32", "int8": "w8a8", "w6a6": "w6a6"}
+
+
+@dataclass
+class OnnxBuild:
+    proto: Any  # the artifact's ModelProto (spec not yet embedded)
+    spec: ModelSpec
+    float_proto: Any  # the clean float graph it was quantized from (for layer drift)
+    points: list[str]
+
+
+def float_graph(model: Any, spec: ModelSpec) -> Any:
+    return export_float_onnx(model, spec.input_size, OPSET)
+
+
+def _tensor_quant(p: qdq.QParams | None) -> TensorQuant | None:
+    return None if p is None else TensorQuant(scale=p.scale, zero_point=p.zero_point, dtype=p.dtype)
+
+
+def build_onnx(
+    float_proto: Any,
+    spec: ModelSpec,
+    precision: str,
+    stats: qdq.RangeCollector | None = None,
+    plan: Mapping[str, Any] | None = None,
+    method: str = "mse",
+) -> OnnxBuild:
+    """Quantize `float_proto` to `precision`.
+
+    Activation ranges come from `plan["activations"]` (tensor name -> (lo, hi) learned by `edgeface quantize`)
+    where given, else from calibration batches; weight scales from `plan["weights"]` (conv node name ->
+    per-channel scales) where given, else max-abs.
+    """
+    bits = PRECISION_BITS[precision]
+    if bits is None:
+        return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
+    float_proto = prelu_as_max(float_proto)
+    points = qdq.quant_points(float_proto)
+    ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
+    for p in points:
+        if p not in ranges:
+            if stats is None:
+                raise ValueError(f"no calibration statistics for {p}, which the plan does not cover")
+            ranges[p] = stats.range(p, method, bits)
+    act = qdq.activation_plan(float_proto, {p: ranges[p] for p in points}, bits, "uint8")
+    # the graph's ends stay 8-bit in w6a6: the input is an 8-bit image and the embedding is the product
+    inp, out = float_proto.graph.input[0].name, _output_source(float_proto)
+    for end in (inp, out):
+        if end in act and act[end].narrowed:
+            r = stats.range(end, method, 8) if stats is not None and end in stats.lo else ranges[end]
+            act[end] = qdq.activation_qparams(*r, bits=8, dtype="uint8")
+    proto, in_q, out_q = qdq.build_qdq(float_proto, act, bits, (plan or {}).get("weights"))
+    weights_desc = f"int{bits} symmetric per-channel (axis 0, output channels)"
+    if bits < 8:
+        weights_desc = (
+            f"{bits}-bit grid [-{2 ** (bits - 1) - 1}, {2 ** (bits - 1) - 1}] in int8 storage, "
+            "symmetric per-channel (axis 0)"
+        )
+    new_spec = spec.replace(
+        precision=SPEC_PRECISION[precision],
+        input_quant=_tensor_quant(in_q),
+        output_quant=_tensor_quant(out_q),
+        weight_quant=weights_desc,
+    )
+    return OnnxBuild(proto, new_spec, float_proto, points)
+
+
+def _output_source(proto: Any) -> str:
+    """The tensor whose quantization the graph output carries (through a trailing Flatten)."""
+    name = proto.graph.output[0].name
+    for n in proto.graph.node:
+        if name in n.output and n.op_type in qdq.SHAPE_OPS:
+            return n.input[0]
+    return name
+
+
+def per_channel_weight_scales(proto: Any) -> dict[str, int]:
+    """Conv name -> number of per-channel weight scales on axis 0 (what `edgeface export` promises)."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    found = {}
+    for n in proto.graph.node:
+        if n.op_type == "DequantizeLinear" and n.name.endswith("_wDQ"):
+            axis = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), 1)
+            scale = inits.get(n.input[1])
+            if axis == 0 and scale is not None and scale.ndim == 1:
+                found[n.name[: -len("_wDQ")]] = int(scale.size)
+    return found
+
+
+def int8_weight_bytes(proto: Any) -> int:
+    """Bytes of int8 weight tensors: what bit-packing 6-bit weights would shrink by a quarter."""
+    from onnx import numpy_helper
+
+    return sum(
+        numpy_helper.to_array(t).size
+        for t in proto.graph.initializer
+        if t.data_type == 3 and len(t.dims) > 1  # INT8 tensors with a shape: weights, not zero points
+    )

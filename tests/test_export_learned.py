@@ -1,0 +1,89 @@
+"""A model quantized by edgeface.compress.quant exports with its own scales, not recalibrated ones."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgeface.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export_tflite import TINY  # noqa: E402  (the same small network)
+
+SHARED = Path(__file__).parents[1].parent / "shared"
+LFW = SHARED / "data" / "lfw"
+
+
+def test_quantized_checkpoint_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from edgeface.compress.quant import ptq, quant_plan
+    from edgeface.compress.quant.ptq import RECORD_ATTR
+    from edgeface.data.lfw import compression_split
+    from edgeface.models import checkpoint
+    from edgeface.models.loading import load_model
+
+    (tmp_path / "edgeface_tiny_learned.py").write_text(TINY)
+    sys.path.insert(0, str(tmp_path))
+    ref = "edgeface_tiny_learned:tiny"
+    by_id: dict[str, list[Path]] = {}
+    for p in compression_split(LFW):
+        by_id.setdefault(p.parent.name, []).append(p)
+    calib = tmp_path / "calib"
+    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
+        for p in ps:
+            (calib / p.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, calib / p.parent.name / p.name)
+
+    loaded = load_model(ref)
+    images = sorted(calib.rglob("*.jpg"))
+    qmodel = ptq(
+        loaded.model, loaded.spec, images, bits="w8a8", calibration="minmax", num_images=32, progress=False
+    )
+    # stretch one layer's learned scales: recalibration would never produce these values
+    first = next(m for m in qmodel.modules() if hasattr(m, "weight_scale"))
+    with torch.no_grad():
+        first.weight_scale.mul_(1.5)
+    plan = quant_plan(qmodel)
+    ckpt = checkpoint.save(tmp_path / "q.pt", qmodel, loaded.spec, ref, [getattr(qmodel, RECORD_ATTR)])
+
+    out = tmp_path / "out"
+    code = main(
+        [
+            "export",
+            "-m",
+            ref,
+            "-w",
+            str(ckpt),
+            "--int8",
+            "--format",
+            "onnx",
+            "--calib",
+            str(calib),
+            "-o",
+            str(out),
+            "--calib-images",
+            "48",
+            "--parity-images",
+            "16",
+            "--min-cosine",
+            "0.9",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err[-1500:]
+    model = onnx.load(str(out / "tinyface_int8.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales = [v for k, v in inits.items() if k.endswith(".weight_scale")]
+    learned = [np.asarray(layer["weight_scale"], np.float32) for layer in plan["layers"].values()]
+    assert len(scales) == len(learned)
+    for got in learned:
+        assert any(s.shape == got.shape and np.allclose(s, got, rtol=1e-6) for s in scales)
+    from edgeface.converters.metadata import read_onnx_spec
+
+    assert read_onnx_spec(model).provenance["learned_quantization"] is True

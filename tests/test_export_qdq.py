@@ -1,0 +1,110 @@
+"""The QDQ builder's two special graphs: w6a6 as QuantizeLinear-Clip-DequantizeLinear, and PReLU rewritten
+as Max(x, a*x) on one uint8 grid (exact, and no float operator left in ORT's optimized graph)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from edgeface.converters import qdq
+from edgeface.converters.onnx import build_onnx
+from edgeface.converters.onnx_float import export_float_onnx, prelu_as_max
+from edgeface.converters.parity import cosine_rows
+from edgeface.runtime.preprocess import normalize, read_image
+from onnx import numpy_helper
+from torch import nn
+
+from edgeface.data.lfw import compression_split
+from edgeface.spec import ModelSpec
+
+LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
+SPEC = ModelSpec(name="t", input_size=(32, 32), embedding_dim=16)
+
+
+class PReLUNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.PReLU(16))
+        self.b = nn.Sequential(
+            nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.PReLU(16)
+        )
+        self.c = nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU6())
+        self.head = nn.Sequential(nn.Conv2d(16, 16, 16, groups=16), nn.Flatten(), nn.Linear(16, 16))
+        with torch.no_grad():
+            for p in self.modules():
+                if isinstance(p, nn.PReLU):
+                    p.weight.uniform_(0.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.head(self.c(y + self.b(y)))
+
+
+def _faces(n: int) -> np.ndarray:
+    paths = compression_split(LFW)[:n]
+    return normalize([read_image(p) for p in paths], SPEC)
+
+
+def _session(proto: onnx.ModelProto, optimized: Path | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if optimized is not None:
+        opts.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def test_prelu_as_max_is_exact_in_float() -> None:
+    net = PReLUNet().eval()
+    proto = export_float_onnx(net, SPEC.input_size)
+    rewritten = prelu_as_max(proto)
+    assert "PRelu" not in {n.op_type for n in rewritten.graph.node}
+    x = _faces(4)
+    a = _session(proto).run(None, {"input": x})[0]
+    b = _session(rewritten).run(None, {"input": x})[0]
+    assert np.abs(a - b).max() < 1e-5
+
+
+def test_int8_prelu_network_runs_fully_integer(tmp_path: Path) -> None:
+    net = PReLUNet().eval()
+    proto = export_float_onnx(net, SPEC.input_size)
+    graph = prelu_as_max(proto)
+    x = _faces(48)
+    stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x[:32]])
+    built = build_onnx(proto, SPEC, "int8", stats)
+    opt = tmp_path / "opt.onnx"
+    sess = _session(built.proto, opt)
+    ops = {n.op_type for n in onnx.load(str(opt)).graph.node}
+    assert not ops & {"PRelu", "DequantizeLinear", "QuantizeLinear", "Conv"}, ops  # nothing float left
+    assert "Max" in ops and "QLinearConv" in ops
+    held = x[32:]
+    y = built.spec.output_quant.dequantize(
+        sess.run(None, {"input": built.spec.input_quant.quantize(held)})[0]
+    )
+    with torch.no_grad():
+        ref = net(torch.from_numpy(held)).numpy()
+    assert cosine_rows(y, ref).mean() > 0.98
+
+
+def test_w6a6_is_qcdq_on_the_6bit_grid() -> None:
+    net = PReLUNet().eval()
+    proto = export_float_onnx(net, SPEC.input_size)
+    graph = prelu_as_max(proto)
+    x = _faces(32)
+    stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x])
+    built = build_onnx(proto, SPEC, "w6a6", stats)
+    nodes = list(built.proto.graph.node)
+    by_output = {o: n for n in nodes for o in n.output}
+    clips = [
+        n for n in nodes if n.op_type == "Clip" and by_output.get(n.input[0], n).op_type == "QuantizeLinear"
+    ]
+    assert clips, "no QuantizeLinear -> Clip pairs"
+    inits = {t.name: numpy_helper.to_array(t) for t in built.proto.graph.initializer}
+    for c in clips:
+        assert int(inits[c.input[1]]) == 0 and int(inits[c.input[2]]) == 63  # 64 levels in uint8 storage
+    weights = [v for k, v in inits.items() if k.endswith(".weight_quantized")]
+    assert weights and all(np.abs(w).max() <= 31 for w in weights)
+    assert built.spec.precision == "w6a6"
