@@ -268,6 +268,7 @@ def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(spec.to_json() + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a sidecar must be readable by the service user too
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
