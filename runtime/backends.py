@@ -219,8 +219,8 @@ class TfliteArtifact(Artifact):
 
     def _check_input_shape(self, shape: Sequence[Any]) -> None:
         super()._check_input_shape(shape)
-        # Resizing works only where the graph was built with a dynamic batch (shape_signature -1); litert-torch
-        # graphs are static batch 1 and XNNPACK fails to reshape them, so those run one image at a time.
+        # Resizing works only where the graph has a dynamic batch (shape_signature -1); litert-torch graphs
+        # are static batch 1 and XNNPACK fails to reshape them, so those run one image at a time.
         signature = self._in.get("shape_signature", shape)
         self._fixed_batch_one = len(signature) > 0 and int(signature[0]) != -1 and int(shape[0]) == 1
 
