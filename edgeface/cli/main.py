@@ -18,7 +18,10 @@ from edgeface.errors import EdgefaceError
 # command name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
     "eval": "edgeface.cli.eval_cmd:eval_cmd",
+    "export": "edgeface.cli.export_cmd:export_cmd",
     "models": "edgeface.cli.models_cmd:models_cmd",
+    "prune": "edgeface.cli.prune_cmd:prune_cmd",
+    "quantize": "edgeface.cli.quantize_cmd:quantize_cmd",
     "verify": "edgeface.cli.runtime_cmd:verify_cmd",
     "enroll": "edgeface.cli.runtime_cmd:enroll_cmd",
     "identify": "edgeface.cli.runtime_cmd:identify_cmd",

@@ -1,0 +1,102 @@
+"""Quantization of face models: PTQ, QAT with distillation, mixed precision, all as fake quantization.
+
+Why our own fake-quant modules instead of torch.ao / convert_fx: torch.ao.quantization is deprecated and
+its FX int8 convert gives wrong outputs for PReLU networks. Fake quantization keeps one float code path
+whose values are exactly the integer grid's (int6 = 6-bit grid stored in int8), trains with the
+straight-through estimator, and exposes every scale as data (`quant_plan`) for the exporters.
+
+Public API (everything takes / returns ordinary nn.Modules; quantized models are torch.fx.GraphModules):
+
+    fold_bn(model) -> GraphModule
+        Float model with every BatchNorm folded (conv->BN, linear->BN1d, BN2d->flatten->linear) or, where
+        folding is not exact (BN *before* a zero-padded conv, IResNet's bn1), turned into an explicit 1x1
+        depthwise conv with bias. Same outputs as `model` (eval mode) to float rounding. Module names kept.
+
+    ptq(model, spec, images, bits="w8a8", calibration="percentile"|"minmax"|"mse", num_images=512,
+        layer_bits=None, percentile=99.99, batch_size=64, progress=True, bias_correction=True) -> GraphModule
+        Copy, fold, insert quantizers, calibrate on `num_images` of `images` (paths, or a list of NCHW
+        float batches already normalised), then empirical bias correction. `bits`: "w8a8", "w6a6" (first
+        and last weight layer kept at 8 bits), any "wNaM" with N, M in 4..8. `layer_bits`:
+        {"conv1.0": 8, "aq_add_3": 8, ...} overrides. The CLI uses calibration="mse".
+
+    qat(model, spec, images, bits="w6a6", loss="cosine"|"ekd"|"cosine+ekd", epochs=1, lr=5e-5,
+        batch_size=32, max_steps=None, calibration="mse", num_images=512, layer_bits=None,
+        progress=True, seed=0, qmodel=None, max_seconds=None) -> (GraphModule, stats)
+        PTQ initialisation, then fake-quant training with the straight-through estimator, distilling from
+        the float `model` (edgeface.compress.distill). Runs under torchrun (DDP) when torch.distributed is
+        initialised.
+
+    mixed_precision(model, spec, images, size_budget, candidates=(8, 6), calibration="mse",
+                    num_images=512, sensitivity_images=64, layer_bits=None, progress=True)
+        -> (GraphModule, report)
+        Per-layer sensitivity (1 - cosine of the embedding to fp32 with only that layer quantized at each
+        candidate width), then the cheapest-loss bit assignment whose weights fit `size_budget` bytes.
+
+    quant_plan(qmodel) -> dict
+        JSON-able: per weight layer (key = qualified module name = ONNX initializer prefix with
+        torch.onnx.export(dynamo=False)): weight bits, per-channel weight scales (symmetric, zero point 0,
+        axis 0), fused activation, and the scale / zero_point / bits / quant_min / quant_max of its input
+        and output activation quantizers; plus all quantizers by name, the model input and output
+        quantizer, and the transform record.
+
+    model_size_bytes(model) -> int       weights at their stored bit width (int6 packed), the rest 32-bit
+    count_macs(model, input_shape) -> int
+
+    rebuild(model, record, state_dict) -> GraphModule
+        Replays a {"kind": "quant", ...} checkpoint record on the (possibly pruned) base model so that
+        load_state_dict(strict=True) works; used by edgeface.models.checkpoint.restore.
+
+Quantizer placement (what an int8 runtime has): the model input (`aq_input`), every conv/linear output
+after its fused ReLU/ReLU6/PReLU (`aq_<layer>`), every residual add / concat / average pool
+(`aq_<fx node name>`). Activations are affine per tensor on the signed grid (int8: -128..127; int6:
+-32..31); weights symmetric per output channel on the narrow grid (int8: -127..127; int6: -31..31).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from edgeface.compress.quant.fold import fold_bn
+from edgeface.compress.quant.plan import count_macs, model_size_bytes, quant_plan
+from edgeface.compress.quant.ptq import RECORD_ATTR, ptq, quantize_structure
+
+__all__ = [
+    "count_macs",
+    "fold_bn",
+    "mixed_precision",
+    "model_size_bytes",
+    "ptq",
+    "qat",
+    "quant_plan",
+    "rebuild",
+]
+
+
+def qat(*args: Any, **kwargs: Any) -> Any:
+    from edgeface.compress.quant.qat import qat as _qat
+
+    return _qat(*args, **kwargs)
+
+
+def mixed_precision(*args: Any, **kwargs: Any) -> Any:
+    from edgeface.compress.quant.mixed import mixed_precision as _mixed
+
+    return _mixed(*args, **kwargs)
+
+
+def rebuild(model: nn.Module, record: dict[str, Any], state_dict: dict[str, Any]) -> nn.Module:
+    """Recreate the quantized structure (folded BN, fake-quant layers, quantizers at recorded bits).
+
+    Values come from the state_dict afterwards; folding here runs on whatever weights `model` has, which is
+    fine because only the structure (which BN went where) matters, and that depends on the graph alone.
+    """
+    from edgeface.errors import EdgefaceError
+
+    plan = record.get("plan")
+    if not isinstance(plan, dict) or "weights" not in plan or "activations" not in plan:
+        raise EdgefaceError("quantization record in the checkpoint has no bit plan (corrupt checkpoint?)")
+    gm = quantize_structure(model, str(record.get("bits", "w8a8")), plan=plan)
+    setattr(gm, RECORD_ATTR, dict(record))
+    return gm.eval()
