@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -263,17 +262,9 @@ def validate(data: dict[str, Any]) -> None:
 
 def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
     """Write atomically (temp file + rename) so a crash never leaves a half-written spec."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(spec.to_json() + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a sidecar must be readable by the service user too
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from edgeface.io import atomic_write_text
+
+    return atomic_write_text(path, spec.to_json() + "\n")
 
 
 def read_spec_json(path: str | os.PathLike[str]) -> ModelSpec:

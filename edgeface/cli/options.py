@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,16 @@ def model_options(fn: F) -> F:
         help="Built-in name (see `edgeface models`) or package.module:factory.",
     )(fn)
     return fn
+
+
+def join_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when launched under torchrun; (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world

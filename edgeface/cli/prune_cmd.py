@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import model_options
+from edgeface.cli.options import join_distributed, model_options
+from edgeface.io import atomic_write_text
 
 
 def _fmt(n: int) -> str:
@@ -62,20 +63,6 @@ def _markdown(data: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_report(
     path: Path, data: dict[str, Any], lfw: str | None, teacher: Any, teacher_spec: Any, pruned: Any, spec: Any
 ) -> None:
@@ -84,7 +71,7 @@ def _write_report(
     from edgeface.data.lfw import is_lfw_root
 
     if lfw is None or not is_lfw_root(Path(lfw)):
-        _write_text(path, _markdown(data))
+        atomic_write_text(path, _markdown(data))
         return
     import shlex
     import sys
@@ -236,12 +223,11 @@ def prune_cmd(
     import copy
     import time
 
-    from edgeface.cli.quantize_cmd import _distributed
     from edgeface.data.folders import compression_images
     from edgeface.models.checkpoint import save
     from edgeface.models.loading import load_model
 
-    rank, world = _distributed()  # under torchrun every rank prunes identically, fine-tunes its shard
+    rank, world = join_distributed()  # under torchrun every rank prunes identically, fine-tunes its shard
     images = compression_images(data_dir) if data_dir is not None else None
     loaded = load_model(model, weights, spec_file)
     net, spec = loaded.model, loaded.spec

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeface.cli.options import model_options
+from edgeface.cli.options import join_distributed, model_options
 
 BITS = ("w8a8", "w6a6", "mixed")
 
@@ -30,19 +29,6 @@ def parse_layer_bits(text: str | None) -> dict[str, int] | None:
         except ValueError:
             raise EdgefaceError(f"--layer-bits: cannot read '{item}' (use name=bits,name=bits)") from None
     return out
-
-
-def _distributed() -> tuple[int, int]:
-    """Join the torchrun process group when launched under torchrun; (rank, world size)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
 
 
 def summary_line(data: dict[str, Any]) -> str:
@@ -195,7 +181,7 @@ def quantize_cmd(
     from edgeface.compress.quant import mixed_precision, model_size_bytes, ptq, qat, quant_plan
     from edgeface.models.loading import load_model
 
-    rank, world = _distributed()
+    rank, world = join_distributed()
     progress = not quiet and rank == 0
     start, cpu_start = time.perf_counter(), time.process_time()
     loaded = load_model(model, weights, spec_file)

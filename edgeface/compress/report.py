@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from edgeface.data.lfw import TEST_FOLDS
+from edgeface.io import atomic_write_text
 from edgeface.models.loading import LoadedModel
 from edgeface.spec import ModelSpec
 
@@ -303,21 +303,10 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """`report.md` and `report.json` (same stem), each written atomically."""
     md = Path(path)
     js = md.with_suffix(".json")
-    _atomic_write(js, json.dumps(_jsonable(report), indent=2) + "\n")
-    _atomic_write(md, to_markdown(report))
+    atomic_write_text(js, json.dumps(_jsonable(report), indent=2) + "\n")
+    atomic_write_text(md, to_markdown(report))
     return md, js

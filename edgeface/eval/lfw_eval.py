@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from edgeface.data.lfw import TEST_FOLDS, Pair, read_pairs, select_folds
 from edgeface.errors import EdgefaceError
 from edgeface.eval.groups import group_rates, read_groups
 from edgeface.eval.verification import best_threshold, cosine_scores, kfold_accuracy, roc_curve, tar_at_far
+from edgeface.io import atomic_write_text
 
 # Same shape as edgeface.eval.embed.Embedder, restated so this module imports without torch.
 Embedder = Callable[[Sequence[Path]], np.ndarray]
@@ -168,13 +168,4 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise EdgefaceError(f"folder for the JSON report does not exist: {path.parent}")
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

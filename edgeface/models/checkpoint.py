@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from edgeface.errors import EdgefaceError
+from edgeface.io import atomic_write
 from edgeface.models.loading import CHECKPOINT_FORMAT, load_state_strict
 from edgeface.models.registry import build_model
 from edgeface.spec import ModelSpec
@@ -49,15 +49,7 @@ def save(
         "transforms": transforms,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def restore(obj: dict[str, Any], spec_override: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec]:
