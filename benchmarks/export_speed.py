@@ -13,20 +13,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
+from bench_timing import interleaved_ms
 from edgeface.runtime.backends import load_artifact
-
-
-def time_artifact(artifact, x: np.ndarray, runs: int) -> float:  # noqa: ANN001
-    for _ in range(3):
-        artifact.run(x)
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        artifact.run(x)
-    return (time.perf_counter() - t0) / runs * 1e3
 
 
 def bench(paths: list[Path], rounds: int, runs: int) -> dict[Path, list[float]]:
@@ -37,11 +28,7 @@ def bench(paths: list[Path], rounds: int, runs: int) -> dict[Path, list[float]]:
         h, w = a.spec.input_size
         shape = (1, 3, h, w) if a.spec.layout == "NCHW" else (1, h, w, 3)
         inputs[p] = rng.standard_normal(shape).astype(np.float32)
-    times: dict[Path, list[float]] = {p: [] for p in paths}
-    for _ in range(rounds):
-        for p in paths:
-            times[p].append(time_artifact(arts[p], inputs[p], runs))
-    return times
+    return interleaved_ms({p: (lambda a=arts[p], x=inputs[p]: a.run(x)) for p in paths}, rounds, runs)
 
 
 def ort_quantize(fp32: Path, calib: Path) -> Path:
