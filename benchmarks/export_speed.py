@@ -1,9 +1,14 @@
 """Latency of exported artifacts: fp32 vs int8 vs w6a6, ONNX Runtime and LiteRT, batch 1, one thread.
 
-Each artifact runs through edgeface.runtime (the code the device runs: input quantization included), with
-intra-op threads = 1 (ORT) and num_threads = 1 (LiteRT, XNNPACK on by default). Runs are interleaved
-(every artifact once per round, rounds repeated) so that load from other processes hits all of them alike,
-and the speed-up is the median over rounds of the per-round ratio to the fp32 artifact of the same runtime.
+Two numbers per artifact, both through edgeface.runtime with intra-op threads = 1 (ORT) and num_threads = 1
+(LiteRT, XNNPACK on by default):
+- "invoke": one runtime call on the artifact's own input type (float, or the uint8/int8 codes of a quantized
+  artifact), what onnxruntime_perf_test or LiteRT's benchmark_model time;
+- "embed": an aligned uint8 face crop to a float embedding (`Artifact.embed`: preprocessing, the call, output
+  dequantization), what the device pipeline spends per face.
+Runs are interleaved (every artifact once per round, rounds repeated) so that load from other processes hits
+all of them alike, and a speed-up is the median over rounds of the per-round ratio to the fp32 artifact of
+the same runtime.
 
     python benchmarks/export_speed.py --dir /tmp/edgeface-artifacts --model mobilefacenet \
         --out docs/speed_results.md
@@ -18,17 +23,19 @@ from pathlib import Path
 import numpy as np
 from bench_timing import interleaved_ms
 from edgeface.runtime.backends import load_artifact
+from edgeface.runtime.preprocess import read_image
+
+FACE = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
 
 
-def bench(paths: list[Path], rounds: int, runs: int) -> dict[Path, list[float]]:
+def bench(paths: list[Path], crop: np.ndarray, rounds: int, runs: int) -> dict[tuple[Path, str], list[float]]:
     arts = {p: load_artifact(p, num_threads=1) for p in paths}
-    rng = np.random.default_rng(0)
-    inputs = {}
+    calls = {}
     for p, a in arts.items():
-        h, w = a.spec.input_size
-        shape = (1, 3, h, w) if a.spec.layout == "NCHW" else (1, h, w, 3)
-        inputs[p] = rng.standard_normal(shape).astype(np.float32)
-    return interleaved_ms({p: (lambda a=arts[p], x=inputs[p]: a.run(x)) for p in paths}, rounds, runs)
+        native = a.native_input([crop])
+        calls[(p, "invoke")] = lambda a=a, x=native: a.invoke(x)
+        calls[(p, "embed")] = lambda a=a: a.embed([crop])
+    return interleaved_ms(calls, rounds, runs)
 
 
 def ort_quantize(fp32: Path, calib: Path) -> Path:
@@ -68,6 +75,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, required=True, help="folder with <model>_<precision>.<onnx|tflite>")
     ap.add_argument("--model", required=True, help="artifact name prefix (the spec name), e.g. mobilefacenet")
+    ap.add_argument(
+        "--face",
+        type=Path,
+        default=Path(__file__).resolve().parents[2]
+        / "shared/data/lfw/aligned112/Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
+        help="an aligned face crop (default: one LFW image from ../shared)",
+    )
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write the table to")
@@ -83,27 +97,31 @@ def main() -> None:
     if args.ort_baseline:
         ort_quantize(args.dir / f"{args.model}_fp32.onnx", args.ort_baseline)
 
+    crop = read_image(args.face)
     rows = []
     for fmt, runtime in (("onnx", "onnxruntime"), ("tflite", "LiteRT (XNNPACK)")):
         paths = [args.dir / f"{args.model}_{p}.{fmt}" for p in ("fp32", "int8", "w6a6", "ortqs")]
         paths = [p for p in paths if p.is_file()]
         if not paths or not paths[0].name.endswith(f"_fp32.{fmt}"):
             continue
-        times = bench(paths, args.rounds, args.runs)
-        base = np.array(times[paths[0]])
+        times = bench(paths, crop, args.rounds, args.runs)
+        row = []
         for p in paths:
-            t = np.array(times[p])
-            rows.append(
-                (runtime, p.name, p.stat().st_size / 1e6, float(np.median(t)), float(np.median(base / t)))
-            )
+            row = [runtime, p.name, f"{p.stat().st_size / 1e6:.2f}"]
+            for kind in ("invoke", "embed"):
+                t, base = np.array(times[(p, kind)]), np.array(times[(paths[0], kind)])
+                row += [f"{np.median(t):.2f}", f"{np.median(base / t):.2f}x"]
+            rows.append(row)
     lines = [
-        "| runtime | artifact | size MB | median ms (batch 1, 1 thread) | speed-up vs fp32 |",
-        "|---|---|---|---|---|",
+        "| runtime | artifact | size MB | invoke ms | invoke speed-up | embed ms (crop -> embedding) "
+        "| embed speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {r} | {n} | {s:.2f} | {ms:.2f} | {x:.2f}x |" for r, n, s, ms, x in rows]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     head = (
         f"<!-- generated by: python benchmarks/export_speed.py --dir {args.dir} --model {args.model} "
         f"--rounds {args.rounds} --runs {args.runs}"
+        + (f" --face {args.face}" if args.face != ap.get_default("face") else "")
         + (f" --ort-baseline {args.ort_baseline}" if args.ort_baseline else "")
         + (f" --out {args.out}" if args.out else "")
         + " -->\n"

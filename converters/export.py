@@ -237,7 +237,7 @@ def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: A
     def drift(x: np.ndarray) -> Any:
         if not b.points:
             return None
-        return onnx_layer_drift(b.float_proto, b.proto, b.points, x, b.spec.input_quant)
+        return onnx_layer_drift(b.float_proto, b.drift_proto, b.points, x, b.spec.input_quant)
 
     return Build(
         b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, {"opset": onnx_conv.OPSET}

@@ -3,7 +3,8 @@
 int8 follows the QDQ convention ORT's CPU kernels want (see qdq.py): uint8 activations with a per-tensor
 scale and zero point, int8 symmetric per-output-channel weights, uint8 graph input and output (their
 parameters go into the spec, the runtime applies them). Measured on this CPU, int8 activations
-(s8s8) are ~2x slower than uint8 in ORT 1.31; see docs/speed.md.
+(s8s8) are ~2x slower than uint8 in ORT 1.31; see docs/speed.md. Integer artifacts take NHWC input and
+compute the stem conv through SpaceToDepth (onnx_layout.py), which ORT runs faster and which is exact.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from edgeface.converters import qdq
 from edgeface.converters.onnx_float import OPSET, export_float_onnx, prelu_as_max
+from edgeface.converters.onnx_layout import nhwc_input, stem_space_to_depth
 
 from edgeface.spec import ModelSpec, TensorQuant
 
@@ -27,6 +29,7 @@ class OnnxBuild:
     spec: ModelSpec
     float_proto: Any  # the clean float graph it was quantized from (for layer drift)
     points: list[str]
+    drift_proto: Any = None  # the QDQ graph before the input-side layout rewrites (same input as float_proto)
 
 
 def float_graph(model: Any, spec: ModelSpec) -> Any:
@@ -69,7 +72,13 @@ def build_onnx(
         if end in act and act[end].narrowed:
             r = stats.range(end, method, 8) if stats is not None and end in stats.lo else ranges[end]
             act[end] = qdq.activation_qparams(*r, bits=8, dtype="uint8")
-    proto, in_q, out_q = qdq.build_qdq(float_proto, act, bits, (plan or {}).get("weights"))
+    import onnx
+
+    qdq_proto, in_q, out_q = qdq.build_qdq(float_proto, act, bits, (plan or {}).get("weights"))
+    proto = onnx.ModelProto()
+    proto.CopyFrom(qdq_proto)
+    stem_space_to_depth(proto)
+    nhwc_input(proto)
     weights_desc = f"int{bits} symmetric per-channel (axis 0, output channels)"
     if bits < 8:
         weights_desc = (
@@ -81,8 +90,9 @@ def build_onnx(
         input_quant=_tensor_quant(in_q),
         output_quant=_tensor_quant(out_q),
         weight_quant=weights_desc,
+        layout="NHWC",
     )
-    return OnnxBuild(proto, new_spec, float_proto, points)
+    return OnnxBuild(proto, new_spec, float_proto, points, qdq_proto)
 
 
 def _output_source(proto: Any) -> str:

@@ -2,8 +2,9 @@
 
 The artifact's spec is the only source of preprocessing and quantization facts: it is read from the
 artifact itself (ONNX metadata_props / TFLite metadata under `edgeface.spec`), else from the sidecar
-`<artifact>.json`, else loading fails. Integer input/output quantization is applied here, so callers always
-hand in the float batch `preprocess.normalize` produced and get float embeddings back, whatever the artifact.
+`<artifact>.json`, else loading fails. Integer input/output quantization is applied here, so callers hand
+in the float batch `preprocess.normalize` produced (`run`) or aligned uint8 faces (`embed`, what the
+device does) and get float embeddings back, whatever the artifact.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeface.runtime.preprocess import normalize, read_image
+from edgeface.runtime.preprocess import apply_table, input_table, read_image
 
 from edgeface.errors import EdgefaceError
 from edgeface.spec import METADATA_KEY, ModelSpec, TensorQuant, read_spec_json, spec_path_for
@@ -38,11 +39,26 @@ class Artifact:
         batch = np.asarray(batch, np.float32)
         if batch.ndim != 4:
             raise EdgefaceError(f"expected a 4-d batch in {self.spec.layout}, got shape {batch.shape}")
-        x = self._quantize_input(batch)
+        return self._forward(self._quantize_input(batch))
+
+    def embed(self, faces_bgr: Sequence[np.ndarray], flip: bool = False) -> np.ndarray:
+        """Aligned BGR uint8 faces -> (N, D) float32 embeddings: preprocessing included, as on the device."""
+        return self._forward(self.native_input(faces_bgr, flip))
+
+    def native_input(self, faces_bgr: Sequence[np.ndarray], flip: bool = False) -> np.ndarray:
+        """Aligned faces -> the artifact's own input (float, or the integer codes of a quantized input).
+
+        An integer input comes straight from a per-channel lookup table (pixel -> code) that folds the
+        quantization into the normalisation: the same codes as quantizing `normalize`'s floats, without
+        the float pass.
+        """
+        return apply_table(faces_bgr, self.spec, self._table, flip)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         if self._fixed_batch_one and len(x) != 1:
-            out = np.concatenate([self._invoke(x[i : i + 1]) for i in range(len(x))])
+            out = np.concatenate([self.invoke(x[i : i + 1]) for i in range(len(x))])
         else:
-            out = self._invoke(x)
+            out = self.invoke(x)
         return self._dequantize_output(out)
 
     # --- quantization ------------------------------------------------------------------------------------
@@ -51,6 +67,7 @@ class Artifact:
     _input_quant: TensorQuant | None
     _output_quant: TensorQuant | None
     _fixed_batch_one: bool
+    _table: np.ndarray  # pixel -> this artifact's input, preprocess.input_table
 
     def _setup_quant(self, native_in: TensorQuant | None, native_out: TensorQuant | None) -> None:
         """Spec first; a TFLite tensor's own parameters are the fallback when the spec leaves them out."""
@@ -75,6 +92,9 @@ class Artifact:
                 raise EdgefaceError(
                     f"{self.path}: the spec declares {side} dtype {quant.dtype} but the artifact uses {dtype}"
                 )
+        integer_input = np.issubdtype(self._input_dtype, np.integer)
+        table = input_table(self.spec, self._input_quant if integer_input else None)
+        self._table = table.astype(self._input_dtype, copy=False)
 
     def _quantize_input(self, x: np.ndarray) -> np.ndarray:
         if np.issubdtype(self._input_dtype, np.integer):
@@ -105,7 +125,9 @@ class Artifact:
             )
         self._fixed_batch_one = shape[0] == 1
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+    def invoke(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        """One call of the runtime on the artifact's own input type and layout, raw output: what
+        benchmark tools (onnxruntime_perf_test, benchmark_model) time."""
         raise NotImplementedError
 
     def operator_profile(self, batch: np.ndarray, runs: int) -> list[dict[str, Any]] | None:
@@ -148,7 +170,7 @@ class OnnxArtifact(Artifact):
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise EdgefaceError(f"cannot load ONNX artifact {self.path}: {str(e).splitlines()[0]}") from None
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: x})[0]
 
     def operator_profile(self, batch: np.ndarray, runs: int) -> list[dict[str, Any]] | None:
@@ -208,7 +230,7 @@ class TfliteArtifact(Artifact):
         self._batch = int(inp["shape"][0])
         self._setup_quant(_tflite_quant(inp), _tflite_quant(out))
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:
             self._interp.resize_tensor_input(self._in["index"], list(x.shape))
             self._interp.allocate_tensors()
@@ -266,9 +288,9 @@ def artifact_embedder(
         bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
         for start in range(0, len(paths), batch_size):
             faces = [read_image(p) for p in paths[start : start + batch_size]]
-            e = artifact.run(normalize(faces, spec))
+            e = artifact.embed(faces)
             if flip:
-                e = e + artifact.run(normalize(faces, spec, flip=True))
+                e = e + artifact.embed(faces, flip=True)
             out.append(e)
             bar.update(len(faces))
         bar.close()

@@ -20,7 +20,7 @@ from edgeface.runtime.align import align_face
 from edgeface.runtime.backends import Artifact
 from edgeface.runtime.detect import Face, YuNetDetector
 from edgeface.runtime.match import Decision, verify
-from edgeface.runtime.preprocess import normalize, read_image
+from edgeface.runtime.preprocess import read_image
 
 from edgeface.errors import EdgefaceError
 
@@ -107,9 +107,9 @@ class Pipeline:
         with t.stage("align"):
             crop = align_face(image, face.landmarks, self.spec.input_size)
         with t.stage("embed"):
-            e = self.artifact.run(normalize([crop], self.spec))[0]
+            e = self.artifact.embed([crop])[0]
             if self.flip:
-                e = e + self.artifact.run(normalize([crop], self.spec, flip=True))[0]
+                e = e + self.artifact.embed([crop], flip=True)[0]
         return FaceEmbedding(path, e, face, n)
 
     def verify(

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edgeface.errors import EdgefaceError
-from edgeface.spec import ModelSpec
+from edgeface.spec import ModelSpec, TensorQuant
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -29,10 +29,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return image
 
 
-def normalize(
-    faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False
-) -> np.ndarray:
-    """Aligned BGR uint8 faces -> float32 network input in the spec's layout, channel order and scaling.
+def arrange(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False) -> np.ndarray:
+    """Aligned BGR uint8 faces -> uint8 (N, H, W, 3) at the spec's size and channel order, mirrored if asked.
 
     Faces that are not `spec.input_size` are resized, which is right for already-aligned crops of another
     resolution; raw photos must go through alignment first.
@@ -45,15 +43,43 @@ def normalize(
         if face.shape[:2] != (h, w):
             face = cv2.resize(face, (w, h), interpolation=cv2.INTER_LINEAR)
         batch.append(face)
-    x = np.stack(batch).astype(np.float32)  # N, H, W, C (BGR)
+    x = np.stack(batch)  # N, H, W, C (BGR)
     if flip:
         x = x[:, :, ::-1, :]
     if spec.channel_order == "RGB":
         x = x[..., ::-1]
-    x = (x / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    if spec.layout == "NCHW":
-        x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return x
+
+
+def input_table(spec: ModelSpec, quant: TensorQuant | None = None) -> np.ndarray:
+    """(256, 1, 3) lookup table: pixel value -> network input, per channel (in the spec's channel order).
+
+    Pixels are 8-bit, so the spec's scaling (x / 255 - mean) / std, and for a quantized input the
+    quantization after it, is a per-channel function of 256 values: a table computed once replaces float
+    arithmetic over every pixel (cv2.LUT applies it), and the table is the one place mean and std are used.
+    """
+    ramp = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+    table = (ramp / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if quant is not None:
+        table = quant.quantize(table)
+    return np.ascontiguousarray(table.reshape(256, 1, 3))
+
+
+def apply_table(
+    faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, table: np.ndarray, flip: bool = False
+) -> np.ndarray:
+    """Aligned BGR uint8 faces -> network input (the table's dtype) in the spec's layout."""
+    x = np.ascontiguousarray(arrange(faces_bgr, spec, flip))
+    n, h, w, _ = x.shape
+    y = cv2.LUT(x.reshape(n * h, w, 3), table).reshape(n, h, w, 3)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if spec.layout == "NCHW" else y
+
+
+def normalize(
+    faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False
+) -> np.ndarray:
+    """Aligned BGR uint8 faces -> float32 network input in the spec's layout, channel order and scaling."""
+    return apply_table(faces_bgr, spec, input_table(spec), flip)
 
 
 def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -89,7 +89,11 @@ def test_spec_embedded_equals_sidecar_and_is_complete(exported: tuple[Path, int,
     art = out / "mobilefacenet_int8.onnx"
     embedded = read_onnx_spec(onnx.load(str(art)))
     assert embedded == read_spec_json(spec_path_for(art))
-    assert embedded.precision == "w8a8" and embedded.layout == "NCHW" and embedded.embedding_dim == 128
+    # integer ONNX artifacts take NHWC (onnx_layout.py); the fp32 one keeps NCHW, ORT's fastest float layout
+    assert embedded.precision == "w8a8" and embedded.layout == "NHWC" and embedded.embedding_dim == 128
+    dims = [d.dim_value for d in onnx.load(str(art)).graph.input[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [112, 112, 3]
+    assert read_onnx_spec(onnx.load(str(out / "mobilefacenet_fp32.onnx"))).layout == "NCHW"
     assert embedded.input_quant is not None and embedded.output_quant is not None
     assert embedded.threshold is not None and -1 < embedded.threshold < 1 and embedded.threshold_far == 1e-3
     assert embedded.provenance["parity"]["mean_cosine"] >= 0.99

@@ -82,11 +82,30 @@ def test_int8_prelu_network_runs_fully_integer(tmp_path: Path) -> None:
     assert "Max" in ops and "QLinearConv" in ops
     held = x[32:]
     y = built.spec.output_quant.dequantize(
-        sess.run(None, {"input": built.spec.input_quant.quantize(held)})[0]
+        sess.run(None, {"input": built.spec.input_quant.quantize(held.transpose(0, 2, 3, 1))})[0]
     )
     with torch.no_grad():
         ref = net(torch.from_numpy(held)).numpy()
     assert cosine_rows(y, ref).mean() > 0.98
+
+
+def test_nhwc_input_and_space_to_depth_stem_are_bit_exact() -> None:
+    """The artifact (NHWC input, stem through SpaceToDepth) gives the same integers as the plain QDQ graph."""
+    net = PReLUNet().eval()
+    proto = export_float_onnx(net, SPEC.input_size)
+    graph = prelu_as_max(proto)
+    x = _faces(16)
+    stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x])
+    built = build_onnx(proto, SPEC, "int8", stats)
+    ops = [n.op_type for n in built.proto.graph.node]
+    assert ops[0] == "Transpose" and "SpaceToDepth" in ops and "SpaceToDepth" not in {
+        n.op_type for n in built.drift_proto.graph.node
+    }
+    assert built.spec.layout == "NHWC"
+    q = built.spec.input_quant.quantize(x)
+    plain = _session(built.drift_proto).run(None, {"input": q})[0]
+    fast = _session(built.proto).run(None, {"input": np.ascontiguousarray(q.transpose(0, 2, 3, 1))})[0]
+    assert plain.dtype == np.uint8 and np.array_equal(plain, fast)
 
 
 def test_w6a6_is_qcdq_on_the_6bit_grid() -> None:

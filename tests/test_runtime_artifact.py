@@ -147,3 +147,25 @@ def test_tflite_metadata_reader() -> None:
     assert tflite_metadata(_flatbuffer_with_metadata({})) == {}
     with pytest.raises((struct.error, IndexError, ValueError)):
         tflite_metadata(b"\xff\xff\xff\x7f" + b"\0" * 8)
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_lookup_table_preprocessing_equals_normalise_then_quantize(which: str) -> None:
+    """Artifact.embed feeds a quantized artifact codes from a pixel lookup table; they must be exactly the
+    codes of quantizing the float input, and normalize must equal the spec's formula."""
+    from edgeface.runtime.preprocess import normalize, read_image
+
+    art = load_artifact(int8_io_artifact() if which == "int8" else reference_artifact(), num_threads=1)
+    faces = [read_image(p) for p in FACES[:4]]
+    for flip in (False, True):
+        x = np.stack(faces).astype(np.float32)
+        x = x[:, :, ::-1] if flip else x
+        x = x[..., ::-1] if art.spec.channel_order == "RGB" else x
+        mean, std = np.asarray(art.spec.mean, np.float32), np.asarray(art.spec.std, np.float32)
+        ref = (x / 255.0 - mean) / std
+        ref = ref.transpose(0, 3, 1, 2) if art.spec.layout == "NCHW" else ref
+        assert np.array_equal(normalize(faces, art.spec, flip=flip), ref)
+        native = art.native_input(faces, flip=flip)
+        assert native.dtype == art._input_dtype  # noqa: SLF001
+        assert np.array_equal(native, art._quantize_input(ref))  # noqa: SLF001
+    np.testing.assert_array_equal(art.embed(faces), art.run(normalize(faces, art.spec)))

@@ -1,0 +1,54 @@
+"""Module-level rewrites applied before litert-torch conversion, exact in float, chosen for int8 speed.
+
+litert-torch lowers `nn.PReLU` to RELU/MUL/SUB chains; XNNPACK has no int8 PRELU, so in an int8 graph those
+become several elementwise passes and delegate partition breaks around every activation (measured: an int8
+conv+PReLU stack ran at 1.03x of fp32 in LiteRT). PReLU(x) = max(x, a*x) holds exactly for slopes in [0, 1];
+written as a 1x1 depthwise conv (the slopes become per-channel int8 weights) and a MAXIMUM, both of which
+XNNPACK runs in int8. This is the TFLite counterpart of `onnx_float.prelu_as_max`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def _max_prelu(prelu: Any) -> Any:
+    import torch
+    from torch import nn
+
+    class MaxPReLU(nn.Module):
+        """max(x, slope_c * x), the slope as a bias-free 1x1 depthwise conv."""
+
+        def __init__(self, slopes: torch.Tensor) -> None:
+            super().__init__()
+            c = slopes.numel()
+            self.slope = nn.Conv2d(c, c, 1, groups=c, bias=False)
+            self.slope.weight.data.copy_(slopes.detach().reshape(c, 1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.maximum(x, self.slope(x))
+
+    return MaxPReLU(prelu.weight)
+
+
+def prelu_as_max(net: Any) -> tuple[Any, int]:
+    """(copy of `net` with every per-channel PReLU whose slopes lie in [0, 1] rewritten, number rewritten).
+
+    Single-slope PReLUs and slopes outside [0, 1] (where max(x, a*x) is not PReLU) are left alone. The input
+    module is not modified.
+    """
+    from torch import nn
+
+    out = copy.deepcopy(net).eval()
+    count = 0
+    for module in list(out.modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, nn.PReLU) or child.weight.numel() < 2:
+                continue
+            w = child.weight.detach()
+            if float(w.min()) < 0.0 or float(w.max()) > 1.0:
+                continue
+            setattr(module, child_name, _max_prelu(child))
+            count += 1
+    return out, count
