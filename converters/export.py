@@ -122,12 +122,6 @@ def export(
 
     precs = parse_list(precisions, PRECISIONS, "precision")
     fmts = parse_list(formats, FORMATS, "format")
-    if "tflite" in fmts and "w6a6" in precs:
-        raise EdgefaceError(
-            "w6a6 is exported as ONNX only (QuantizeLinear-Clip-DequantizeLinear keeps activations on the "
-            "6-bit "
-            "grid); TFLite has no standard operator to hold int8 activations to 6 bits: use --format onnx"
-        )
     if not 0.0 < min_cosine <= 1.0:
         raise EdgefaceError(f"--min-cosine must be in (0, 1], got {min_cosine}")
     out = Path(outdir)
@@ -232,7 +226,7 @@ def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: A
     b = onnx_conv.build_onnx(float_proto, spec.replace(layout="NCHW"), prec, stats, onnx_plan)
     b.spec = b.spec.replace(provenance={**b.spec.provenance, "opset": onnx_conv.OPSET})
     per_channel = onnx_conv.per_channel_weight_scales(b.proto)
-    int8_bytes = onnx_conv.int8_weight_bytes(b.proto)
+    int8_bytes = onnx_conv.int8_weight_bytes(b.proto, 31 if prec == "w6a6" else 127)
 
     def drift(x: np.ndarray) -> Any:
         if not b.points:

@@ -42,6 +42,10 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
     return {"model": twin, "onnx": match_onnx(proto, plan), "plan": plan}
 
 
+def _bits(q: dict[str, Any]) -> int:
+    return int(np.ceil(np.log2(int(q["quant_max"]) - int(q["quant_min"]) + 1)))
+
+
 def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
     from edgeface.converters import qdq
     from onnx import numpy_helper
@@ -55,7 +59,9 @@ def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
             "cannot carry the learned scales over"
         )
     weights: dict[str, np.ndarray] = {}
+    weight_bits: dict[str, int] = {}
     acts: dict[str, tuple[float, float]] = {}
+    act_bits: dict[str, int] = {}
     consumers: dict[str, list[Any]] = {}
     for n in proto.graph.node:
         for i in n.input:
@@ -65,21 +71,24 @@ def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
         if len(layer["weight_scale"]) != w.shape[0]:
             raise EdgefaceError(f"learned scales of {name} do not fit ONNX node {conv.name} ({w.shape})")
         weights[conv.name] = np.asarray(layer["weight_scale"], np.float32)
+        weight_bits[conv.name] = int(layer["weight_bits"])
         if layer["output"] is not None:
             out = conv.output[0]
             users = consumers.get(out, [])
             if len(users) == 1 and users[0].op_type in (*qdq.ACTIVATIONS, "PRelu", "LeakyRelu"):
                 out = users[0].output[0]
-            acts[out] = _range(layer["output"])
+            acts[out], act_bits[out] = _range(layer["output"]), _bits(layer["output"])
     quantizers = plan["quantizers"]
     if plan.get("input_quantizer"):
-        acts[proto.graph.input[0].name] = _range(quantizers[plan["input_quantizer"]])
+        q = quantizers[plan["input_quantizer"]]
+        acts[proto.graph.input[0].name], act_bits[proto.graph.input[0].name] = _range(q), _bits(q)
     adds = [n for n in proto.graph.node if n.op_type == "Add"]
     add_q = [q for q in quantizers if q.startswith("aq_add")]
     if len(adds) == len(add_q):
         for node, q in zip(adds, sorted(add_q, key=_add_index), strict=True):
             acts[node.output[0]] = _range(quantizers[q])
-    return {"weights": weights, "activations": acts}
+            act_bits[node.output[0]] = _bits(quantizers[q])
+    return {"weights": weights, "weight_bits": weight_bits, "activations": acts, "activation_bits": act_bits}
 
 
 def _add_index(name: str) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from edgeface.converters import qdq
 from edgeface.converters.onnx_float import OPSET, export_float_onnx, prelu_as_max
 from edgeface.converters.onnx_layout import nhwc_input, stem_space_to_depth
@@ -65,7 +66,8 @@ def build_onnx(
             if stats is None:
                 raise ValueError(f"no calibration statistics for {p}, which the plan does not cover")
             ranges[p] = stats.range(p, method, bits)
-    act = qdq.activation_plan(float_proto, {p: ranges[p] for p in points}, bits, "uint8")
+    act_bits = dict((plan or {}).get("activation_bits", {}))
+    act = qdq.activation_plan(float_proto, {p: ranges[p] for p in points}, bits, "uint8", act_bits)
     # the graph's ends stay 8-bit in w6a6: the input is an 8-bit image and the embedding is the product
     inp, out = float_proto.graph.input[0].name, _output_source(float_proto)
     for end in (inp, out):
@@ -74,7 +76,13 @@ def build_onnx(
             act[end] = qdq.activation_qparams(*r, bits=8, dtype="uint8")
     import onnx
 
-    qdq_proto, in_q, out_q = qdq.build_qdq(float_proto, act, bits, (plan or {}).get("weights"))
+    qdq_proto, in_q, out_q = qdq.build_qdq(
+        float_proto,
+        act,
+        bits,
+        (plan or {}).get("weights"),
+        weight_bits_override=(plan or {}).get("weight_bits"),
+    )
     proto = onnx.ModelProto()
     proto.CopyFrom(qdq_proto)
     stem_space_to_depth(proto)
@@ -119,12 +127,15 @@ def per_channel_weight_scales(proto: Any) -> dict[str, int]:
     return found
 
 
-def int8_weight_bytes(proto: Any) -> int:
-    """Bytes of int8 weight tensors: what bit-packing 6-bit weights would shrink by a quarter."""
+def int8_weight_bytes(proto: Any, max_abs: int = 127) -> int:
+    """Bytes of int8 weight tensors whose codes all lie in [-max_abs, max_abs]; with 31, what bit-packing
+    at 6 bits would shrink by a quarter (a checkpoint's 8-bit layers and PReLU slopes do not count)."""
     from onnx import numpy_helper
 
-    return sum(
-        numpy_helper.to_array(t).size
-        for t in proto.graph.initializer
-        if t.data_type == 3 and len(t.dims) > 1  # INT8 tensors with a shape: weights, not zero points
-    )
+    total = 0
+    for t in proto.graph.initializer:
+        if t.data_type == 3 and len(t.dims) > 1:  # INT8 tensors with a shape: weights, not zero points
+            w = numpy_helper.to_array(t)
+            if int(np.abs(w.astype(np.int16)).max(initial=0)) <= max_abs:
+                total += w.size
+    return total

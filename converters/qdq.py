@@ -171,9 +171,15 @@ def collect_stats(proto: Any, points: list[str], batches: Iterable[np.ndarray]) 
 
 
 def activation_plan(
-    proto: Any, ranges: Mapping[str, tuple[float, float]], bits: int = 8, dtype: str = "uint8"
+    proto: Any,
+    ranges: Mapping[str, tuple[float, float]],
+    bits: int = 8,
+    dtype: str = "uint8",
+    bits_override: Mapping[str, int] | None = None,
 ) -> dict[str, QParams]:
-    """Ranges -> QParams, clamping a ReLU6 output's range to [0, 6] so ORT can drop the Clip."""
+    """Ranges -> QParams, clamping a ReLU6 output's range to [0, 6] so ORT can drop the Clip.
+
+    `bits_override` gives some tensors their own grid (a checkpoint's 8-bit ends in a w6a6 model)."""
     producers = {o: n for n in proto.graph.node for o in n.output}
     plan = {}
     for name, (lo, hi) in ranges.items():
@@ -182,7 +188,7 @@ def activation_plan(
             lo = 0.0
             if node.op_type == "Clip":
                 hi = min(hi, _clip_max(node, proto))
-        plan[name] = activation_qparams(lo, hi, bits, dtype)
+        plan[name] = activation_qparams(lo, hi, (bits_override or {}).get(name, bits), dtype)
     for node in proto.graph.node:  # a PReLU-as-Max lives on its input's grid (see onnx_float.prelu_as_max)
         if is_prelu_max(node) and node.input[0] in plan:
             plan[node.input[1]] = plan[node.output[0]] = plan[node.input[0]]
@@ -209,11 +215,13 @@ def build_qdq(
     weight_scale_override: Mapping[str, np.ndarray] | None = None,
     quantize_io: bool = True,
     float_convs: Iterable[str] = (),
+    weight_bits_override: Mapping[str, int] | None = None,
 ) -> tuple[Any, QParams | None, QParams | None]:
     """Insert Q/DQ (and Clip for narrowed grids) around every quant point and quantize conv weights.
 
     `weight_scale_override` maps a Conv node name to per-channel scales learned elsewhere (a QAT/PTQ plan);
-    other convs get max-abs scales. Convs named in `float_convs` stay float (their output is still quantized
+    other convs get max-abs scales; `weight_bits_override` gives a conv its own bit width (a checkpoint's
+    per-layer bits). Convs named in `float_convs` stay float (their output is still quantized
     for the next layer): for a 3-channel stem conv ORT's float kernel is faster than its int8 one.
     Returns (model, input qparams, output qparams); the latter two are None
     where the graph keeps a float input/output.
@@ -315,9 +323,10 @@ def build_qdq(
         elif node.op_type == "Conv":
             x = inputs[0]
             w = inits[inputs[1]]
+            wbits = (weight_bits_override or {}).get(node.name, weight_bits)
             scales = overrides.get(node.name)
-            scales = weight_scales(w, weight_bits) if scales is None else np.asarray(scales, np.float32)
-            qw = quantize_weight(w, scales, weight_bits)
+            scales = weight_scales(w, wbits) if scales is None else np.asarray(scales, np.float32)
+            qw = quantize_weight(w, scales, wbits)
             wq = const(f"{node.name}.weight_quantized", qw)
             ws = const(f"{node.name}.weight_scale", scales)
             wz = const(f"{node.name}.weight_zp", np.zeros_like(scales, dtype=np.int8))

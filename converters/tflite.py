@@ -3,10 +3,13 @@
 The float graph comes from litert-torch (NHWC input through `to_channel_last_io`, so no transpose runs on the
 device). int8 is ai-edge-quantizer's static recipe (int8 activations, int8 symmetric per-channel weights on
 CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED, int32 biases, int8 graph input and output), which XNNPACK
-runs end to end. The activation ranges it is given are ours, not its min/max calibration: every activation
-tensor of the float TFLite graph is sampled on the calibration images and its range chosen by the same MSE
-search as the ONNX export (qdq.RangeCollector), so both artifacts of one export agree. litert-torch's PT2E
-quantizer was measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
+runs end to end. The activation grids it is given are ours, not its min/max calibration: the scales a
+checkpoint of `edgeface quantize` learned where there is one, else every activation tensor of the float
+TFLite graph is sampled on the calibration images and its range chosen by the same MSE search as the ONNX
+export (qdq.RangeCollector), so both artifacts of one export agree. Weight scales are imposed afterwards
+(tflite_learned.py), since the quantizer always derives its own. w6a6 holds weights to [-31, 31] and every
+activation but the graph's ends to 64 codes (tflite_learned.py says how). litert-torch's PT2E quantizer was
+measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ def float_tflite(net: Any, spec: ModelSpec) -> bytes:
     """NHWC float32 TFLite flatbuffer of an eval-mode nn.Module."""
     import litert_torch
     import torch
+    from edgeface.converters.torch_rewrite import prelu_as_max
 
     h, w = spec.input_size
+    net, _ = prelu_as_max(net)
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
     # litert-torch prints its progress on stdout, which belongs to `--json`
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
@@ -75,27 +80,44 @@ def build_tflite(
     plan: Any = None,
     method: str = "mse",
 ) -> tuple[bytes, ModelSpec, dict[str, Any]]:
-    """(flatbuffer without spec, spec, info) for fp32 or int8."""
-    if precision == "w6a6":
-        raise EdgefaceError(
-            "w6a6 is exported as ONNX only (QuantizeLinear-Clip-DequantizeLinear keeps activations on the "
-            "6-bit "
-            "grid); TFLite has no standard operator to hold int8 activations to 6 bits: use --format onnx"
-        )
+    """(flatbuffer without spec, spec, info) for fp32, int8 or w6a6.
+
+    `plan` is converters.learned.plan_from_quantized's result for a checkpoint of `edgeface quantize`: its
+    activation scales and per-channel weight scales are kept; tensors it does not cover are calibrated.
+    """
+    if precision not in ("fp32", "int8", "w6a6"):
+        raise EdgefaceError(f"unknown TFLite precision '{precision}' (fp32, int8, w6a6)")
     key = id(net)
-    if _FLOAT_CACHE.get("key") != key:  # fp32 and int8 of one export share the slow conversion
+    if _FLOAT_CACHE.get("key") != key:  # every precision of one export shares the slow conversion
+        _FLOAT_CACHE.clear()
         _FLOAT_CACHE.update(key=key, data=float_tflite(net, spec))
     data = _FLOAT_CACHE["data"]
     spec = spec.replace(layout="NHWC")
     if precision == "fp32":
         return data, spec.replace(precision="fp32"), {"per_channel_layers": 0, "quantizer": None}
     from ai_edge_quantizer import quantizer, recipe
+    from edgeface.converters import tflite_learned as tl
 
-    images = np.concatenate(batches)[:CALIB_IMAGES]
-    stats, names = activation_stats(data, [images])
+    bits = 6 if precision == "w6a6" else 8
+    quant_plan = plan.get("plan") if plan else None
+    learned = tl.match_plan(data, quant_plan) if quant_plan else None
+    if learned is not None and bits < 8 and all(b >= 8 for _, b in learned.weights):
+        raise EdgefaceError(
+            "the checkpoint was quantized at 8 bits; export it with --int8, or quantize it with --bits w6a6 "
+            "for a w6a6 artifact"
+        )
+    if "stats" not in _FLOAT_CACHE:
+        images = np.concatenate(batches)[:CALIB_IMAGES]
+        _FLOAT_CACHE["stats"] = activation_stats(data, [images])
+    stats, _ = _FLOAT_CACHE["stats"]
+    targets = activation_targets(data, stats, bits, learned, method)
+    n_activations = len(targets)
+    if bits < 8:
+        data, extra = tl.insert_clamps(data, targets)
+        targets.update(extra)
     qsvs = {}
-    for name in names:
-        lo, hi = stats.range(name, method, 8)
+    for name, t in targets.items():
+        lo, hi = t.int8_range()
         qsvs[name] = {
             "min": np.array(lo, np.float32).reshape(1, 1, 1, 1),
             "max": np.array(hi, np.float32).reshape(1, 1, 1, 1),
@@ -103,26 +125,98 @@ def build_tflite(
     q = quantizer.Quantizer(data, recipe.static_wi8_ai8())
     with contextlib.redirect_stdout(sys.stderr):
         result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
-    out = bytes(result.quantized_model)
+    if learned is not None:
+        scales = [(s, min(b, 8)) for s, b in learned.weights]
+    else:
+        scales = [(None, bits)] * len(tl.weighted_ops(tl.read(data))[0])
+    out, narrow_bytes = tl.impose_weights(bytes(result.quantized_model), data, scales)
+    if bits < 8:
+        out, moved = tl.clamps_to_requantize(out, targets)
+        targets.update(moved)
+    off = tl.check_targets(out, targets)
+    if off:
+        raise EdgefaceError(
+            f"ai-edge-quantizer did not keep the activation scales asked for on {len(off)} tensors "
+            f"(first: {off[0]})"
+        )
     info = inspect_tflite(out)
     if info["float_ops"]:
-        raise EdgefaceError(f"int8 TFLite still has float operators: {', '.join(info['float_ops'])}")
+        raise EdgefaceError(f"{precision} TFLite still has float operators: {', '.join(info['float_ops'])}")
+    weight_quant = (
+        "int8 symmetric per-channel (CONV_2D axis 0, DEPTHWISE_CONV_2D axis 3, FULLY_CONNECTED axis 0)"
+    )
+    if bits < 8:
+        wide = sum(b >= 8 for _, b in scales)
+        weight_quant = (
+            "6-bit grid [-31, 31] in int8 storage"
+            + (f" ({wide} of {len(scales)} layers at 8 bits, as learned)" if wide else "")
+            + ", "
+            + weight_quant.removeprefix("int8 ")
+        )
     new_spec = spec.replace(
-        precision="w8a8",
+        precision="w8a8" if bits == 8 else "w6a6",
         input_quant=info["input_quant"],
         output_quant=info["output_quant"],
-        weight_quant="int8 symmetric per-channel (CONV_2D axis 0, DEPTHWISE_CONV_2D axis 3, "
-        "FULLY_CONNECTED axis 0)",
+        weight_quant=weight_quant,
     )
-    return (
-        out,
-        new_spec,
-        {
-            "per_channel_layers": info["per_channel_layers"],
-            "quantizer": "ai-edge-quantizer",
-            "int8_weight_bytes": info["int8_weight_bytes"],
-        },
-    )
+    build_info = {
+        "per_channel_layers": info["per_channel_layers"],
+        "quantizer": "ai-edge-quantizer" + (" + learned scales" if learned is not None else ""),
+        "int8_weight_bytes": info["int8_weight_bytes"],
+    }
+    if learned is not None:  # how much of the graph the checkpoint's scales cover (the rest: calibrated)
+        build_info["learned_activation_tensors"] = len(learned.activations)
+        build_info["activation_tensors"] = n_activations
+    if bits < 8:  # only weights on the 6-bit grid pack; PReLU slopes and 8-bit layers stay int8
+        build_info["int8_weight_bytes"] = narrow_bytes
+        build_info["grid_clamps"] = len(extra)
+    return out, new_spec, build_info
+
+
+def activation_targets(
+    data: bytes, stats: qdq.RangeCollector, bits: int, learned: Any, method: str = "mse"
+) -> dict[str, Any]:
+    """Tensor name -> tflite_learned.Target for every activation of the float graph, in execution order.
+
+    Learned scales win; the rest come from the calibration statistics. As in the ONNX export, the graph's
+    input and output stay 8-bit in w6a6; ops that pass codes through (pad, reshape, max-pool) keep their
+    input's grid, and a PReLU-as-max lives on its input's grid (its negative side must not be clipped before
+    the slope is applied).
+    """
+    from edgeface.converters import tflite_learned as tl
+
+    model = tl.read(data)
+    graph = model.subgraphs[0]
+    name = [tl.tensor_name(t) for t in graph.tensors]
+    ends = {name[i] for i in graph.inputs} | {name[i] for i in graph.outputs}
+    producers = {int(op.outputs[0]): op for op in graph.operators}
+    for i in graph.outputs:  # through trailing reshapes
+        op = producers.get(int(i))
+        while op is not None and tl.op_name(model, op) in tl.SAME_AS_INPUT:
+            ends.add(name[op.inputs[0]])
+            op = producers.get(int(op.inputs[0]))
+    known = learned.activations if learned is not None else {}
+
+    def target(n: str) -> Any:
+        if n in known:
+            s, z, qmin, b = known[n]
+            return tl.from_affine(s, z, qmin, b, hold=bits < 8 and n not in ends)
+        b = 8 if n in ends else bits
+        p = qdq.activation_qparams(*stats.range(n, method, b), bits=b, dtype="int8")
+        return tl.from_affine(p.scale, p.zero_point, p.qmin, b, hold=b < 8)
+
+    targets = {name[i]: target(name[i]) for i in graph.inputs}
+    for op in graph.operators:
+        kind = tl.op_name(model, op)
+        ins = [name[i] for i in op.inputs if i >= 0 and name[i] in targets]
+        out = name[op.outputs[0]]
+        if kind in tl.SAME_AS_INPUT and ins:
+            targets[out] = targets[ins[0]]
+        elif kind == "MAXIMUM" and len(ins) == 2:
+            targets[out] = targets[ins[1]] = targets[ins[0]]
+        else:
+            targets[out] = target(out)
+    return targets
 
 
 def inspect_tflite(data: bytes) -> dict[str, Any]:

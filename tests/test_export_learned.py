@@ -20,18 +20,12 @@ SHARED = Path(__file__).parents[1].parent / "shared"
 LFW = SHARED / "data" / "lfw"
 
 
-def test_quantized_checkpoint_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import torch
-
-    from edgeface.compress.quant import ptq, quant_plan
-    from edgeface.compress.quant.ptq import RECORD_ATTR
+def _tiny_and_calib(tmp_path: Path) -> tuple[str, Path]:
+    """The small network as a module:factory reference, and 80 compression-split faces of 40 identities."""
     from edgeface.data.lfw import compression_split
-    from edgeface.models import checkpoint
-    from edgeface.models.loading import load_model
 
     (tmp_path / "edgeface_tiny_learned.py").write_text(TINY)
     sys.path.insert(0, str(tmp_path))
-    ref = "edgeface_tiny_learned:tiny"
     by_id: dict[str, list[Path]] = {}
     for p in compression_split(LFW):
         by_id.setdefault(p.parent.name, []).append(p)
@@ -40,7 +34,18 @@ def test_quantized_checkpoint_keeps_learned_scales(tmp_path: Path, capsys: pytes
         for p in ps:
             (calib / p.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(p, calib / p.parent.name / p.name)
+    return "edgeface_tiny_learned:tiny", calib
 
+
+def test_quantized_checkpoint_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from edgeface.compress.quant import ptq, quant_plan
+    from edgeface.compress.quant.ptq import RECORD_ATTR
+    from edgeface.models import checkpoint
+    from edgeface.models.loading import load_model
+
+    ref, calib = _tiny_and_calib(tmp_path)
     loaded = load_model(ref)
     images = sorted(calib.rglob("*.jpg"))
     qmodel = ptq(
@@ -87,3 +92,38 @@ def test_quantized_checkpoint_keeps_learned_scales(tmp_path: Path, capsys: pytes
     from edgeface.converters.metadata import read_onnx_spec
 
     assert read_onnx_spec(model).provenance["learned_quantization"] is True
+
+
+def test_w6a6_checkpoint_keeps_its_per_layer_bits_in_onnx(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A w6a6 checkpoint keeps its first and last layers at 8 bits; the ONNX export must not cut them to 6."""
+    from edgeface.compress.quant import ptq, quant_plan
+    from edgeface.compress.quant.ptq import RECORD_ATTR
+    from edgeface.models import checkpoint
+    from edgeface.models.loading import load_model
+
+    ref, calib = _tiny_and_calib(tmp_path)
+    loaded = load_model(ref)
+    images = sorted(calib.rglob("*.jpg"))
+    qmodel = ptq(
+        loaded.model, loaded.spec, images, bits="w6a6", calibration="mse", num_images=32, progress=False
+    )
+    plan = quant_plan(qmodel)
+    bits = [layer["weight_bits"] for layer in plan["layers"].values()]
+    assert 8 in bits and 6 in bits, bits
+    ckpt = checkpoint.save(tmp_path / "q6.pt", qmodel, loaded.spec, ref, [getattr(qmodel, RECORD_ATTR)])
+    out = tmp_path / "out6"
+    args = ["export", "-m", ref, "-w", str(ckpt), "--w6a6", "--format", "onnx", "--calib", str(calib)]
+    code = main(
+        [*args, "-o", str(out), "--calib-images", "48", "--parity-images", "16", "--min-cosine", "0.9"]
+    )
+    assert code == 0, capsys.readouterr().err[-1500:]
+    model = onnx.load(str(out / "tinyface_w6a6.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    codes = [np.abs(v.astype(np.int16)).max() for k, v in inits.items() if k.endswith(".weight_quantized")]
+    learned = [np.asarray(layer["weight_scale"], np.float32) for layer in plan["layers"].values()]
+    scales = [v for k, v in inits.items() if k.endswith(".weight_scale")]
+    for want, got_bits in zip(learned, bits, strict=True):
+        k = next(i for i, s in enumerate(scales) if s.shape == want.shape and np.allclose(s, want, rtol=1e-6))
+        assert (codes[k] <= 31) == (got_bits == 6), (got_bits, codes[k])

@@ -98,9 +98,11 @@ def test_nhwc_input_and_space_to_depth_stem_are_bit_exact() -> None:
     stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x])
     built = build_onnx(proto, SPEC, "int8", stats)
     ops = [n.op_type for n in built.proto.graph.node]
-    assert ops[0] == "Transpose" and "SpaceToDepth" in ops and "SpaceToDepth" not in {
-        n.op_type for n in built.drift_proto.graph.node
-    }
+    assert (
+        ops[0] == "Transpose"
+        and "SpaceToDepth" in ops
+        and "SpaceToDepth" not in {n.op_type for n in built.drift_proto.graph.node}
+    )
     assert built.spec.layout == "NHWC"
     q = built.spec.input_quant.quantize(x)
     plain = _session(built.drift_proto).run(None, {"input": q})[0]

@@ -122,28 +122,6 @@ def test_tflite_int8_export(
     assert np.isfinite(row["threshold"])
 
 
-def test_tflite_w6a6_is_refused_clearly(
-    tiny_model: str, calib_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    code = main(
-        [
-            "export",
-            "-m",
-            tiny_model,
-            "--precision",
-            "int8,w6a6",
-            "--format",
-            "tflite",
-            "--calib",
-            str(calib_dir),
-            "-o",
-            str(tmp_path / "o"),
-        ]
-    )
-    assert code == 2 and "w6a6 is exported as ONNX only" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()  # refused before anything was created
-
-
 def test_failed_parity_leaves_nothing(
     tiny_model: str, calib_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -1,0 +1,415 @@
+"""TFLite flatbuffer surgery for what ai-edge-quantizer cannot be told: learned scales and the 6-bit grid.
+
+ai-edge-quantizer takes activation ranges from us (its `qsvs`) but always derives weight scales from the
+weights' own min/max at 8 bits. So the quantized flatbuffer is edited afterwards (schema object API):
+every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED gets its weights re-quantized from the float model on
+the scales we choose (learned per-channel scales of `edgeface quantize`, or max-abs on the 6-bit grid
+[-31, 31]) and its int32 bias re-quantized on input scale x weight scale, which is the invariant the
+integer kernels rely on. Weighted ops are matched to `quant_plan["layers"]` in execution order and checked
+by output channels, as learned.py does for ONNX; the 1x1 depthwise slope convs that torch_rewrite adds for
+PReLU carry no learned scales and are skipped.
+
+w6a6 activations live in int8 storage with the 6-bit step as their scale and 64 codes. A requantizing op
+(conv, add) writes its output with the grid at the top of the int8 range, codes [64, 127], so it saturates
+at 127 by itself; the bottom is held by the op's fused ReLU/ReLU6 where the zero point is code 64, and
+otherwise by an int8 -> int8 QUANTIZE that moves the grid to the bottom, [-128, -65], where it saturates at
+-128. XNNPACK runs that requantization in the delegate (it delegates MAXIMUM only in float, and
+ai-edge-quantizer does not quantize MINIMUM at all). The QUANTIZE starts as a MAXIMUM with the grid's lowest
+value in the float graph, exact in float and a tensor the quantizer gives our grid; it is rewritten after
+quantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeface.errors import EdgefaceError
+
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# ops whose output keeps its input's grid and codes (PAD adds the zero point, which lies on the grid)
+SAME_AS_INPUT = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
+CLAMP_SUFFIX = "/grid6"  # the tensors an inserted clamp writes
+FUSED_LOWER = {1: 0.0, 2: -1.0, 3: 0.0}  # RELU, RELU_N1_TO_1, RELU6: the real value they clamp below at
+
+
+@dataclass(frozen=True)
+class Target:
+    """The int8 quantization one activation tensor must end up with; `bits` < 8 means held to the 2**bits
+    codes from `qlo`."""
+
+    scale: float
+    zero_point: int
+    bits: int = 8
+    qlo: int = -128
+
+    def int8_range(self) -> tuple[float, float]:
+        """The [min, max] that makes ai-edge-quantizer's asymmetric int8 formula return exactly this grid."""
+        return self.scale * (-128 - self.zero_point), self.scale * (127 - self.zero_point)
+
+
+def from_affine(scale: float, zero_point: int, qmin: int, bits: int, hold: bool) -> Target:
+    """A signed `bits` grid (codes from qmin, zero point zero_point) in int8 storage. Held (w6a6): the same
+    step with the grid moved to the top codes. Not held: the same scale and zero point, all 256 codes."""
+    if bits >= 8 or not hold:
+        return Target(float(scale), int(zero_point), 8)
+    qlo = TOP - 2**bits + 1
+    return Target(float(scale), int(zero_point) + qlo - qmin, bits, qlo)
+
+
+# ---------------------------------------------------------------------------------------------- flatbuffer
+def read(data: bytes) -> Any:
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+
+
+def write(model: Any) -> bytes:
+    from ai_edge_litert.tools.flatbuffer_utils import convert_object_to_bytearray
+
+    return bytes(convert_object_to_bytearray(model))
+
+
+_NAMES: dict[int, str] = {}
+
+
+def op_name(model: Any, op: Any) -> str:
+    from ai_edge_litert import schema_py_generated as schema
+
+    if not _NAMES:
+        _NAMES.update({v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")})
+    code = model.operatorCodes[op.opcodeIndex]
+    return _NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+
+
+def tensor_name(t: Any) -> str:
+    return t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+
+
+def buffer_array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
+    raw = model.buffers[tensor.buffer].data
+    if raw is None:
+        raise EdgefaceError(f"TFLite tensor {tensor_name(tensor)} has no constant data")
+    return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), dtype).reshape(tuple(tensor.shape))
+
+
+def _consumers(graph: Any) -> dict[int, list[int]]:
+    users: dict[int, list[int]] = {}
+    for k, op in enumerate(graph.operators):
+        for i in op.inputs:
+            if i >= 0:
+                users.setdefault(int(i), []).append(k)
+    return users
+
+
+def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
+    """The bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max: its output only feeds (through a w6a6
+    clamp, if any) a MAXIMUM that also reads the conv's own input."""
+    op = graph.operators[k]
+    if op_name(model, op) != "DEPTHWISE_CONV_2D":
+        return False
+    w = graph.tensors[op.inputs[1]]
+    if tuple(w.shape[1:3]) != (1, 1):
+        return False
+    nxt = users.get(int(op.outputs[0]), [])
+    if len(nxt) == 1 and tensor_name(graph.tensors[graph.operators[nxt[0]].outputs[0]]).endswith(
+        CLAMP_SUFFIX
+    ):
+        nxt = users.get(int(graph.operators[nxt[0]].outputs[0]), [])  # through a w6a6 clamp
+    if len(nxt) != 1:
+        return False
+    m = graph.operators[nxt[0]]
+    return op_name(model, m) == "MAXIMUM" and int(op.inputs[0]) in [int(i) for i in m.inputs]
+
+
+def weighted_ops(model: Any) -> tuple[list[int], list[int]]:
+    """(learnable weighted ops, PReLU slope convs), op indices in execution order."""
+    graph = model.subgraphs[0]
+    users = _consumers(graph)
+    main, slopes = [], []
+    for k, op in enumerate(graph.operators):
+        if op_name(model, op) in WEIGHTED_OPS:
+            (slopes if is_prelu_slope(model, graph, k, users) else main).append(k)
+    return main, slopes
+
+
+def out_channels(model: Any, k: int) -> int:
+    graph = model.subgraphs[0]
+    op = graph.operators[k]
+    w = graph.tensors[op.inputs[1]]
+    return int(w.shape[3] if op_name(model, op) == "DEPTHWISE_CONV_2D" else w.shape[0])
+
+
+def activation_output(model: Any, k: int) -> str:
+    """The tensor holding a weighted op's activated output: its own (ReLU/ReLU6 are fused) or, for a
+    PReLU-as-max, the MAXIMUM after it."""
+    graph = model.subgraphs[0]
+    users = _consumers(graph)
+    out = int(graph.operators[k].outputs[0])
+    nxt = users.get(out, [])
+    if len(nxt) == 2:
+        slope = [j for j in nxt if is_prelu_slope(model, graph, j, users)]
+        if slope:
+            m = users[int(graph.operators[slope[0]].outputs[0])][0]
+            return tensor_name(graph.tensors[graph.operators[m].outputs[0]])
+    return tensor_name(graph.tensors[out])
+
+
+# ---------------------------------------------------------------------------------------- learned plan
+@dataclass
+class LearnedTflite:
+    """What a quant_plan says about one float TFLite graph."""
+
+    activations: dict[str, tuple[float, int, int, int]]  # tensor -> (scale, zero point, qmin, bits)
+    weights: list[tuple[np.ndarray, int] | None]  # per learnable weighted op: (scales, bits)
+
+
+def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
+    """Map a quant_plan onto the float TFLite graph: weighted ops in order (checked by output channels), each
+    layer's output quantizer onto the op's activated output, the input quantizer onto the graph input, and
+    the add quantizers onto the ADD ops in order."""
+    model = read(float_data)
+    graph = model.subgraphs[0]
+    main, _ = weighted_ops(model)
+    layers = list(plan["layers"].items())
+    if len(main) != len(layers):
+        raise EdgefaceError(
+            f"quantized checkpoint has {len(layers)} weight layers but its TFLite graph {len(main)} "
+            "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops; cannot carry the learned scales over"
+        )
+    quantizers = plan["quantizers"]
+
+    def act(q: Mapping[str, Any]) -> tuple[float, int, int, int]:
+        return float(q["scale"]), int(q["zero_point"]), int(q["quant_min"]), int(q["bits"])
+
+    acts: dict[str, tuple[float, int, int, int]] = {}
+    weights: list[tuple[np.ndarray, int] | None] = []
+    for k, (name, layer) in zip(main, layers, strict=True):
+        n = out_channels(model, k)
+        if len(layer["weight_scale"]) != n:
+            op = graph.operators[k]
+            raise EdgefaceError(
+                f"learned scales of {name} ({len(layer['weight_scale'])} channels) do not fit TFLite op "
+                f"{op_name(model, op)} #{k} ({n} output channels)"
+            )
+        weights.append((np.asarray(layer["weight_scale"], np.float32), int(layer["weight_bits"])))
+        if layer["output"] is not None:
+            acts[activation_output(model, k)] = act(layer["output"])
+    if plan.get("input_quantizer"):
+        acts[tensor_name(graph.tensors[graph.inputs[0]])] = act(quantizers[plan["input_quantizer"]])
+    adds = [op for op in graph.operators if op_name(model, op) == "ADD"]
+    add_q = sorted((q for q in quantizers if q.startswith("aq_add")), key=_add_index)
+    if add_q and len(adds) != len(add_q):
+        raise EdgefaceError(
+            f"quantized checkpoint has {len(add_q)} add quantizers but its TFLite graph {len(adds)} ADD ops; "
+            "cannot carry the learned scales over"
+        )
+    for op, q in zip(adds, add_q, strict=True):
+        acts[tensor_name(graph.tensors[op.outputs[0]])] = act(quantizers[q])
+    return LearnedTflite(acts, weights)
+
+
+def _add_index(name: str) -> int:
+    tail = name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+# ------------------------------------------------------------------------------------------- the grid
+def insert_clamps(float_data: bytes, targets: Mapping[str, Target]) -> tuple[bytes, dict[str, Target]]:
+    """Float graph with a MAXIMUM(x, lowest 6-bit value) after every held tensor whose producer neither
+    passes codes through nor clamps there with a fused activation; returns the graph and the targets of the
+    new tensors (the same grid as the tensor they clamp)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read(float_data)
+    graph = model.subgraphs[0]
+    outputs = {int(i) for i in graph.outputs}
+    code = next(
+        (j for j, c in enumerate(model.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == 55),
+        None,
+    )
+    if code is None:
+        c = schema.OperatorCodeT()
+        c.builtinCode = c.deprecatedBuiltinCode = schema.BuiltinOperator.MAXIMUM
+        c.version = 1
+        model.operatorCodes.append(c)
+        code = len(model.operatorCodes) - 1
+    new_targets: dict[str, Target] = {}
+    ops: list[Any] = []
+    renamed: dict[int, int] = {}
+    for op in graph.operators:
+        op.inputs = np.array([renamed.get(int(i), int(i)) for i in op.inputs], np.int32)
+        ops.append(op)
+        name = op_name(model, op)
+        out = int(op.outputs[0])
+        t = graph.tensors[out]
+        tgt = targets.get(tensor_name(t))
+        if tgt is None or tgt.bits >= 8 or name in (*SAME_AS_INPUT, "MAXIMUM") or out in outputs:
+            continue
+        opts = getattr(op.builtinOptions, "fusedActivationFunction", 0)
+        if opts in FUSED_LOWER and tgt.zero_point + round(FUSED_LOWER[opts] / tgt.scale) >= tgt.qlo:
+            continue
+        lowest = np.float32(tgt.scale * (tgt.qlo - tgt.zero_point))
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(np.array([lowest], np.float32).tobytes(), np.uint8)
+        model.buffers.append(buf)
+        const = schema.TensorT()
+        const.shape = np.ones(len(t.shape), np.int32)  # broadcast, of the rank the quantizer expects
+        const.type, const.buffer = t.type, len(model.buffers) - 1
+        const.name = (tensor_name(t) + "/grid6_lowest").encode()
+        graph.tensors.append(const)
+        held = schema.TensorT()
+        held.shape, held.type, held.buffer = np.array(t.shape, np.int32), t.type, 0
+        held.shapeSignature = t.shapeSignature
+        held.name = (tensor_name(t) + CLAMP_SUFFIX).encode()
+        graph.tensors.append(held)
+        clamp = schema.OperatorT()
+        clamp.opcodeIndex = code
+        clamp.inputs = np.array([out, len(graph.tensors) - 2], np.int32)
+        clamp.outputs = np.array([len(graph.tensors) - 1], np.int32)
+        clamp.builtinOptionsType = schema.BuiltinOptions.MaximumMinimumOptions
+        clamp.builtinOptions = schema.MaximumMinimumOptionsT()
+        ops.append(clamp)
+        renamed[out] = len(graph.tensors) - 1
+        new_targets[tensor_name(held)] = tgt
+    graph.operators = ops
+    return write(model), new_targets
+
+
+def clamps_to_requantize(quant_data: bytes, targets: Mapping[str, Target]) -> tuple[bytes, dict[str, Target]]:
+    """Rewrite every inserted MAXIMUM clamp of the quantized graph as an int8 -> int8 QUANTIZE onto the
+    bottom codes of its grid. Ops that copy codes without requantizing (pad, reshape, max-pool, a
+    PReLU-as-max) move their output with their inputs; inputs on different grids there are an error.
+
+    Returns the graph and the targets that changed."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = read(quant_data)
+    graph = model.subgraphs[0]
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
+    code.version = 2  # int8 -> int8 requantization
+    model.operatorCodes.append(code)
+    moved: dict[str, Target] = {}
+    shifted: dict[int, int] = {}  # tensor -> how far its codes moved
+
+    def move(i: int, shift: int) -> None:
+        t = graph.tensors[i]
+        t.quantization.zeroPoint = np.asarray(t.quantization.zeroPoint) + shift
+        shifted[i] = shift
+        name = tensor_name(t)
+        if name in targets:
+            old = targets[name]
+            moved[name] = Target(old.scale, old.zero_point + shift, old.bits, old.qlo + shift)
+
+    for op in graph.operators:
+        kind = op_name(model, op)
+        out = int(op.outputs[0])
+        name = tensor_name(graph.tensors[out])
+        if kind == "MAXIMUM" and name.endswith(CLAMP_SUFFIX) and name in targets:
+            op.opcodeIndex = len(model.operatorCodes) - 1
+            op.inputs = np.array(op.inputs[:1], np.int32)
+            op.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
+            op.builtinOptions = schema.QuantizeOptionsT()
+            move(out, -128 - targets[name].qlo)
+        elif kind in (*SAME_AS_INPUT, "MAXIMUM", "MINIMUM"):
+            ins = [int(op.inputs[0])] if kind in SAME_AS_INPUT else [int(i) for i in op.inputs if i >= 0]
+            shifts = {shifted.get(i, 0) for i in ins}
+            if shifts == {0}:
+                continue
+            consts = [i for i in ins if model.buffers[graph.tensors[i].buffer].data is not None]
+            if len(shifts) > 1 or consts:
+                raise EdgefaceError(
+                    f"w6a6: {kind} op #{graph.operators.index(op)} reads tensors on different grids"
+                )
+            move(out, shifts.pop())
+    return write(model), moved
+
+
+# --------------------------------------------------------------------------------------------- weights
+def impose_weights(
+    quant_data: bytes, float_data: bytes, scales: Sequence[tuple[np.ndarray | None, int]]
+) -> tuple[bytes, int]:
+    """Re-quantize the weights of every learnable weighted op (in order) on the given per-channel scales
+    (None: max-abs on the given bit grid) and its bias on input scale x weight scale.
+
+    Returns (flatbuffer, bytes of weights on a grid narrower than 8 bits: what 6-bit packing shrinks)."""
+    q, f = read(quant_data), read(float_data)
+    qg, fg = q.subgraphs[0], f.subgraphs[0]
+    q_main, _ = weighted_ops(q)
+    f_main, _ = weighted_ops(f)
+    if len(q_main) != len(f_main) or len(q_main) != len(scales):
+        raise EdgefaceError(
+            f"quantized TFLite graph has {len(q_main)} weighted ops, the float one {len(f_main)}, the plan "
+            f"{len(scales)}: cannot place the weight scales"
+        )
+    buffer_users: dict[int, int] = {}
+    for t in qg.tensors:
+        buffer_users[t.buffer] = buffer_users.get(t.buffer, 0) + 1
+    narrow_bytes = 0
+    for qk, fk, (s, bits) in zip(q_main, f_main, scales, strict=True):
+        qop, fop = qg.operators[qk], fg.operators[fk]
+        kind = op_name(q, qop)
+        axis = 3 if kind == "DEPTHWISE_CONV_2D" else 0
+        w = buffer_array(f, fg.tensors[fop.inputs[1]], np.float32)
+        wt = qg.tensors[qop.inputs[1]]
+        if tuple(wt.shape) != w.shape or op_name(f, fop) != kind:
+            raise EdgefaceError(f"TFLite op #{qk} ({kind}) does not match its float op #{fk}")
+        qmax = 2 ** (bits - 1) - 1
+        wm = np.moveaxis(w, axis, 0)
+        if s is None:
+            s = np.maximum(np.abs(wm.reshape(wm.shape[0], -1)).max(axis=1) / qmax, 1e-12)
+        s = np.asarray(s, np.float32)
+        if s.shape != (wm.shape[0],):
+            raise EdgefaceError(f"{s.size} weight scales for TFLite op #{qk} with {wm.shape[0]} channels")
+        qw = np.clip(np.round(wm / s.reshape((-1,) + (1,) * (wm.ndim - 1))), -qmax, qmax).astype(np.int8)
+        _set_buffer(q, wt, np.moveaxis(qw, 0, axis), buffer_users)
+        wt.quantization.scale = s.astype(np.float32)
+        wt.quantization.zeroPoint = np.zeros(s.shape, np.int64)
+        wt.quantization.quantizedDimension = axis
+        if bits < 8:
+            narrow_bytes += int(qw.size)
+        if len(qop.inputs) > 2 and qop.inputs[2] >= 0:
+            bt = qg.tensors[qop.inputs[2]]
+            fb = buffer_array(f, fg.tensors[fop.inputs[2]], np.float32)
+            s_in = float(qg.tensors[qop.inputs[0]].quantization.scale[0])
+            bscale = (s_in * s).astype(np.float32)
+            qb = np.clip(np.round(fb / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            _set_buffer(q, bt, qb, buffer_users)
+            bt.quantization.scale = bscale
+            bt.quantization.zeroPoint = np.zeros(s.shape, np.int64)
+            bt.quantization.quantizedDimension = 0
+    return write(q), narrow_bytes
+
+
+def _set_buffer(model: Any, tensor: Any, value: np.ndarray, users: dict[int, int]) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
+    if users.get(tensor.buffer, 0) > 1:  # shared constant: give this tensor its own copy
+        users[tensor.buffer] -= 1
+        model.buffers.append(schema.BufferT())
+        tensor.buffer = len(model.buffers) - 1
+        users[tensor.buffer] = 1
+    buf = model.buffers[tensor.buffer]
+    buf.data, buf.offset, buf.size = data, 0, 0
+
+
+def check_targets(quant_data: bytes, targets: Mapping[str, Target]) -> list[str]:
+    """Tensors whose scale or zero point in the quantized graph is not the one asked for."""
+    model = read(quant_data)
+    by_name = {tensor_name(t): t for t in model.subgraphs[0].tensors}
+    bad = []
+    for name, tgt in targets.items():
+        t = by_name.get(name)
+        qp = None if t is None else t.quantization
+        if qp is None or qp.scale is None or len(qp.scale) != 1:
+            bad.append(name)
+            continue
+        if not np.isclose(float(qp.scale[0]), tgt.scale, rtol=1e-5) or int(qp.zeroPoint[0]) != tgt.zero_point:
+            bad.append(name)
+    return bad
