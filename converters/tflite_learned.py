@@ -63,9 +63,16 @@ def from_affine(scale: float, zero_point: int, qmin: int, bits: int, hold: bool)
 
 # ---------------------------------------------------------------------------------------------- flatbuffer
 def read(data: bytes) -> Any:
+    """The object tree of a flatbuffer, with constants stored after it (Buffer.offset/size, which
+    ai-edge-quantizer writes for large models) pulled back inline so that `write` keeps them."""
     from ai_edge_litert import schema_py_generated as schema
 
-    return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    for buf in model.buffers:
+        if buf.data is None and (buf.offset or 0) > 1 and (buf.size or 0) > 0:
+            buf.data = np.frombuffer(data, np.uint8, count=buf.size, offset=buf.offset).copy()
+            buf.offset, buf.size = 0, 0
+    return model
 
 
 def write(model: Any) -> bytes:

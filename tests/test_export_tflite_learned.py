@@ -139,3 +139,33 @@ def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixtu
     wrong["layers"][name] = {**wrong["layers"][name], "weight_scale": [1.0] * 3}
     with pytest.raises(EdgefaceError, match="do not fit TFLite op CONV_2D #1"):
         tl.match_plan(float_data, wrong)
+
+
+def test_read_pulls_constants_stored_after_the_flatbuffer_back_inline(tmp_path: Path) -> None:
+    """ai-edge-quantizer stores a large model's constants after the flatbuffer (Buffer.offset/size); the
+    flatbuffer surgery must keep them (an iresnet18 int8 export once lost them and failed to load)."""
+    import numpy as np
+    import torch
+    from edgeface.converters import tflite_learned as tl
+    from edgeface.converters.tflite import float_tflite
+    from torch import nn
+
+    from edgeface.spec import ModelSpec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()).eval()
+    data = float_tflite(net, ModelSpec(name="t", input_size=(16, 16), embedding_dim=8))
+    model = tl.read(data)
+    k = max(
+        range(len(model.buffers)),
+        key=lambda i: 0 if model.buffers[i].data is None else len(model.buffers[i].data),
+    )
+    payload = np.asarray(model.buffers[k].data, np.uint8).copy()
+    model.buffers[k].data, model.buffers[k].offset, model.buffers[k].size = None, 1, payload.size
+    head = tl.write(model)  # the offset field has a fixed width: its value does not change the length
+    model.buffers[k].offset = len(head)
+    moved = tl.write(model) + payload.tobytes()
+    assert len(moved) == len(head) + payload.size
+    again = tl.read(moved)
+    assert np.array_equal(np.asarray(again.buffers[k].data, np.uint8), payload)
+    assert not again.buffers[k].offset
