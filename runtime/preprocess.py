@@ -42,13 +42,13 @@ def arrange(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip:
             raise EdgefaceError(f"expected a colour image (H, W, 3), got shape {face.shape}")
         if face.shape[:2] != (h, w):
             face = cv2.resize(face, (w, h), interpolation=cv2.INTER_LINEAR)
-        batch.append(face)
-    x = np.stack(batch)  # N, H, W, C (BGR)
-    if flip:
-        x = x[:, :, ::-1, :]
-    if spec.channel_order == "RGB":
-        x = x[..., ::-1]
-    return x
+        # OpenCV's SIMD copies, not numpy's strided ones: this runs before every inference on the device
+        if flip:
+            face = cv2.flip(face, 1)
+        if spec.channel_order == "RGB":
+            face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
+        batch.append(np.ascontiguousarray(face, dtype=np.uint8))
+    return batch[0][None] if len(batch) == 1 else np.stack(batch)  # N, H, W, C
 
 
 def input_table(spec: ModelSpec, quant: TensorQuant | None = None) -> np.ndarray:
@@ -69,7 +69,7 @@ def apply_table(
     faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, table: np.ndarray, flip: bool = False
 ) -> np.ndarray:
     """Aligned BGR uint8 faces -> network input (the table's dtype) in the spec's layout."""
-    x = np.ascontiguousarray(arrange(faces_bgr, spec, flip))
+    x = arrange(faces_bgr, spec, flip)
     n, h, w, _ = x.shape
     y = cv2.LUT(x.reshape(n * h, w, 3), table).reshape(n, h, w, 3)
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if spec.layout == "NCHW" else y
