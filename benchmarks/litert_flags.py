@@ -18,7 +18,7 @@ from ai_edge_litert.cpu_options import CpuOptions
 from ai_edge_litert.options import Options
 from bench_timing import interleaved_ms
 
-FLAGS = {"default": None, "QS8|QU8|LATEST_OPERATORS": 0x43, "QS8|QU8|SLINKY": 0x103, "all three": 0x143}
+FLAGS = {"default": None, "QS8+QU8+LATEST_OPERATORS": 0x43, "QS8+QU8+SLINKY": 0x103, "all three": 0x143}
 
 
 def runner(path: Path, flags: int | None):  # noqa: ANN201

@@ -2,8 +2,11 @@
 
 Variants of one model built from the same float graph and calibration statistics:
   fp32              the float graph
-  int8-uint8        what `edgeface export --int8` ships (uint8 activations, uint8 input/output)
-  int8-int8         the same with int8 (s8s8) activations
+  int8-uint8        uint8 activations, uint8 NCHW input/output (the session-1 artifact)
+  int8-nhwc         the same with an NHWC input (onnx_layout.nhwc_input)
+  int8-nhwc-s2d     and the space-to-depth stem (onnx_layout.stem_space_to_depth): what `edgeface export
+                    --int8` ships
+  int8-int8         uint8 replaced by int8 (s8s8) activations
   int8-float-stem   uint8, but the first (3-channel) conv kept float
   ort-quantize      onnxruntime.quantization.quantize_static (QDQ, per-channel, uint8) of the float graph
 Interleaved rounds; speed-up = median of per-round ratios to fp32. Session time only (no numpy quantization).
@@ -50,6 +53,8 @@ def main() -> None:
     stats = qdq.collect_stats(base, points, _batches(x))
     ranges = {p: stats.range(p, "mse", 8) for p in points}
     stem = next(n.name for n in base.graph.node if n.op_type == "Conv")
+    from edgeface.converters.onnx_layout import nhwc_input, stem_space_to_depth
+
     variants: dict[str, tuple[onnx.ModelProto, object]] = {"fp32": (base, None)}
     for name, dtype, float_convs in (
         ("int8-uint8", "uint8", ()),
@@ -60,6 +65,13 @@ def main() -> None:
             base, qdq.activation_plan(base, ranges, 8, dtype), float_convs=float_convs
         )
         variants[name] = (proto, in_q)
+        if name == "int8-uint8":
+            for layout_name, s2d in (("int8-nhwc", False), ("int8-nhwc-s2d", True)):
+                twin = onnx.ModelProto()
+                twin.CopyFrom(proto)
+                if s2d:
+                    stem_space_to_depth(twin)
+                variants[layout_name] = (nhwc_input(twin), in_q)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
         onnx.save(base, str(src))
@@ -92,6 +104,8 @@ def main() -> None:
                 in_q.np_dtype
             )
         )
+        if "nhwc" in name:
+            feed = np.ascontiguousarray(feed.transpose(0, 2, 3, 1))
         sessions[name] = (sess, {sess.get_inputs()[0].name: feed})
     calls = {name: (lambda s=sess, f=feed: s.run(None, f)) for name, (sess, feed) in sessions.items()}
     times = interleaved_ms(calls, args.rounds, args.runs)

@@ -1,13 +1,13 @@
 """Module-level rewrites applied before litert-torch conversion, exact in float, chosen for int8 speed.
 
 litert-torch lowers `nn.PReLU` to RELU/MUL/SUB chains; XNNPACK has no int8 PRELU, so in an int8 graph those
-become several elementwise passes and delegate partition breaks around every activation (measured: an int8
-conv+PReLU stack ran at 1.03x of fp32 in LiteRT). PReLU(x) = max(x, a*x) holds exactly for slopes in [0, 1];
-written as a 1x1 depthwise conv (the slopes become per-channel int8 weights) and a MAXIMUM. XNNPACK runs the
-conv; it delegates MAXIMUM only in float, so the int8 MAXIMUM runs as LiteRT's own kernel between two
-delegate partitions, and still the int8 conv+PReLU stack ran 3.0x faster than fp32 (iresnet18: 3.4x,
-docs/speed.md). This is the TFLite counterpart of `onnx_float.prelu_as_max`. (a*x + relu((1-a)*x) would
-stay in one partition, at the price of an int8 ADD and its rounding; not measured yet.)
+become several elementwise passes and delegate partition breaks around every activation. PReLU(x) =
+max(x, a*x) holds exactly for slopes in [0, 1]; written as a 1x1 depthwise conv (the slopes become
+per-channel int8 weights) and a MAXIMUM. XNNPACK runs the conv; it delegates MAXIMUM only in float, so the
+int8 MAXIMUM runs as LiteRT's own kernel between two delegate partitions, and still int8 iresnet18 runs
+3.65x faster than fp32 (docs/speed.md). This is the TFLite counterpart of `onnx_float.prelu_as_max`.
+(a*x + relu((1-a)*x) would stay in one partition, at the price of an int8 ADD and its rounding; not
+measured yet.)
 """
 
 from __future__ import annotations
