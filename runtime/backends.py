@@ -52,7 +52,8 @@ class Artifact:
         quantization into the normalisation: the same codes as quantizing `normalize`'s floats, without
         the float pass.
         """
-        return apply_table(faces_bgr, self.spec, self._table, flip)
+        x = apply_table(faces_bgr, self.spec, self._table, flip)
+        return x.astype(self._input_dtype, copy=False)  # a float16 input: cv2.LUT has no float16 tables
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self._fixed_batch_one and len(x) != 1:
@@ -94,7 +95,7 @@ class Artifact:
                 )
         integer_input = np.issubdtype(self._input_dtype, np.integer)
         table = input_table(self.spec, self._input_quant if integer_input else None)
-        self._table = table.astype(self._input_dtype, copy=False)
+        self._table = table.astype(self._input_dtype, copy=False) if integer_input else table
 
     def _quantize_input(self, x: np.ndarray) -> np.ndarray:
         if np.issubdtype(self._input_dtype, np.integer):
