@@ -56,9 +56,11 @@ def build_onnx(
     per-channel scales) where given, else max-abs.
     """
     bits = PRECISION_BITS[precision]
+    # PReLU as Max(x, a*x) is exact and faster in float too (ORT's fp32 PRelu kernel is slow: mbf 2x,
+    # iresnet18 1.1x, docs/speed.md), so every precision ships it and speed-ups compare like with like
+    float_proto = prelu_as_max(float_proto)
     if bits is None:
         return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
-    float_proto = prelu_as_max(float_proto)
     points = qdq.quant_points(float_proto)
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
     for p in points:
@@ -76,11 +78,13 @@ def build_onnx(
             act[end] = qdq.activation_qparams(*r, bits=8, dtype="uint8")
     import onnx
 
+    float_convs = grouped_convs(float_proto)
     qdq_proto, in_q, out_q = qdq.build_qdq(
         float_proto,
         act,
         bits,
         (plan or {}).get("weights"),
+        float_convs=float_convs,
         weight_bits_override=(plan or {}).get("weight_bits"),
     )
     proto = onnx.ModelProto()
@@ -93,6 +97,10 @@ def build_onnx(
             f"{bits}-bit grid [-{2 ** (bits - 1) - 1}, {2 ** (bits - 1) - 1}] in int8 storage, "
             "symmetric per-channel (axis 0)"
         )
+    if float_convs:
+        weights_desc += (
+            f"; {len(float_convs)} grouped (not depthwise) conv(s) kept float: {', '.join(float_convs)}"
+        )
     new_spec = spec.replace(
         precision=SPEC_PRECISION[precision],
         input_quant=_tensor_quant(in_q),
@@ -101,6 +109,28 @@ def build_onnx(
         layout="NHWC",
     )
     return OnnxBuild(proto, new_spec, float_proto, points, qdq_proto)
+
+
+def grouped_convs(proto: Any) -> list[str]:
+    """Convs with groups of several channels (not depthwise, not dense), which stay float in int8 artifacts.
+
+    ORT 1.31's int8 kernel for them runs one tiny GEMM per group: in arcface_torch's MobileFaceNet (mbf,
+    128 channels in 64 groups at 56x56) that one conv took 9.9 ms in int8 against 1.7 ms in fp32, two
+    thirds of the whole int8 graph (`python benchmarks/prelu_speed.py --model mbf` and docs/speed.md). Kept
+    float, it reads a dequantized input and its output is quantized for the next layer as usual.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    found = []
+    for n in proto.graph.node:
+        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+        per_group = numpy_helper.to_array(inits[n.input[1]]).shape[1]  # input channels per group
+        if group > 1 and per_group > 1:
+            found.append(n.name)
+    return found
 
 
 def _output_source(proto: Any) -> str:

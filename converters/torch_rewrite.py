@@ -5,7 +5,7 @@ become several elementwise passes and delegate partition breaks around every act
 max(x, a*x) holds exactly for slopes in [0, 1]; written as a 1x1 depthwise conv (the slopes become
 per-channel int8 weights) and a MAXIMUM. XNNPACK runs the conv; it delegates MAXIMUM only in float, so the
 int8 MAXIMUM runs as LiteRT's own kernel between two delegate partitions, and still int8 iresnet18 runs
-3.65x faster than fp32 (docs/speed.md). This is the TFLite counterpart of `onnx_float.prelu_as_max`.
+3.91x faster than fp32 (docs/speed.md). This is the TFLite counterpart of `onnx_float.prelu_as_max`.
 (a*x + relu((1-a)*x) stays in one partition but its int8 ADD makes it slower: benchmarks/prelu_tflite.py.)
 """
 

@@ -23,6 +23,8 @@ from edgeface.errors import EdgefaceError
 from edgeface.spec import METADATA_KEY, ModelSpec, TensorQuant, read_spec_json, spec_path_for
 
 SUFFIXES = (".onnx", ".tflite")
+# onnxruntime session config that keeps an artifact's float layers float (see OnnxArtifact._make_session)
+ORT_KEEP_FLOAT = ("optimization.disable_specified_optimizers", "WeightBiasQuantization")
 Embedder = Callable[[Sequence[Path]], np.ndarray]
 
 
@@ -166,6 +168,10 @@ class OnnxArtifact(Artifact):
         if profile:
             opts.enable_profiling = True
             opts.profile_file_prefix = prefix
+        # Our QDQ graphs quantize every weight they mean to; a conv left float on purpose (a grouped conv
+        # whose int8 ORT kernel is 6x slower than fp32, converters/onnx.grouped_convs) must stay float, and
+        # ORT's WeightBiasQuantization pass would quantize it back into that kernel.
+        opts.add_session_config_entry(ORT_KEEP_FLOAT[0], ORT_KEEP_FLOAT[1])
         try:
             return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -129,3 +129,52 @@ def test_w6a6_is_qcdq_on_the_6bit_grid() -> None:
     weights = [v for k, v in inits.items() if k.endswith(".weight_quantized")]
     assert weights and all(np.abs(w).max() <= 31 for w in weights)
     assert built.spec.precision == "w6a6"
+
+
+class GroupedNet(nn.Module):
+    """A grouped (2 channels per group, not depthwise) conv as in arcface_torch's mbf, then a PReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=8), nn.PReLU(16))
+        self.head = nn.Sequential(nn.Conv2d(16, 16, 16, groups=16), nn.Flatten(), nn.Linear(16, 16))
+        with torch.no_grad():
+            self.grouped[1].weight.uniform_(0.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grouped(self.stem(x)))
+
+
+def test_grouped_conv_stays_float_and_prelu_is_max_in_every_precision(tmp_path: Path) -> None:
+    """ORT's int8 grouped-conv kernel is slower than fp32: the int8 artifact keeps that conv float, and the
+    runtime's session options stop ORT from quantizing it back (ORT_KEEP_FLOAT)."""
+    from edgeface.converters.onnx import grouped_convs
+    from edgeface.runtime.backends import ORT_KEEP_FLOAT
+
+    net = GroupedNet().eval()
+    proto = export_float_onnx(net, SPEC.input_size)
+    fp32 = build_onnx(proto, SPEC, "fp32")
+    assert "PRelu" not in {n.op_type for n in fp32.proto.graph.node}  # Max(x, a*x) in fp32 too
+    graph = prelu_as_max(proto)
+    x = _faces(32)
+    stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x])
+    built = build_onnx(proto, SPEC, "int8", stats)
+    names = grouped_convs(graph)
+    assert len(names) == 1 and names[0] in built.spec.weight_quant
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.add_session_config_entry(*ORT_KEEP_FLOAT)
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(built.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    groups = {}
+    for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node:
+        g = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+        groups.setdefault(g, set()).add(n.op_type)
+    assert "QLinearConv" not in groups[8] and groups[8] & {"Conv", "FusedConv", "NchwcConv"}, groups
+    q = built.spec.input_quant.quantize(x).transpose(0, 2, 3, 1)
+    y = built.spec.output_quant.dequantize(sess.run(None, {"input": np.ascontiguousarray(q)})[0])
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert cosine_rows(y, ref).mean() > 0.98
