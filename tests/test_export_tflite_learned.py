@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,10 +14,7 @@ from edgeface.cli.main import main
 from edgeface.errors import EdgefaceError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_export_tflite import TINY  # noqa: E402  (the same small network)
-
-SHARED = Path(__file__).parents[1].parent / "shared"
-LFW = SHARED / "data" / "lfw"
+from test_export_learned import _tiny_and_calib  # noqa: E402  (the same small network and faces)
 
 
 def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -26,22 +22,10 @@ def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     from edgeface.compress.quant import ptq, quant_plan
     from edgeface.compress.quant.ptq import RECORD_ATTR
-    from edgeface.data.lfw import compression_split
     from edgeface.models import checkpoint
     from edgeface.models.loading import load_model
 
-    (tmp_path / "edgeface_tiny_tfl_learned.py").write_text(TINY)
-    sys.path.insert(0, str(tmp_path))
-    ref = "edgeface_tiny_tfl_learned:tiny"
-    by_id: dict[str, list[Path]] = {}
-    for p in compression_split(LFW):
-        by_id.setdefault(p.parent.name, []).append(p)
-    calib = tmp_path / "calib"
-    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
-        for p in ps:
-            (calib / p.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, calib / p.parent.name / p.name)
-
+    ref, calib = _tiny_and_calib(tmp_path)
     loaded = load_model(ref)
     qmodel = ptq(
         loaded.model,
