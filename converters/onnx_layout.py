@@ -47,7 +47,8 @@ def nhwc_input(proto: Any) -> Any:
 
 
 def stem_space_to_depth(proto: Any) -> bool:
-    """Rewrite `DQ(input) -> Conv(3x3, stride 2, pads 1)` on an even-sized uint8 input; False if absent."""
+    """Rewrite `DQ(input) -> Conv(3x3, stride 2, pads 1)` on an even-sized uint8 NCHW input (before
+    `nhwc_input`); False if absent."""
     from onnx import helper, numpy_helper
 
     graph = proto.graph
@@ -57,9 +58,7 @@ def stem_space_to_depth(proto: Any) -> bool:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    src = graph.input[0].name
-    if producers.get(src + "_nchw") is not None:
-        src = src + "_nchw"
+    src = graph.input[0].name  # an NCHW input: run this before nhwc_input
     dq = [n for n in consumers.get(src, []) if n.op_type == "DequantizeLinear"]
     if len(dq) != 1 or len(consumers.get(dq[0].output[0], [])) != 1:
         return False
@@ -78,10 +77,7 @@ def stem_space_to_depth(proto: Any) -> bool:
     ):
         return False
     dims = graph.input[0].type.tensor_type.shape.dim
-    if src.endswith("_nchw"):
-        h, w = dims[1].dim_value, dims[2].dim_value
-    else:
-        h, w = dims[2].dim_value, dims[3].dim_value
+    h, w = dims[2].dim_value, dims[3].dim_value
     if h % 2 or w % 2:
         return False
     wq = numpy_helper.to_array(inits[w_dq.input[0]])  # (O, C, 3, 3) int8
