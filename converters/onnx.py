@@ -115,8 +115,8 @@ def grouped_convs(proto: Any) -> list[str]:
     """Convs with groups of several channels (not depthwise, not dense), which stay float in int8 artifacts.
 
     ORT 1.31's int8 kernel for them runs one tiny GEMM per group: in arcface_torch's MobileFaceNet (mbf,
-    128 channels in 64 groups at 56x56) that one conv took 9.9 ms in int8 against 1.7 ms in fp32, two
-    thirds of the whole int8 graph (ORT's own profiler, `SessionOptions.enable_profiling`; docs/speed.md).
+    128 channels in 64 groups at 56x56) that one conv is ~6x slower in int8 than in fp32
+    (`python benchmarks/ort_prelu_float.py --model mbf --int8 ...`, docs/speed.md).
     Kept float, it reads a dequantized input and its output is quantized for the next layer as usual.
     """
     from onnx import helper, numpy_helper
