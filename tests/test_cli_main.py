@@ -38,3 +38,45 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_required_option_is_one_error_line(capsys):
+    assert main(["verify", "a.jpg", "b.jpg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: Missing option '--model'")
+
+
+def _boom_command():
+    import click
+
+    @click.command("boom")
+    @click.option("--kind", default="internal")
+    def boom(kind: str) -> None:
+        from edgeface.errors import ModelError
+
+        if kind == "model":
+            raise ModelError(
+                "cannot quantize layer 'blocks.3.attn' (op Einsum); try --keep-float blocks.3.attn"
+            )
+        raise RuntimeError("something of ours broke\nsecond line")
+
+    return boom
+
+
+def test_our_failures_exit_1_with_traceback_only_under_debug(monkeypatch, capsys):
+    import edgeface.cli.main as cli_main
+
+    monkeypatch.setitem(cli_main.COMMANDS, "boom", "tests.test_cli_main:_BOOM")
+    assert main(["boom"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: internal failure (RuntimeError: something of ours broke)")
+    assert main(["boom", "--kind", "model"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: cannot quantize layer 'blocks.3.attn' (op Einsum); try --keep-float blocks.3.attn"]
+    assert main(["--debug", "boom"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: internal failure")
+
+
+_BOOM = _boom_command()

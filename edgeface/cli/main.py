@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
 import click
 
@@ -55,26 +56,57 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeface")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+def cli(debug: bool) -> None:
     """Compress, export and run face-recognition models on devices."""
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: every failure becomes one `error:` line on stderr and a non-zero exit.
+
+    Exit codes: 2 a user mistake (bad option, path or file), 1 our failure on the user's model or an
+    internal error, 3 an export that failed its parity check, 130 interrupted. `--debug` (anywhere before
+    the verb) adds the traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
     try:
-        cli.main(args=argv, prog_name="edgeface", standalone_mode=False)
+        cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:
+        if debug:
+            traceback.print_exc()
         click.echo(f"error: {e}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        click.echo("error: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+        return 2
+    except click.UsageError as e:
+        hint = f" (see 'edgeface {e.ctx.info_name} --help')" if e.ctx and e.ctx.parent else ""
+        click.echo(f"error: {e.format_message().strip().splitlines()[0]}{hint}", err=True)
+        return 2
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {e.format_message().strip().splitlines()[0]}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo("error: interrupted", err=True)
         return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(
+            f"error: internal failure ({type(e).__name__}: {_first_line(e)}); "
+            "run with --debug for the traceback and report it",
+            err=True,
+        )
+        return 1
     return 0
 
 

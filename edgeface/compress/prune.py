@@ -327,6 +327,33 @@ def _shapes_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict
     return shapes
 
 
+_SIZE_KEYS = {"Conv2d": ("in", "out", "groups"), "Linear": ("in", "out"), "PReLU": ("parameters",)}
+
+
+def _check_sizes(name: str, m: nn.Module, s: dict[str, Any]) -> None:
+    """Sizes read from a file are data to validate: positive integers no larger than the base layer's, so a
+    crafted record can neither grow a layer to exhaust memory nor build an inconsistent one."""
+    keys = _SIZE_KEYS.get(type(m).__name__, ("features",))
+    limits = {
+        "in": getattr(m, "in_channels", getattr(m, "in_features", 0)),
+        "out": getattr(m, "out_channels", getattr(m, "out_features", 0)),
+        "groups": getattr(m, "in_channels", 0),
+        "parameters": getattr(m, "num_parameters", 0),
+        "features": getattr(m, "num_features", 0),
+    }
+    for key in keys:
+        v = s.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limits[key]:
+            raise EdgefaceError(
+                f"pruned checkpoint: layer '{name}' has {key}={v!r}; "
+                f"expected an integer in [1, {limits[key]}]"
+            )
+    if "groups" in keys and (s["in"] % s["groups"] or s["out"] % s["groups"]):
+        raise EdgefaceError(
+            f"pruned checkpoint: layer '{name}' has {s['groups']} groups for {s['in']} inputs"
+        )
+
+
 def _resized(m: nn.Module, s: dict[str, Any]) -> nn.Module | None:
     """A fresh layer like `m` at the recorded size, or None when the size is unchanged."""
     if isinstance(m, nn.Conv2d):
@@ -376,15 +403,18 @@ def rebuild(model: nn.Module, record: dict[str, Any], state_dict: dict[str, torc
     by the caller, strictly.
     """
     shapes = record.get("layers") or _shapes_from_state(model, state_dict)
+    if not isinstance(shapes, dict):
+        raise EdgefaceError("pruned checkpoint: corrupt 'layers' record")
     modules = dict(model.named_modules())
     for name, s in shapes.items():
-        m = modules.get(name)
-        if m is None:
-            raise EdgefaceError(f"pruned checkpoint names layer '{name}', which the base model does not have")
+        m = modules.get(name) if isinstance(name, str) else None
+        if m is None or not isinstance(s, dict):
+            raise EdgefaceError(f"pruned checkpoint names layer {name!r}, which the base model does not have")
         if type(m).__name__ != s.get("type", type(m).__name__) or not isinstance(m, _RESHAPEABLE):
             raise EdgefaceError(
                 f"pruned checkpoint: layer '{name}' is {type(m).__name__}, record says {s.get('type')}"
             )
+        _check_sizes(name, m, s)
         new = _resized(m, s)
         if new is not None:
             _set_module(model, name, new)

@@ -52,15 +52,63 @@ def save(
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def restore(obj: dict[str, Any], spec_override: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec]:
-    model, _ = build_model(obj["model"])
+def base_model_of(obj: dict[str, Any], requested: str, source: str = "checkpoint") -> str:
+    """The architecture to rebuild, decided by the user, never by the file.
+
+    A checkpoint is data: its "model" field is compared with what the user asked for and never imported on
+    its own authority. A built-in name is safe to build; a `module:factory` is user code, so it runs only
+    when the user typed that same reference after --model. Anything else is refused.
+    """
+    from edgeface.models.registry import REGISTRY
+
+    recorded = obj.get("model")
+    if not isinstance(recorded, str) or not recorded or len(recorded) > 512:
+        raise EdgefaceError(f"{source}: corrupt edgeface checkpoint (no valid 'model' field)")
+    if recorded == requested:
+        return recorded
+    if recorded in REGISTRY:
+        raise EdgefaceError(
+            f"{source} holds a compressed '{recorded}', but --model is '{requested}'; pass --model {recorded}"
+        )
+    raise EdgefaceError(
+        f"{source} was made from the user model '{recorded}'; a checkpoint never chooses the code that "
+        f"runs, so pass --model {recorded} yourself if you trust that module"
+    )
+
+
+def _check_layout(obj: dict[str, Any], source: str) -> None:
+    if not isinstance(obj.get("state_dict"), dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj["state_dict"].items()
+    ):
+        raise EdgefaceError(f"{source}: corrupt edgeface checkpoint ('state_dict' is not a dict of tensors)")
+    transforms = obj.get("transforms", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise EdgefaceError(f"{source}: corrupt edgeface checkpoint ('transforms' is not a list of records)")
+    if not isinstance(obj.get("spec"), dict):
+        raise EdgefaceError(f"{source}: corrupt edgeface checkpoint (no spec)")
+
+
+def restore(
+    obj: dict[str, Any],
+    requested_model: str,
+    spec_override: ModelSpec | None = None,
+    source: str = "checkpoint",
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild a compressed model; `requested_model` is the user's --model (see base_model_of)."""
+    _check_layout(obj, source)
+    try:
+        recorded_spec = ModelSpec.from_dict(obj["spec"])
+    except EdgefaceError as e:
+        raise EdgefaceError(f"{source}: {e}") from None
+    model, _ = build_model(base_model_of(obj, requested_model, source), recorded_spec)
     state = obj["state_dict"]
     for record in obj.get("transforms", []):
-        ref = REBUILDERS.get(record.get("kind", ""))
+        kind = record.get("kind")
+        # the record picks one of our own rebuilders by name; the table, not the file, holds the code
+        ref = REBUILDERS.get(kind) if isinstance(kind, str) else None
         if ref is None:
-            raise EdgefaceError(f"checkpoint uses unknown transform '{record.get('kind')}'")
+            raise EdgefaceError(f"{source} uses unknown transform {kind!r}")
         module_name, _, fn = ref.partition(":")
         model = getattr(importlib.import_module(module_name), fn)(model, record, state)
     load_state_strict(model, state, source="checkpoint weights")
-    spec = spec_override or ModelSpec.from_dict(obj["spec"])
-    return model, spec
+    return model, spec_override or recorded_spec

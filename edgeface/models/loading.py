@@ -103,7 +103,7 @@ def load_model(
     if is_edgeface_checkpoint(obj):
         from edgeface.models.checkpoint import restore
 
-        net, spec = restore(obj, override)
+        net, spec = restore(obj, model, override, source=f"checkpoint {weights}")
         return LoadedModel(net.eval(), spec, obj)
     net, spec = build_model(model, override)
     if obj is not None:

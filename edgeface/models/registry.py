@@ -99,9 +99,17 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     h, w = spec.input_size
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(1, 3, h, w))
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, h, w))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EdgefaceError(
+            f"the model fails on a 1x3x{h}x{w} input ({type(e).__name__}: {first}); give --spec with its "
+            "input_size, or declare EDGEFACE_SPEC in its module"
+        ) from None
+    finally:
+        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         raise EdgefaceError(
             f"model output must be a [batch, dim] embedding tensor, got {getattr(out, 'shape', type(out))}"
