@@ -22,7 +22,7 @@ from edgeface.runtime.backends import Artifact
 from edgeface.runtime.detect import Face, YuNetDetector
 from edgeface.runtime.match import Decision, verify
 from edgeface.runtime.preprocess import read_image
-from edgeface.runtime.select import DEFAULT_POLICY, check_policy, select
+from edgeface.runtime.select import DEFAULT_POLICY, check_policy, select, visible_fraction
 
 from edgeface.errors import EdgefaceError
 
@@ -54,6 +54,7 @@ class FaceEmbedding:
     embedding: np.ndarray  # (D,) float32, not normalised
     face: Face
     faces_found: int  # usable faces in the photo
+    visible: float = 1.0  # fraction of the face inside the photo (select.visible_fraction)
 
 
 class Pipeline:
@@ -143,7 +144,8 @@ class Pipeline:
             e = self.artifact.embed(crops)
             if self.flip:
                 e = e + self.artifact.embed(crops, flip=True)
-        return [FaceEmbedding(path, e[i], f, n) for i, f in enumerate(faces)]
+        h, w = image.shape[:2]
+        return [FaceEmbedding(path, e[i], f, n, visible_fraction(f, w, h)) for i, f in enumerate(faces)]
 
     def embed_image(self, path: str | os.PathLike[str], timings: Timings | None = None) -> FaceEmbedding:
         """The embedding of the one face the policy takes; `all` is refused when the photo has several,

@@ -102,6 +102,12 @@ def test_border_scene_auto_and_center_take_the_subject_largest_takes_the_cut_fac
         scenes["border"], ref
     )
     assert not d.match and a.face.box == largest.box
+    # `all` embeds both, and says which one is cut by the border (its aligned crop is partly black)
+    found = Pipeline(artifact, detector=detector, face="all", warn=lambda _m: None).embed_faces(
+        scenes["border"]
+    )
+    visible = {e.face.box: e.visible for e in found}
+    assert visible[subject.box] == 1.0 and visible[largest.box] < 0.85
 
 
 def test_camera_frame_auto_takes_the_dominant_face_center_does_not(scenes, detector) -> None:
@@ -183,6 +189,7 @@ def test_cli_warning_names_policy_and_box_and_strict_still_fails(capsys, model, 
     assert warned, err
     assert np.allclose([float(v) for v in warned.group(1).split(",")], r["faces"][0]["box"], atol=0.51)
     assert r["match"] is True and r["face_policy"] == "auto" and len(r["results"]) == 1
+    assert r["faces"][0]["visible"] == 1.0
     code, _, err = run(
         capsys,
         "verify",

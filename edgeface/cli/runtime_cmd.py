@@ -114,6 +114,7 @@ def _face_json(e: Any) -> dict[str, Any]:
         "faces_found": e.faces_found,
         "box": [round(v, 1) for v in e.face.box],
         "detector_score": round(e.face.score, 4),
+        "visible": round(e.visible, 2),  # < 1: cut by the border (part of the aligned crop is black)
     }
 
 
