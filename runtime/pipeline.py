@@ -105,7 +105,7 @@ class Pipeline:
         with t.stage("detect"):
             face, n = self.find_face(image, path)
         with t.stage("align"):
-            crop = align_face(image, face.landmarks, self.spec.input_size)
+            crop = align_face(image, face.landmarks, self.spec.input_size, self.spec.crop_box())
         with t.stage("embed"):
             e = self.artifact.embed([crop])[0]
             if self.flip:

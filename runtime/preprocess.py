@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from edgeface.runtime.align import crop_aligned
 
 from edgeface.errors import EdgefaceError
 from edgeface.spec import ModelSpec, TensorQuant
@@ -32,16 +33,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 def arrange(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False) -> np.ndarray:
     """Aligned BGR uint8 faces -> uint8 (N, H, W, 3) at the spec's size and channel order, mirrored if asked.
 
-    Faces that are not `spec.input_size` are resized, which is right for already-aligned crops of another
-    resolution; raw photos must go through alignment first.
+    Faces that are not `spec.input_size` are cut and resized by `align.crop_aligned` (the spec's face
+    crop, aspect ratio kept), which is right for already-aligned crops; raw photos go through alignment.
     """
-    h, w = spec.input_size
     batch = []
     for face in faces_bgr if isinstance(faces_bgr, Sequence) else list(faces_bgr):
         if face.ndim != 3 or face.shape[2] != 3:
             raise EdgefaceError(f"expected a colour image (H, W, 3), got shape {face.shape}")
-        if face.shape[:2] != (h, w):
-            face = cv2.resize(face, (w, h), interpolation=cv2.INTER_LINEAR)
+        face = crop_aligned(face, spec)
         # OpenCV's SIMD copies, not numpy's strided ones: this runs before every inference on the device
         if flip:
             face = cv2.flip(face, 1)

@@ -101,7 +101,7 @@ def profile_artifact(
     if image_path is not None:
         image = read_image(image_path)
         face, _ = pipe.find_face(image, image_path)
-        crop = align_face(image, face.landmarks, spec.input_size)
+        crop = align_face(image, face.landmarks, spec.input_size, spec.crop_box())
     else:
         h, w = spec.input_size
         crop = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
