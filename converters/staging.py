@@ -1,17 +1,49 @@
 """All-or-nothing output: artifacts are written into a hidden staging folder beside their destination and
 moved into place only when every artifact and every parity check has passed, so a failed export leaves no
-partial file behind (and never replaces a good artifact from an earlier run with a bad one)."""
+partial file behind (and never replaces a good artifact from an earlier run with a bad one).
+
+Interrupts are part of "failed": while a staging folder exists, SIGINT and SIGTERM raise `Interrupted`
+(exit 130 through the CLI) and the folder is removed. The TFLite conversion runs code where an exception is
+dropped: the handler often fires inside jax's garbage-collection callback, where Python prints "Exception
+ignored" and carries on, so a Ctrl-C there used to end in a *successful* export with exit 0. So the signal
+is recorded, never raised inside such a callback, raised again every 50 ms until it propagates, and
+checked once more before anything is moved into place; a second signal removes the staging folder and
+exits at once. A folder left by a process that was killed outright (SIGKILL, power loss) is swept by the
+next export into the same folder.
+"""
 
 from __future__ import annotations
 
+import gc
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
+import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from edgeface.errors import EdgefaceError
+
+STAGE_PREFIX = ".edgeface-export-"
+STALE_AFTER_S = 24 * 3600  # a staging folder whose owner cannot be checked is stale after a day
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RETRY_S = 0.05  # an interrupt swallowed by a library is raised again this often until it propagates
+_OWNED = re.compile(re.escape(STAGE_PREFIX) + r"(\d+)-([0-9a-f]{8})-")
+
+
+_RETRY = getattr(signal, "SIGALRM", None) if hasattr(signal, "setitimer") else None
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived during an export; the staging folder was removed, nothing was written."""
 
 
 def check_writable_dir(outdir: Path) -> None:
@@ -26,19 +58,129 @@ def check_writable_dir(outdir: Path) -> None:
         raise EdgefaceError(f"output folder is not writable: {outdir}")
 
 
+def _host_tag() -> str:
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def sweep_stale(outdir: Path) -> list[Path]:
+    """Remove staging folders left in `outdir` by exports that no longer run: ours (same host) whose
+    process is gone, and any other older than STALE_AFTER_S. Returns what was removed."""
+    removed = []
+    host, now = _host_tag(), time.time()
+    try:
+        entries = list(outdir.iterdir())
+    except OSError:
+        return removed
+    for d in entries:
+        if not d.name.startswith(STAGE_PREFIX) or d.is_symlink() or not d.is_dir():
+            continue
+        m = _OWNED.match(d.name)
+        try:
+            if m and m.group(2) == host:
+                stale = not _alive(int(m.group(1)))
+            else:
+                stale = now - d.stat().st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            if not d.exists():
+                removed.append(d)
+    return removed
+
+
+class _SignalGuard:
+    """SIGINT/SIGTERM -> `Interrupted` while a staging folder exists (main thread only: Python delivers
+    signals there). The signal is remembered, so one swallowed by a library is raised again by `check`;
+    during the final moves and the cleanup it is ignored, so they complete; a second signal removes the
+    staging folder and exits at once."""
+
+    def __init__(self, stage: Path) -> None:
+        self.stage = stage
+        self.received: int | None = None
+        self.quiet = False  # set for the final moves and the cleanup, which must not be cut short
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for s in _SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_retrying()
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.quiet:
+            return  # the last renames or the cleanup take milliseconds: let them finish
+        if self.received is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            os._exit(128 + signum)
+        self.received = signum
+        if _RETRY is not None and self._previous:  # SIGALRM is borrowed only once interrupted
+            self._previous.setdefault(_RETRY, signal.signal(_RETRY, self._retry))
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S / 5, RETRY_S)
+        if not _swallowed_here(frame):
+            raise Interrupted(signal.Signals(signum).name)
+
+    def _retry(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None and not self.quiet and not _swallowed_here(frame):
+            raise Interrupted(signal.Signals(self.received).name)
+
+    def stop_retrying(self) -> None:
+        if _RETRY is not None and _RETRY in self._previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise Interrupted(signal.Signals(self.received).name)
+
+
+def _swallowed_here(frame: FrameType | None) -> bool:
+    """True inside a garbage-collection callback or a __del__, where Python prints "Exception ignored"
+    with a traceback and drops the exception; the retry timer raises it a moment later instead."""
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def staged(outdir: Path) -> Iterator[Path]:
-    """Yield a staging folder; on success move its files into `outdir`, on any error delete it."""
+    """Yield a staging folder; on success move its files into `outdir`, on any error or interrupt delete
+    it (nothing written)."""
     check_writable_dir(outdir)
+    sweep_stale(outdir)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".edgeface-export-", dir=outdir))
+        stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_host_tag()}-", dir=outdir))
     except OSError as e:
         raise EdgefaceError(f"cannot write into output folder {outdir}: {e.strerror}") from None
-    try:
-        yield stage
-        # artifacts before their sidecars, so a reader that sees a sidecar finds its artifact
-        files = sorted(stage.iterdir(), key=lambda p: p.suffix == ".json")
-        for f in files:
-            os.replace(f, outdir / f.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with _SignalGuard(stage) as guard:
+        try:
+            yield stage
+            guard.check()  # an interrupt some library caught and dropped still cancels the export
+            guard.quiet = True
+            # artifacts before their sidecars, so a reader that sees a sidecar finds its artifact
+            files = sorted(stage.iterdir(), key=lambda p: p.suffix == ".json")
+            for f in files:
+                os.replace(f, outdir / f.name)
+        finally:
+            guard.quiet = True  # a signal now must not stop the cleanup halfway
+            guard.stop_retrying()
+            shutil.rmtree(stage, ignore_errors=True)
