@@ -166,6 +166,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def emit(text: str) -> None:
+    """Print one result on stdout. A stdout that cannot take it (redirected onto a full disk or /dev/full,
+    a closed pipe) is one error line; stdout is then pointed at /dev/null so the interpreter's final flush
+    does not print a second, raw error."""
+    import sys
+
+    try:
+        sys.stdout.write(printable_lines(text) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        reason = os_reason(e) if isinstance(e, OSError) else "it is closed"
+        raise EdgefaceError(f"cannot write the output to standard output: {reason}") from None
+
+
+def printable_lines(text: str) -> str:
+    """`printable` for each line of a multi-line text (the line breaks themselves are kept)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def dumps_json(obj: Any) -> str:
     """Indented JSON; a NaN or infinity anywhere is our bug and fails here rather than reaching a reader."""
     try:

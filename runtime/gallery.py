@@ -62,7 +62,7 @@ def clean_name(name: str) -> str:
     it reaches SQLite."""
     name = name.strip()
     if any(0xD800 <= ord(ch) <= 0xDFFF for ch in name):
-        raise EdgefaceError(f"identity name {printable(name)!r} is not valid UTF-8")
+        raise EdgefaceError(f"identity name '{printable(name)}' is not valid UTF-8")
     if not name:
         raise EdgefaceError("identity name must not be empty")
     return name
@@ -75,7 +75,7 @@ def check_new_name(name: str) -> str:
     bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")]
     if bad:
         raise EdgefaceError(
-            f"identity name {printable(name)!r} contains control characters "
+            f"identity name '{printable(name)}' contains control characters "
             f"({', '.join(sorted({printable(ch) for ch in bad}))}); use printable text"
         )
     if len(name) > MAX_NAME_CHARS:
@@ -152,12 +152,22 @@ class Gallery:
                 raise EdgefaceError(f"gallery path is not a file: {self._shown}")
             if not exists and (readonly or not create):
                 raise EdgefaceError(f"gallery not found: {self._shown}")
+        if not readonly and exists and not os.access(self.path.parent, os.W_OK):
+            raise EdgefaceError(
+                f"gallery {self._shown} cannot be changed: its folder is read-only (a read-only mount or "
+                "no write permission); identify and gallery list can still read it"
+            )
         if not exists:
             parent = self.path.parent
             if any(p.exists() and not p.is_dir() for p in (parent, *parent.parents)):
                 raise EdgefaceError(f"cannot create gallery {self._shown}: a parent of the path is a file")
             with os_errors("create the folder of gallery", self.path):
                 parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(parent, os.W_OK):
+                raise EdgefaceError(
+                    f"cannot create gallery {self._shown}: its folder is read-only (a read-only mount or no "
+                    "write permission)"
+                )
         self._matrix: SearchIndex | None = None
         self._db = self._connect(timeout)
         try:
@@ -208,7 +218,7 @@ class Gallery:
             if version is None:
                 raise EdgefaceError(f"gallery {self._shown} is corrupt: its meta table has no schema_version")
             if version != SCHEMA_VERSION:
-                raise EdgefaceError(f"{self._shown}: gallery schema {printable(version)!r} is not supported")
+                raise EdgefaceError(f"{self._shown}: gallery schema '{printable(version)}' is not supported")
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -262,10 +272,10 @@ class Gallery:
         dim_text = m["embedding_dim"]
         if not dim_text.isascii() or not dim_text.isdigit() or not 1 <= int(dim_text) <= MAX_EMBEDDING_DIM:
             limit = MAX_EMBEDDING_DIM
-            raise self._corrupt(f"embedding_dim {printable(dim_text)!r} is not an integer in 1-{limit}")
+            raise self._corrupt(f"embedding_dim '{printable(dim_text)}' is not an integer in 1-{limit}")
         sha = m["model_sha256"]
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise self._corrupt(f"model_sha256 {printable(sha)[:70]!r} is not a SHA-256")
+            raise self._corrupt(f"model_sha256 '{printable(sha)[:70]}' is not a SHA-256")
         return ModelTag(
             m["model_name"],
             m["model_precision"],

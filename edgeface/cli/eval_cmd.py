@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgeface.cli.options import BATCH, model_options
-from edgeface.io import printable
+from edgeface.io import emit, printable
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -157,10 +157,10 @@ def eval_cmd(
         outputs.append((json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8")))
     atomic_write_all(outputs)  # the ROC image and the JSON report appear together or not at all
     if json_path == "-":
-        click.echo(text)
+        emit(text)
         return
     header = f"LFW verification: {model}, folds {folds}{', flip' if flip else ''}"
-    click.echo(format_report(report, header))
+    emit(format_report(report, header))
     for label, out in (("json", json_path), ("roc", roc_path)):
         if out is not None:
-            click.echo(f"{label}: {printable(out)}")
+            emit(f"{label}: {printable(out)}")

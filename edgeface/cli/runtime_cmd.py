@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from edgeface.cli.options import SECONDS, Count, threads_option, threshold_option
-from edgeface.io import dumps_json, printable
+from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
 MAX_RUNS = 1_000_000  # profile: with --max-seconds, the bound on how long a profile can take
@@ -22,7 +22,7 @@ DEFAULT_MAX_SECONDS = 600.0
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(dumps_json(data))  # NaN/Infinity never reach a reader
+    emit(dumps_json(data))  # NaN/Infinity never reach a reader; a full stdout is one error line
 
 
 def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,7 +136,7 @@ def verify_cmd(
         )
         return
     verdict = "same person" if d.match else "different people"
-    click.echo(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
+    emit(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
 
 
 @click.command("enroll")
@@ -184,7 +184,7 @@ def enroll_cmd(
             }
         )
         return
-    click.echo(f"enrolled {added} template(s) for '{name}' ({total} in total) in {printable(path)}")
+    emit(f"enrolled {added} template(s) for '{name}' ({total} in total) in {printable(path)}")
 
 
 @click.command("identify")
@@ -236,9 +236,9 @@ def identify_cmd(
         )
         return
     who = printable(best.name) if best is not None and accepted else "unknown"
-    click.echo(f"{who}" + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)"))
+    emit(f"{who}" + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)"))
     for i, m in enumerate(matches, 1):
-        click.echo(f"  {i}. {printable(m.name):<30} {m.score:.4f}  ({m.templates} template(s))")
+        emit(f"  {i}. {printable(m.name):<30} {m.score:.4f}  ({m.templates} template(s))")
 
 
 @click.group("gallery")
@@ -264,9 +264,9 @@ def gallery_list(gallery_path: str | None, as_json: bool) -> None:
             }
         )
         return
-    click.echo(f"{printable(path)}: {len(rows)} identities, model {tag.describe() if tag else '(none yet)'}")
+    emit(f"{printable(path)}: {len(rows)} identities, model {tag.describe() if tag else '(none yet)'}")
     for r in rows:  # escaped: a name with a newline in a crafted gallery cannot forge a line here
-        click.echo(f"  {printable(r.name):<30} {r.templates} template(s)")
+        emit(f"  {printable(r.name):<30} {r.templates} template(s)")
 
 
 @gallery_cmd.command("remove")
@@ -283,7 +283,7 @@ def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
     if as_json:
         _echo_json({"removed": name, "templates": n})
         return
-    click.echo(f"removed '{printable(name)}' ({n} template(s))")
+    emit(f"removed '{printable(name)}' ({n} template(s))")
 
 
 @click.command("profile")
@@ -357,25 +357,25 @@ def profile_cmd(
         _echo_json(r)
         return
     s = r["inference_ms"]
-    click.echo(
+    emit(
         f"{printable(Path(artifact).name)} ({r['backend']}, {r['precision']}), threads {r['threads']}, "
         f"{r['runs']} runs after {r['warmup_runs']} warm-up"
     )
-    click.echo(
+    emit(
         f"init {r['init_ms']:.1f} ms, first inference {r['first_inference_ms']:.2f} ms, "
         f"peak RSS {r['peak_rss_mb']:.1f} MB"
     )
-    click.echo("inference ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
+    emit("inference ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
     if r["stages_ms"]:
         m = r["match"]
         where = f" over {m['templates']} templates" if "templates" in m else ""
-        click.echo(f"pipeline on {printable(r['image'])}, match = {m['kind']}{where} (mean ms):")
+        emit(f"pipeline on {printable(r['image'])}, match = {m['kind']}{where} (mean ms):")
         for stage, v in r["stages_ms"].items():
-            click.echo(f"  {stage:<7} {v['mean']:8.3f}  (p90 {v['p90']:.3f})")
-        click.echo(f"  {'total':<7} {r['pipeline_ms']['mean']:8.3f}")
+            emit(f"  {stage:<7} {v['mean']:8.3f}  (p90 {v['p90']:.3f})")
+        emit(f"  {'total':<7} {r['pipeline_ms']['mean']:8.3f}")
     if r["operators"]:
-        click.echo("operators (top 10 by time):")
+        emit("operators (top 10 by time):")
         for o in r["operators"][:10]:
-            click.echo(f"  {o['op']:<24} x{o['count']:<4} {o['ms_per_run']:8.3f} ms  {o['percent']:5.1f} %")
+            emit(f"  {o['op']:<24} x{o['count']:<4} {o['ms_per_run']:8.3f} ms  {o['percent']:5.1f} %")
     elif r["operators_note"]:
-        click.echo(f"operators: {r['operators_note']}")
+        emit(f"operators: {r['operators_note']}")
