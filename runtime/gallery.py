@@ -314,6 +314,9 @@ class Gallery:
                 # between the check above and BEGIN IMMEDIATE.
                 self.check_model(tag)
                 if self.model() is None:
+                    (orphans,) = self._db.execute("SELECT COUNT(*) FROM templates").fetchone()
+                    if orphans:
+                        raise self._corrupt(f"{orphans} templates but no model recorded in its meta table")
                     self._db.executemany(
                         "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                         [
@@ -378,6 +381,16 @@ class Gallery:
         if not all(isinstance(n, str) and isinstance(t, int | float) for n, _, t in rows):
             raise self._corrupt("an identity has a name that is not text or no creation time")
         return [IdentityRow(n, int(c), float(t)) for n, c, t in rows]
+
+    def templates_of(self, name: str) -> int:
+        """How many templates `name` has (0 if absent), without reading any other identity."""
+        with self._errors():
+            (n,) = self._db.execute(
+                "SELECT COUNT(t.id) FROM identities i JOIN templates t ON t.identity_id = i.id "
+                "WHERE i.name = ?",
+                (clean_name(name),),
+            ).fetchone()
+        return int(n)
 
     def __len__(self) -> int:
         with self._errors():

@@ -171,7 +171,7 @@ def enroll_cmd(
             pipe.embed_image(p) for p in tqdm(images, desc="enroll", unit="img", disable=len(images) < 5)
         ]
         added = g.enroll(name, [e.embedding for e in embedded], tag, sources=[str(e.path) for e in embedded])
-        total = next(r.templates for r in g.identities() if r.name == name)
+        total = g.templates_of(name)
         path = g.path
     if as_json:
         _echo_json(
