@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from edgeface.errors import EdgefaceError
+from edgeface.io import os_errors, printable
 
 STAGE_PREFIX = ".edgeface-export-"
 STALE_AFTER_S = 24 * 3600  # a staging folder whose owner cannot be checked is stale after a day
@@ -49,13 +50,11 @@ class Interrupted(KeyboardInterrupt):
 def check_writable_dir(outdir: Path) -> None:
     """Fail before any slow work when the output folder cannot be created or written."""
     if outdir.exists() and not outdir.is_dir():
-        raise EdgefaceError(f"output path exists and is not a folder: {outdir}")
-    try:
+        raise EdgefaceError(f"output path exists and is not a folder: {printable(outdir)}")
+    with os_errors("create output folder", outdir):
         outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise EdgefaceError(f"cannot create output folder {outdir}: {e.strerror}") from None
     if not os.access(outdir, os.W_OK | os.X_OK):
-        raise EdgefaceError(f"output folder is not writable: {outdir}")
+        raise EdgefaceError(f"output folder is not writable: {printable(outdir)}")
 
 
 def _host_tag() -> str:
@@ -167,10 +166,8 @@ def staged(outdir: Path) -> Iterator[Path]:
     it (nothing written)."""
     check_writable_dir(outdir)
     sweep_stale(outdir)
-    try:
+    with os_errors("write into output folder", outdir):
         stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-{_host_tag()}-", dir=outdir))
-    except OSError as e:
-        raise EdgefaceError(f"cannot write into output folder {outdir}: {e.strerror}") from None
     with _SignalGuard(stage) as guard:
         try:
             yield stage

@@ -109,6 +109,28 @@ def sqlite_errors(what: str) -> Iterator[None]:
         raise EdgefaceError(f"{what}: a name or value is not valid UTF-8") from None
 
 
+def check_output_file(path: str | os.PathLike[str]) -> None:
+    """Before slow work: can a file be written at `path`? One line saying why not (its folder is missing,
+    a parent is a file, it is a folder, the folder is read-only); a device or FIFO target is accepted."""
+    path = Path(path)
+    shown = printable(path)
+    with os_errors("write", path):
+        if path.is_dir():
+            raise EdgefaceError(f"cannot write {shown}: it is a folder")
+        if _is_special(path):
+            return
+        parent = path.parent
+        for p in (parent, *parent.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise EdgefaceError(f"cannot write {shown}: {printable(p)} is a file, not a folder")
+                break
+        if not parent.is_dir():
+            raise EdgefaceError(f"cannot write {shown}: output folder {printable(parent)} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise EdgefaceError(f"cannot write {shown}: folder {printable(parent)} is read-only")
+
+
 def _is_special(path: Path) -> bool:
     """An existing target that is not a regular file or a folder: a device (/dev/null, /dev/full), FIFO or
     socket. Renaming a temp file over it would replace the device node itself, so it is written in place."""
@@ -149,11 +171,14 @@ def atomic_write_all(
                 staged.append((path, tmp))
                 write(tmp)
                 os.chmod(tmp, mode)  # mkstemp makes 0600; outputs must be readable by a service user too
-        for (path, tmp), (_, write) in zip(staged, outputs, strict=True):
-            with os_errors("write", path):
-                if tmp is None:
-                    write(str(path))  # a device or FIFO: nothing to rename, written last
-                else:
+        jobs = list(zip(staged, outputs, strict=True))
+        for (path, tmp), (_, write) in jobs:  # devices and FIFOs first: a failure there renames nothing
+            if tmp is None:
+                with os_errors("write", path):
+                    write(str(path))
+        for (path, tmp), _ in jobs:
+            if tmp is not None:
+                with os_errors("write", path):
                     os.replace(tmp, path)
     finally:
         for _, tmp in staged:

@@ -112,11 +112,11 @@ def test_profile_time_budget_bounds_a_huge_run_count(capsys) -> None:
 def test_folds_are_bounded_before_they_are_expanded(capsys, tmp_path: Path) -> None:
     """'1-2000000000' used to build a set of two billion ints; it is now refused against the pairs file."""
     for folds, fragment in (
-        ("1-2000000000", "fold 2000000000 does not exist (there are 10 folds)"),
-        ("11", "fold 11 does not exist"),
+        ("1-2000000000", "fold 2000000000 is not in the pairs file (it has 1-10)"),
+        ("11", "fold 11 is not in the pairs file"),
         ("0-3", "start at 1"),
         ("3-1", "cannot read"),
-        ("1-" + "9" * 30, "does not exist"),
+        ("1-" + "9" * 30, "not in the pairs file"),
         ("1-" + "9" * 5000, "cannot read"),  # past Python's int-from-text limit
     ):
         r = run(

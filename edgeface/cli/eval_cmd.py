@@ -108,11 +108,10 @@ def eval_cmd(
     rates use all selected pairs. Fractions in the JSON, percent in the table.
     """
     from edgeface.data.lfw import parse_folds, read_pairs, select_folds
-    from edgeface.errors import EdgefaceError
     from edgeface.eval.groups import read_groups
     from edgeface.eval.lfw_eval import evaluate_lfw
     from edgeface.eval.plots import roc_png
-    from edgeface.io import atomic_write_all, dumps_json
+    from edgeface.io import atomic_write_all, check_output_file, dumps_json
 
     # Cheap checks first: a typo must not cost a model load and an embedding pass.
     all_pairs = read_pairs(pairs)
@@ -123,8 +122,8 @@ def eval_cmd(
     if roc_path is None and json_path not in (None, "-"):
         roc_path = str(Path(json_path).with_suffix("")) + ".roc.png"
     for out in (json_path, roc_path):
-        if out not in (None, "-") and not Path(out).resolve().parent.is_dir():
-            raise EdgefaceError(f"output folder does not exist: {Path(out).parent}")
+        if out not in (None, "-"):
+            check_output_file(out)  # a missing, read-only or file-blocked folder fails before the model loads
 
     import torch
 

@@ -107,7 +107,9 @@ def parse_folds(text: str, available: int = MAX_FOLDS) -> tuple[int, ...]:
         raise EdgefaceError(f"--folds: fold numbers start at 1, got '{text[:80]}'")
     top = max(hi for _, hi in spans)
     if top > available:
-        raise EdgefaceError(f"--folds: fold {top} does not exist (there are {available} folds)")
+        if available == MAX_FOLDS:
+            raise EdgefaceError(f"--folds: fold {top} is past the limit of {MAX_FOLDS} folds")
+        raise EdgefaceError(f"--folds: fold {top} is not in the pairs file (it has 1-{available})")
     return tuple(sorted({f for lo, hi in spans for f in range(lo, hi + 1)}))
 
 
