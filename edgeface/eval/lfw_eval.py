@@ -156,6 +156,12 @@ def evaluate_lfw(
     emb = np.asarray(embedder(paths))
     if emb.ndim != 2 or emb.shape[0] != len(paths):
         raise ValueError(f"embedder returned shape {emb.shape} for {len(paths)} images")
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():  # NaN weights or a broken spec: a report of NaN scores would be a silent wrong answer
+        raise EdgefaceError(
+            f"the model returned NaN or infinite embeddings for {int(bad.sum())} of {len(paths)} images "
+            f"(first: {paths[int(np.argmax(bad))].name}); check the weights and the spec's mean/std"
+        )
     root = Path(images_dir)
     left = emb[[index[root / p.left] for p in pairs]]
     right = emb[[index[root / p.right] for p in pairs]]
