@@ -128,6 +128,7 @@ class _SignalGuard:
             return  # the last renames or the cleanup take milliseconds: let them finish
         if self.received is not None:
             shutil.rmtree(self.stage, ignore_errors=True)
+            os.write(2, b"\nerror: interrupted again; stopped at once, nothing written\n")
             os._exit(128 + signum)
         self.received = signum
         if _RETRY is not None and self._previous:  # SIGALRM is borrowed only once interrupted
