@@ -198,6 +198,17 @@ class Gallery:
     def _open(self) -> None:
         with self._errors():
             self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA trusted_schema = OFF")  # the file's schema may not call side effects
+            # A gallery is data: SQL stored in the file (a trigger on our INSERT, a view shadowing a table)
+            # would run inside our transactions, so a file carrying any is refused.
+            code = self._db.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"
+            ).fetchone()
+            if code is not None:
+                raise EdgefaceError(
+                    f"gallery {self._shown} contains a {code[0]} ({printable(code[1])}); an edgeface gallery "
+                    "has none, so this file was crafted or made by another program"
+                )
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if tables and "meta" not in tables:
                 raise EdgefaceError(f"{self._shown} is an SQLite file but not an edgeface gallery")

@@ -136,6 +136,13 @@ CORRUPT: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda g: tamper(g, "DROP TABLE templates"),
         "table(s) ['templates'] missing",
     ),
+    "trigger-planted": (
+        lambda g: tamper(
+            g, "CREATE TRIGGER wipe AFTER INSERT ON templates BEGIN DELETE FROM identities; END"
+        ),
+        "contains a trigger (wipe)",
+    ),
+    "view-planted": (lambda g: tamper(g, "CREATE VIEW v AS SELECT 1"), "contains a view (v)"),
     "model-unbound-with-templates": (
         lambda g: tamper(g, "DELETE FROM meta WHERE key != 'schema_version'"),
         "templates but no model recorded",
@@ -154,6 +161,8 @@ REFUSED_BY_ENROLL = {
     "sha256-mangled",
     "templates-table-dropped",
     "model-unbound-with-templates",
+    "trigger-planted",
+    "view-planted",
 }
 
 

@@ -142,3 +142,12 @@ def test_threshold_range_edges_are_valid(value: str, capsys) -> None:
     r = run(capsys, "verify", FACE, FACE, "--model", artifact(), "--threshold", value, "--json")
     assert r.code == 0, r.err
     assert math.isclose(json.loads(r.out)["threshold"], float(value))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e400", "abcKB", "12 parsecs", "NaNMB"])
+def test_bad_size_budget(value: str, capsys, tmp_path: Path, monkeypatch) -> None:
+    """--size-budget is text (bytes, KB/MB or a ratio) but a number all the same: NaN used to reach int()."""
+    monkeypatch.chdir(tmp_path)
+    r = run(capsys, "quantize", "--bits", "mixed", "--size-budget", value)
+    assert_one_error(r, "'--size-budget'")
+    assert list(tmp_path.iterdir()) == []
