@@ -292,12 +292,8 @@ def spec_errors(path: Path) -> Iterator[None]:
 
 
 def resolve_spec(path: Path, embedded: str | None) -> ModelSpec:
-    with spec_errors(path):
-        spec = _read_spec(path, embedded)
-        for side, q in (("input", spec.input_quant), ("output", spec.output_quant)):
-            if q is not None:
-                _check_quant(q, f"{path}: spec quantization.{side}")
-        return spec
+    with spec_errors(path):  # edgeface.spec validates every field; this catches what slips past as a type
+        return _read_spec(path, embedded)
 
 
 def _read_spec(path: Path, embedded: str | None) -> ModelSpec:
@@ -371,8 +367,9 @@ _QUANT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
 def _check_quant(q: TensorQuant, where: str) -> TensorQuant:
-    """Quantization parameters read from a file are used as numbers: finite scale > 0, an integer zero
-    point inside the dtype's range. Anything else would quantize every input to one code, silently."""
+    """A TFLite tensor's own quantization parameters (used when the spec has none) are numbers read from
+    the file like the spec's (which edgeface.spec validates): finite scale > 0, an integer zero point inside
+    the dtype's range. Anything else would quantize every input to one code, silently."""
     if q.dtype not in _QUANT_RANGE:
         raise EdgefaceError(f"{where}: dtype {q.dtype!r} is not int8 or uint8")
     scale, zero = q.scale, q.zero_point

@@ -52,7 +52,7 @@ SPEC_CASES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
     "scale-nan": (_quant(scale=float("nan")), "scale"),
     "scale-infinity": (_quant(scale=float("inf")), "scale"),
     "scale-a-list": (_quant(scale=[1, 2]), "scale"),
-    "quant-unknown-field": (_quant(rounding="up"), "malformed"),
+    "quant-unknown-field": (_quant(rounding="up"), "int8 input but the artifact takes float32"),
     "quant-dtype-int4": (_quant(dtype="int4"), "int8 or uint8"),
     "mean-nan": (_set("mean", [float("nan"), 0.456, 0.406]), "mean"),
     "std-infinity": (_set("std", [float("inf"), 0.224, 0.225]), "std"),
@@ -67,24 +67,7 @@ SPEC_CASES: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
 }
 
 
-# An infinite std maps a channel to 0 for every pixel: finite embeddings, silently wrong. Only a finite check
-# of the spec's fields at load (edgeface/spec.py, the lead's part of issue 10) refuses it; strict, so the
-# marker must go when that lands.
-NEEDS_SPEC_VALIDATION = {"std-infinity"}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(
-            c,
-            marks=pytest.mark.xfail(strict=True, reason="needs edgeface/spec.py finite validation (lead)"),
-        )
-        if c in NEEDS_SPEC_VALIDATION
-        else c
-        for c in SPEC_CASES
-    ],
-)
+@pytest.mark.parametrize("case", list(SPEC_CASES))
 def test_bad_spec(case: str, capsys, tmp_path: Path) -> None:
     edit, fragment = SPEC_CASES[case]
     model = artifact_copy(tmp_path / "art", edit)
@@ -152,3 +135,21 @@ def test_bad_artifact(case: str, capsys, tmp_path: Path) -> None:
     r = run(capsys, "verify", FACE, FACE2, "--model", model)
     assert_one_error(r, fragment)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "quantization, fragment",
+    [((float("nan"), 0), "scale nan"), ((float("inf"), 0), "scale inf"), ((0.1, 300), "zero_point 300")],
+)
+def test_tflite_tensor_quantization_read_from_the_file_is_checked(quantization, fragment) -> None:
+    """Without a spec quantization block the runtime falls back on the TFLite tensor's own parameters,
+    numbers read from the flatbuffer like any other."""
+    import numpy as np
+    from edgeface.runtime.backends import _tflite_quant
+
+    from edgeface.errors import EdgefaceError
+
+    details = {"name": "serving_default_input:0", "dtype": np.int8, "quantization": quantization}
+    with pytest.raises(EdgefaceError, match=fragment):
+        _tflite_quant(details, Path("m.tflite"))
+    assert _tflite_quant({**details, "quantization": (0.1, 3)}, Path("m.tflite")).zero_point == 3
