@@ -20,9 +20,11 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -151,11 +153,14 @@ class _SignalGuard:
 
 
 def _swallowed_here(frame: FrameType | None) -> bool:
-    """True inside a garbage-collection callback or a __del__, where Python prints "Exception ignored"
-    with a traceback and drops the exception; the retry timer raises it a moment later instead."""
-    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    """True where Python prints "Exception ignored" with a traceback and drops the exception: a garbage-
+    collection callback, a __del__, a weakref finalizer, the unraisable-exception hook. The retry timer
+    raises the interrupt a moment later instead, outside them."""
+    hooks = [*gc.callbacks, sys.unraisablehook]
+    codes = {getattr(getattr(h, "func", h), "__code__", None) for h in hooks}
     while frame is not None:
-        if frame.f_code in codes or frame.f_code.co_name == "__del__":
+        code = frame.f_code
+        if code in codes or code.co_name == "__del__" or code.co_filename == weakref.__file__:
             return True
         frame = frame.f_back
     return False
