@@ -106,6 +106,7 @@ JSON_SCHEMA: dict[str, Any] = {
     },
 }
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
 ALIGNED_SIDE = 112.0  # the ArcFace template's frame, in which face_crop is expressed
 _LAYOUTS = ("NCHW", "NHWC")
 _ORDERS = ("RGB", "BGR")
@@ -364,9 +365,13 @@ def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
 def read_spec_json(path: str | os.PathLike[str]) -> ModelSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise EdgefaceError(f"spec {path} is larger than {MAX_SPEC_BYTES // 1024} KB; not a model spec")
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise EdgefaceError(f"cannot read spec {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgefaceError(f"spec {path} is not UTF-8 JSON text") from None
     return ModelSpec.from_json(text, source=str(path))
 
 

@@ -111,20 +111,9 @@ SPECS: dict[str, tuple[bytes, str]] = {
         "NaN",
     ),
 }
-# read_spec_json (edgeface/spec.py, the lead's part) reads text without catching a decode error; strict, so
-# the marker goes when that is fixed.
-NEEDS_SPEC_FIX = {"binary"}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="edgeface/spec.py read_spec_json (lead)"))
-        if c in NEEDS_SPEC_FIX
-        else c
-        for c in SPECS
-    ],
-)
+@pytest.mark.parametrize("case", list(SPECS))
 def test_bad_spec_file(case: str, capsys, tmp_path: Path) -> None:
     data, fragment = SPECS[case]
     spec = _bytes(data, tmp_path / "spec.json")
