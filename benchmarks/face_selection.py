@@ -232,7 +232,10 @@ def run(model: str, threads: int | None = 1, raw: Path = RAW, scenes: tuple[str,
     # the raw photos aligned by our runtime from the reference landmarks: no detector, so what separates
     # this row from the detected ones is landmark precision alone
     from_csv = artifact.embed(
-        [align_face(im, marks[r], artifact.spec.input_size) for im, r in zip(images, rel, strict=True)]
+        [
+            align_face(im, marks[r], artifact.spec.input_size, artifact.spec.crop_box())
+            for im, r in zip(images, rel, strict=True)
+        ]
     )
     result["reference_landmarks"] = _rates(
         photos,

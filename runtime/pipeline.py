@@ -139,7 +139,9 @@ class Pipeline:
         with t.stage("detect"):
             faces, n = self.find_faces(image, path)
         with t.stage("align"):
-            crops = [align_face(image, f.landmarks, self.spec.input_size) for f in faces]
+            crops = [
+                align_face(image, f.landmarks, self.spec.input_size, self.spec.crop_box()) for f in faces
+            ]
         with t.stage("embed"):
             e = self.artifact.embed(crops)
             if self.flip:

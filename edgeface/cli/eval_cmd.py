@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import model_options
+from edgeface.cli.options import BATCH, model_options
+from edgeface.io import emit, printable
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -87,7 +88,7 @@ def format_report(report: Any, header: str) -> str:
     default=None,
     help="Write the report as JSON to this file ('-' = stdout, then no table is printed).",
 )
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=BATCH)
 def eval_cmd(
     model: str,
     weights: str | None,
@@ -108,21 +109,21 @@ def eval_cmd(
     """
     from edgeface.data.lfw import parse_folds, read_pairs, select_folds
     from edgeface.eval.groups import read_groups
-    from edgeface.eval.lfw_eval import evaluate_lfw, write_json
-    from edgeface.eval.plots import plot_roc
+    from edgeface.eval.lfw_eval import evaluate_lfw
+    from edgeface.eval.plots import roc_png
+    from edgeface.io import atomic_write_all, check_output_file, dumps_json
 
-    fold_ids = parse_folds(folds)
     # Cheap checks first: a typo must not cost a model load and an embedding pass.
-    select_folds(read_pairs(pairs), fold_ids)
+    all_pairs = read_pairs(pairs)
+    fold_ids = parse_folds(folds, available=max(p.fold for p in all_pairs))  # bounded before expanding
+    select_folds(all_pairs, fold_ids)
     if groups_csv is not None:
         read_groups(groups_csv)
     if roc_path is None and json_path not in (None, "-"):
         roc_path = str(Path(json_path).with_suffix("")) + ".roc.png"
     for out in (json_path, roc_path):
-        if out not in (None, "-") and not Path(out).resolve().parent.is_dir():
-            from edgeface.errors import EdgefaceError
-
-            raise EdgefaceError(f"output folder does not exist: {Path(out).parent}")
+        if out not in (None, "-"):
+            check_output_file(out)  # a missing, read-only or file-blocked folder fails before the model loads
 
     import torch
 
@@ -146,17 +147,19 @@ def eval_cmd(
         "flip": flip,
         "groups_csv": groups_csv,
     }
+    text = dumps_json(data)  # NaN/Infinity never reach a reader
+    outputs: list[tuple[str, Any]] = []
     if roc_path is not None:
-        plot_roc(report, roc_path, title=f"{loaded.spec.name} on LFW")
+        png = roc_png(report, title=f"{loaded.spec.name} on LFW")
+        outputs.append((roc_path, lambda tmp: Path(tmp).write_bytes(png)))
+    if json_path not in (None, "-"):
+        outputs.append((json_path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8")))
+    atomic_write_all(outputs)  # the ROC image and the JSON report appear together or not at all
     if json_path == "-":
-        import json
-
-        click.echo(json.dumps(data, indent=2, allow_nan=False))
+        emit(text)
         return
-    if json_path is not None:
-        write_json(data, json_path)
     header = f"LFW verification: {model}, folds {folds}{', flip' if flip else ''}"
-    click.echo(format_report(report, header))
+    emit(format_report(report, header))
     for label, out in (("json", json_path), ("roc", roc_path)):
         if out is not None:
-            click.echo(f"{label}: {out}")
+            emit(f"{label}: {printable(out)}")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from edgeface.cli.options import model_options
+from edgeface.cli.options import COSINE_FLOOR, PROBABILITY_OPEN, Count, model_options
+from edgeface.io import dumps_json
 
 
 @click.command("export")
@@ -48,25 +47,29 @@ from edgeface.cli.options import model_options
     "--min-cosine",
     default=0.99,
     show_default=True,
-    type=float,
+    type=COSINE_FLOOR,
     help="Fail (exit 3, nothing written) when mean parity cosine to PyTorch is below this.",
 )
 @click.option(
     "--calib-images",
     default=256,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1),
     help="Images for activation ranges and the verification threshold.",
 )
 @click.option(
     "--parity-images",
     default=128,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=Count(1),
     help="Held-out images for the parity check.",
 )
 @click.option(
-    "--far", default=1e-3, show_default=True, type=float, help="FAR the embedded threshold is set at."
+    "--far",
+    default=1e-3,
+    show_default=True,
+    type=PROBABILITY_OPEN,
+    help="FAR the embedded threshold is set at, in (0, 1).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(
@@ -106,7 +109,7 @@ def export_cmd(
         progress=not as_json,
     )
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in reports], indent=2))
+        click.echo(dumps_json([r.to_dict() for r in reports]))
         return
     for r in reports:
         size = f"{r.size_bytes / 1e6:.2f} MB"

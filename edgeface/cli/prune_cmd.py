@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeface.cli.options import join_distributed, model_options
-from edgeface.io import atomic_write_text
+from edgeface.cli.options import (
+    BATCH,
+    LEARNING_RATE,
+    MINUTES,
+    PROBABILITY_OPEN,
+    SEED,
+    Count,
+    join_distributed,
+    model_options,
+)
+from edgeface.io import atomic_write_text, dumps_json
 
 
 def _fmt(n: int) -> str:
@@ -95,7 +103,9 @@ def _write_report(
 
 @click.command("prune")
 @model_options
-@click.option("--ratio", "-r", required=True, type=float, help="Fraction of filters to remove, in (0, 1).")
+@click.option(
+    "--ratio", "-r", required=True, type=PROBABILITY_OPEN, help="Fraction of filters to remove, in (0, 1)."
+)
 @click.option(
     "--importance",
     type=click.Choice(["l1", "l2", "bn", "taylor"]),
@@ -114,7 +124,7 @@ def _write_report(
     "--steps",
     default=1,
     show_default=True,
-    type=int,
+    type=Count(1, 1000),
     help="Iterative schedule: prune in N equal increments, fine-tuning after each.",
 )
 @click.option(
@@ -135,14 +145,16 @@ def _write_report(
     "--finetune-epochs",
     default=0,
     show_default=True,
-    type=int,
+    type=Count(0, 100_000),
     help="Distillation epochs over --data (split across --steps); 0 = no fine-tune.",
 )
-@click.option("--max-steps", default=None, type=int, help="Cap on total fine-tune steps (all increments).")
+@click.option(
+    "--max-steps", default=None, type=Count(1), help="Cap on total fine-tune steps (all increments)."
+)
 @click.option(
     "--max-minutes",
     default=None,
-    type=float,
+    type=MINUTES,
     help="Wall-clock budget of the whole fine-tune; the learning-rate schedule ends with it.",
 )
 @click.option(
@@ -152,9 +164,11 @@ def _write_report(
     show_default=True,
     help="Distillation loss against the unpruned model.",
 )
-@click.option("--lr", default=5e-4, show_default=True, type=float, help="Fine-tune learning rate (AdamW).")
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--lr", default=5e-4, show_default=True, type=LEARNING_RATE, help="Fine-tune learning rate (AdamW)."
+)
+@click.option("--batch-size", default=64, show_default=True, type=BATCH)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint (.pt)."
 )
@@ -317,4 +331,4 @@ def prune_cmd(
     }
     if report_path is not None:
         _write_report(Path(report_path), data, lfw_dir or data_dir, teacher, loaded.spec, net, spec)
-    click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
+    click.echo(dumps_json(data) if as_json else format_summary(data))

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeface.cli.options import join_distributed, model_options
+from edgeface.cli.options import (
+    BATCH,
+    LEARNING_RATE,
+    MINUTES,
+    SIZE_BUDGET,
+    Count,
+    join_distributed,
+    model_options,
+)
+from edgeface.io import dumps_json
 
 BITS = ("w8a8", "w6a6", "mixed")
 
@@ -67,6 +75,7 @@ def summary_line(data: dict[str, Any]) -> str:
 @click.option(
     "--size-budget",
     default=None,
+    type=SIZE_BUDGET,
     help="For --bits mixed: bytes (300000, 300KB) or a ratio of the fp32 size (0.2).",
 )
 @click.option(
@@ -83,7 +92,7 @@ def summary_line(data: dict[str, Any]) -> str:
     show_default=True,
     help="How activation ranges are set from the calibration images.",
 )
-@click.option("--num-images", default=512, show_default=True, type=int, help="Calibration images used.")
+@click.option("--num-images", default=512, show_default=True, type=Count(1), help="Calibration images used.")
 @click.option(
     "--loss",
     type=click.Choice(["cosine", "ekd", "cosine+ekd"]),
@@ -91,16 +100,18 @@ def summary_line(data: dict[str, Any]) -> str:
     show_default=True,
     help="QAT distillation loss (label-free).",
 )
-@click.option("--epochs", default=1, show_default=True, type=int, help="QAT epochs over --calib.")
-@click.option("--max-steps", default=None, type=int, help="Cap on QAT steps.")
+@click.option(
+    "--epochs", default=1, show_default=True, type=Count(1, 100_000), help="QAT epochs over --calib."
+)
+@click.option("--max-steps", default=None, type=Count(1), help="Cap on QAT steps.")
 @click.option(
     "--max-minutes",
     default=None,
-    type=float,
+    type=MINUTES,
     help="Wall-clock budget of QAT training; the learning-rate schedule ends with it.",
 )
-@click.option("--lr", default=5e-5, show_default=True, type=float, help="QAT learning rate (AdamW).")
-@click.option("--batch-size", default=32, show_default=True, type=int, help="QAT batch size per process.")
+@click.option("--lr", default=5e-5, show_default=True, type=LEARNING_RATE, help="QAT learning rate (AdamW).")
+@click.option("--batch-size", default=32, show_default=True, type=BATCH, help="QAT batch size per process.")
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (.pt)."
 )
@@ -269,7 +280,7 @@ def quantize_cmd(
                 progress=progress,
             )
             data["report"] = [str(p) for p in write_report(rep, report_path)]
-        click.echo(json.dumps(data, indent=2) if as_json else summary_line(data))
+        click.echo(dumps_json(data) if as_json else summary_line(data))
     if world > 1:
         import torch.distributed as dist
 

@@ -7,23 +7,25 @@ on a Pi with the base install. Errors are EdgefaceError (one line, exit 2); warn
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from edgeface.cli.options import SECONDS, Count, threads_option, threshold_option
+from edgeface.io import dumps_json, emit, printable
+
 MODEL_ENV = "EDGEFACE_MODEL"
 # edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV);
 # tests/test_runtime_faces.py checks that the two agree.
 FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
+MAX_RUNS = 1_000_000  # profile: with --max-seconds, the bound on how long a profile can take
+DEFAULT_MAX_SECONDS = 600.0
 
 
 def _echo_json(data: Any) -> None:
-    # allow_nan=False: a NaN or Infinity would make the document invalid JSON for most parsers; better to
-    # fail than to print it (degenerate detections are already dropped before they can produce one)
-    click.echo(json.dumps(data, indent=2, allow_nan=False))
+    emit(dumps_json(data))  # NaN/Infinity never reach a reader; a full stdout is one error line
 
 
 def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,7 +64,7 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 is_flag=True,
                 help="Fail when a photo has several faces instead of choosing one (--face).",
             ),
-            click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads."),
+            threads_option,
             click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time)."),
             click.option(
                 "--no-refine",
@@ -110,7 +112,7 @@ def _pipeline(
 
 def _face_json(e: Any) -> dict[str, Any]:
     return {
-        "image": str(e.path),
+        "image": printable(e.path),
         "faces_found": e.faces_found,
         "box": [round(v, 1) for v in e.face.box],
         "detector_score": round(e.face.score, 4),
@@ -126,7 +128,7 @@ def _box(e: Any) -> str:
 @click.argument("image1", type=click.Path())
 @click.argument("image2", type=click.Path())
 @pipeline_options
-@click.option("--threshold", type=float, default=None, help="Override the artifact's calibrated threshold.")
+@threshold_option
 def verify_cmd(
     image1: str,
     image2: str,
@@ -168,16 +170,13 @@ def verify_cmd(
             }
         )
         return
+    verdict = "same person" if d.match else "different people"
     if face_policy != "all":
-        verdict = "same person" if d.match else "different people"
-        click.echo(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
+        emit(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
         return
-    click.echo(
-        f"{'same person' if d.match else 'different people'} (best of {len(pairs)} face pair(s)): "
-        f"score {d.score:.4f} (threshold {d.threshold:.4f})"
-    )
+    emit(f"{verdict} (best of {len(pairs)} face pair(s)): score {d.score:.4f} (threshold {d.threshold:.4f})")
     for r, x, y in pairs:
-        click.echo(f"  {'match' if r.match else 'no match':<8} {r.score:.4f}  box {_box(x)} vs box {_box(y)}")
+        emit(f"  {'match' if r.match else 'no match':<8} {r.score:.4f}  box {_box(x)} vs box {_box(y)}")
 
 
 @click.command("enroll")
@@ -203,8 +202,9 @@ def enroll_cmd(
     from tqdm.auto import tqdm
 
     from edgeface.errors import EdgefaceError
-    from edgeface.runtime.gallery import Gallery, ModelTag
+    from edgeface.runtime.gallery import Gallery, ModelTag, check_new_name
 
+    name = check_new_name(name)  # before anything is loaded: the one normalisation of names
     if face_policy == "all":
         raise EdgefaceError(
             "enroll adds one template per photo: --face all is for verify and identify; choose auto, "
@@ -218,29 +218,29 @@ def enroll_cmd(
             pipe.embed_image(p) for p in tqdm(images, desc="enroll", unit="img", disable=len(images) < 5)
         ]
         added = g.enroll(name, [e.embedding for e in embedded], tag, sources=[str(e.path) for e in embedded])
-        total = next(r.templates for r in g.identities() if r.name == name.strip())
+        total = g.templates_of(name)
         path = g.path
     if as_json:
         _echo_json(
             {
-                "name": name.strip(),
+                "name": name,
                 "added": added,
                 "face_policy": face_policy,
                 "templates": total,
-                "gallery": str(path),
+                "gallery": printable(path),
                 "faces": [_face_json(e) for e in embedded],
             }
         )
         return
-    click.echo(f"enrolled {added} template(s) for '{name.strip()}' ({total} in total) in {path}")
+    emit(f"enrolled {added} template(s) for '{name}' ({total} in total) in {printable(path)}")
 
 
 @click.command("identify")
 @click.argument("image", type=click.Path())
 @pipeline_options
 @gallery_option
-@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list.")
-@click.option("--threshold", type=float, default=None, help="Override the artifact's calibrated threshold.")
+@click.option("--top-k", type=Count(1), default=5, show_default=True, help="Candidates to list.")
+@threshold_option
 def identify_cmd(
     image: str,
     model: str,
@@ -266,7 +266,7 @@ def identify_cmd(
     tag = ModelTag.of(pipe.spec, model)
     thr = threshold if threshold is not None else pipe.spec.threshold
     t = Timings()
-    with Gallery(gallery_path, create=False) as g:
+    with Gallery(gallery_path, readonly=True) as g:
         embedded = pipe.embed_faces(image, t)
         g.matrix()  # load outside the timed match stage: a long-running device process keeps it in memory
         with t.stage("match"):
@@ -277,7 +277,7 @@ def identify_cmd(
         best = matches[0] if matches else None
         accepted = best is not None and thr is not None and best.score >= thr
         return {
-            "identity": best.name if accepted else None,
+            "identity": best.name if best is not None and accepted else None,
             "score": best.score if best else None,
             "face": _face_json(e),
             "candidates": [{"name": m.name, "score": m.score, "templates": m.templates} for m in matches],
@@ -301,14 +301,14 @@ def identify_cmd(
         )
         return
     for (e, matches), r in zip(found, results, strict=True):
-        who = r["identity"] or "unknown"
+        who = printable(r["identity"]) if r["identity"] is not None else "unknown"
         where = f" (face at box {_box(e)})" if face_policy == "all" else ""
-        click.echo(
+        emit(
             f"{who}{where}"
             + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)")
         )
         for i, m in enumerate(matches, 1):
-            click.echo(f"  {i}. {m.name:<30} {m.score:.4f}  ({m.templates} template(s))")
+            emit(f"  {i}. {printable(m.name):<30} {m.score:.4f}  ({m.templates} template(s))")
 
 
 @click.group("gallery")
@@ -323,20 +323,20 @@ def gallery_list(gallery_path: str | None, as_json: bool) -> None:
     """Identities, template counts and the model the gallery belongs to."""
     from edgeface.runtime.gallery import Gallery
 
-    with Gallery(gallery_path, create=False) as g:
+    with Gallery(gallery_path, readonly=True) as g:
         rows, tag, path = g.identities(), g.model(), g.path
     if as_json:
         _echo_json(
             {
-                "gallery": str(path),
+                "gallery": printable(path),
                 "model": tag.__dict__ if tag else None,
                 "identities": [{"name": r.name, "templates": r.templates} for r in rows],
             }
         )
         return
-    click.echo(f"{path}: {len(rows)} identities, model {tag.describe() if tag else '(none yet)'}")
-    for r in rows:
-        click.echo(f"  {r.name:<30} {r.templates} template(s)")
+    emit(f"{printable(path)}: {len(rows)} identities, model {tag.describe() if tag else '(none yet)'}")
+    for r in rows:  # escaped: a name with a newline in a crafted gallery cannot forge a line here
+        emit(f"  {printable(r.name):<30} {r.templates} template(s)")
 
 
 @gallery_cmd.command("remove")
@@ -345,14 +345,15 @@ def gallery_list(gallery_path: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
     """Delete identity NAME and all its templates."""
-    from edgeface.runtime.gallery import Gallery
+    from edgeface.runtime.gallery import Gallery, clean_name
 
+    name = clean_name(name)  # enroll stored it trimmed; remove finds it the same way
     with Gallery(gallery_path, create=False) as g:
         n = g.remove(name)
     if as_json:
         _echo_json({"removed": name, "templates": n})
         return
-    click.echo(f"removed '{name}' ({n} template(s))")
+    emit(f"removed '{printable(name)}' ({n} template(s))")
 
 
 @click.command("profile")
@@ -363,9 +364,20 @@ def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
     default=None,
     help="Photo with a face for per-stage times (default: first ../shared raw_sample photo).",
 )
-@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads.")
+@click.option(
+    "--runs", type=Count(1, MAX_RUNS), default=50, show_default=True, help=f"Timed runs (at most {MAX_RUNS})."
+)
+@click.option(
+    "--warmup", type=Count(0, MAX_RUNS), default=5, show_default=True, help="Untimed runs before them."
+)
+@click.option(
+    "--max-seconds",
+    type=SECONDS,
+    default=DEFAULT_MAX_SECONDS,
+    show_default=True,
+    help="Time budget of the warm-up and timed runs; fewer runs are reported (with a warning) when it ends.",
+)
+@threads_option
 @click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
 @click.option("--no-operators", is_flag=True, help="Skip the per-operator profile.")
 @click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled (faster detect).")
@@ -382,6 +394,7 @@ def profile_cmd(
     image: str | None,
     runs: int,
     warmup: int,
+    max_seconds: float,
     threads: int | None,
     detector: str | None,
     no_operators: bool,
@@ -403,30 +416,36 @@ def profile_cmd(
         progress=not as_json,
         refine_landmarks=not no_refine,
         gallery=gallery_path,
+        max_seconds=max_seconds,
     )
+    if r["stopped_by_budget"]:
+        click.echo(
+            f"warning: --max-seconds {max_seconds:g} reached: {r['runs']} of {r['runs_requested']} runs",
+            err=True,
+        )
     if as_json:
         _echo_json(r)
         return
     s = r["inference_ms"]
-    click.echo(
-        f"{Path(artifact).name} ({r['backend']}, {r['precision']}), threads {r['threads']}, "
+    emit(
+        f"{printable(Path(artifact).name)} ({r['backend']}, {r['precision']}), threads {r['threads']}, "
         f"{r['runs']} runs after {r['warmup_runs']} warm-up"
     )
-    click.echo(
+    emit(
         f"init {r['init_ms']:.1f} ms, first inference {r['first_inference_ms']:.2f} ms, "
         f"peak RSS {r['peak_rss_mb']:.1f} MB"
     )
-    click.echo("inference ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
+    emit("inference ms: " + "  ".join(f"{k} {v:.3f}" for k, v in s.items()))
     if r["stages_ms"]:
         m = r["match"]
         where = f" over {m['templates']} templates" if "templates" in m else ""
-        click.echo(f"pipeline on {r['image']}, match = {m['kind']}{where} (mean ms):")
+        emit(f"pipeline on {printable(r['image'])}, match = {m['kind']}{where} (mean ms):")
         for stage, v in r["stages_ms"].items():
-            click.echo(f"  {stage:<7} {v['mean']:8.3f}  (p90 {v['p90']:.3f})")
-        click.echo(f"  {'total':<7} {r['pipeline_ms']['mean']:8.3f}")
+            emit(f"  {stage:<7} {v['mean']:8.3f}  (p90 {v['p90']:.3f})")
+        emit(f"  {'total':<7} {r['pipeline_ms']['mean']:8.3f}")
     if r["operators"]:
-        click.echo("operators (top 10 by time):")
+        emit("operators (top 10 by time):")
         for o in r["operators"][:10]:
-            click.echo(f"  {o['op']:<24} x{o['count']:<4} {o['ms_per_run']:8.3f} ms  {o['percent']:5.1f} %")
+            emit(f"  {o['op']:<24} x{o['count']:<4} {o['ms_per_run']:8.3f} ms  {o['percent']:5.1f} %")
     elif r["operators_note"]:
-        click.echo(f"operators: {r['operators_note']}")
+        emit(f"operators: {r['operators_note']}")

@@ -1,13 +1,14 @@
-"""ROC plot of a verification report, written atomically (no half-written PNG on failure)."""
+"""ROC plot of a verification report, written atomically (no half-written PNG on failure, and a full or
+read-only disk is one error line)."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeface.errors import EdgefaceError
+from edgeface.io import atomic_write
 
 if TYPE_CHECKING:
     from edgeface.eval.lfw_eval import VerificationReport
@@ -16,15 +17,24 @@ if TYPE_CHECKING:
 def plot_roc(
     report: VerificationReport, path: str | os.PathLike[str], title: str = "LFW verification"
 ) -> Path:
-    """TAR against FAR on a log FAR axis (the operating points that matter are at FAR 1e-3..1e-2)."""
+    """Write `roc_png` to `path` atomically."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise EdgefaceError(f"folder for the ROC plot does not exist: {path.parent}")
+    png = roc_png(report, title)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
+
+
+def roc_png(report: VerificationReport, title: str = "LFW verification") -> bytes:
+    """TAR against FAR on a log FAR axis (the operating points that matter are at FAR 1e-3..1e-2), as PNG
+    bytes: rendered in memory so a caller can write it together with other outputs, all or nothing."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server or a Pi
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise EdgefaceError(f"folder for the ROC plot does not exist: {path.parent}")
     far, tar = report.roc
     n_neg = int((~report.labels).sum()) if report.labels is not None else 0
     floor = 1.0 / n_neg if n_neg else 1e-4  # FAR = 0 cannot be drawn on a log axis
@@ -49,14 +59,8 @@ def plot_roc(
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    return path
+    return buf.getvalue()
