@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from edgeface.cli.options import SECONDS, Count, threads_option, threshold_option
+from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
@@ -105,6 +106,7 @@ def _face_json(e: Any) -> dict[str, Any]:
 @click.argument("image2", type=click.Path())
 @pipeline_options
 @threshold_option
+@verify_gate
 def verify_cmd(
     image1: str,
     image2: str,
@@ -123,6 +125,7 @@ def verify_cmd(
     pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
     t = Timings()
     d, a, b = pipe.verify(image1, image2, threshold, t)
+    check_faces([a, b], "verify")
     if as_json:
         _echo_json(
             {
@@ -144,6 +147,7 @@ def verify_cmd(
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @pipeline_options
 @gallery_option
+@enroll_gate
 def enroll_cmd(
     name: str,
     images: tuple[str, ...],
@@ -170,6 +174,7 @@ def enroll_cmd(
         embedded = [
             pipe.embed_image(p) for p in tqdm(images, desc="enroll", unit="img", disable=len(images) < 5)
         ]
+        check_faces(embedded, "enroll")
         added = g.enroll(name, [e.embedding for e in embedded], tag, sources=[str(e.path) for e in embedded])
         total = g.templates_of(name)
         path = g.path
