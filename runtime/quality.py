@@ -47,7 +47,7 @@ class QualityThresholds:
     """The gate: a face passes when every measurement is inside its bound (see the module docstring)."""
 
     min_face_size: float = 40.0
-    min_sharpness: float = 25.0
+    min_sharpness: float = 30.0
     max_yaw: float = 0.5
     max_roll: float = 30.0
     min_detector_score: float = 0.7

@@ -75,7 +75,9 @@ class VideoSource:
                 raise EdgefaceError(f"not a video file: {path}")
             self._cap = cv2.VideoCapture(str(path))
             if not self._cap.isOpened():
-                raise EdgefaceError(f"cannot read video {path} (not a video, or a codec OpenCV lacks)")
+                raise EdgefaceError(
+                    f"cannot read video {path} (not a video, truncated, or a codec OpenCV lacks)"
+                )
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
         count = float(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
@@ -84,9 +86,10 @@ class VideoSource:
         self._t0: float | None = None
         self._first = self._read()
         if self._first is None:
-            what = "gives no frames" if self.is_camera else "has no decodable frames (corrupt or truncated?)"
             self.close()
-            raise EdgefaceError(f"{self.name} {what}")
+            if self.is_camera:
+                raise EdgefaceError(f"{self.name} gives no frames")
+            raise EdgefaceError(f"cannot read video {self.name} (no decodable frame: corrupt or truncated)")
 
     def _read(self) -> tuple[np.ndarray, float] | None:
         try:

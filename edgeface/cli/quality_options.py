@@ -8,6 +8,7 @@ not import the runtime.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ META_KEY = "edgeface.quality"
 # name, default, help (defaults equal QualityThresholds'; tests/test_quality.py checks that they agree)
 THRESHOLDS: tuple[tuple[str, float, str], ...] = (
     ("min_face_size", 40.0, "Smallest face (longer box side, px) the quality gate accepts."),
-    ("min_sharpness", 25.0, "Least variance of the Laplacian of the aligned grey face."),
+    ("min_sharpness", 30.0, "Least variance of the Laplacian of the aligned grey face."),
     ("max_yaw", 0.5, "Largest |yaw| (nose offset from the eyes' midpoint, in eye distances)."),
     ("max_roll", 30.0, "Largest |roll| (eye-line angle, degrees)."),
     ("min_detector_score", 0.7, "Least detector confidence."),
@@ -28,6 +29,8 @@ THRESHOLDS: tuple[tuple[str, float, str], ...] = (
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
     ctx.meta.setdefault(META_KEY, {})[param.name] = value
     return value
 
