@@ -1,9 +1,10 @@
 """Face tracks across video frames: detection every k-th frame, optical flow in between.
 
-Running the detector on every frame is what costs on a Pi (YuNet on a 640x480 frame is several times an
-int8 embedding). Between detections a face moves a few pixels, so its box and landmarks are carried by
-pyramidal Lucas-Kanade flow of nine points (five landmarks, four inside the box), checked forwards and
-backwards, on a grey copy of the frame at most `flow_side` pixels wide: well under a millisecond per face.
+Running the detector on every frame is what costs (YuNet on a 640x480 frame is about ten int8
+MobileFaceNet embeddings on our x86 machine, docs/watch.md). Between detections a face moves a few
+pixels, so its box and landmarks are carried by pyramidal Lucas-Kanade flow of nine points (five
+landmarks, four inside the box), checked forwards and backwards, on a grey copy of the frame at most
+`flow_side` pixels wide: under a millisecond per face.
 On a detection frame, detections are associated with the carried boxes greedily by IoU; a detection left
 over starts a track, a track left over for more than `max_misses` detection rounds ends.
 
@@ -124,8 +125,10 @@ class Tracker:
         if self._prev_thumb is not None and self.tracks and _ncc(self._prev_thumb, thumb) < self.cut_ncc:
             up.cut = True
             up.ended += self._end_all("cut")
-        if self.flow and self._prev is not None and self._prev.shape == small.shape and self.tracks:
-            self._carry(self._prev, small, s)
+        # a detection frame places its tracks anew: one frame of motion does not spoil the IoU matching
+        if faces is None and self.flow and self._prev is not None and self._prev.shape == small.shape:
+            if self.tracks:
+                self._carry(self._prev, small, s)
         for t in self.tracks:
             t.last_frame = index
             t.frames += 1
@@ -228,10 +231,10 @@ class Tracker:
                 t.flow_lost = True
                 continue
             a, b = pts[sl][g] / s, p1[sl][g] / s
-            ca, cb = np.median(a, axis=0), np.median(b, axis=0)
+            ca, cb = _median(a), _median(b)
             da, db = np.linalg.norm(a - ca, axis=1), np.linalg.norm(b - cb, axis=1)
             ok = da > 1e-3
-            scale = float(np.median(db[ok] / da[ok])) if ok.any() else 1.0
+            scale = float(_median(db[ok] / da[ok])) if ok.any() else 1.0
             if not (math.isfinite(scale) and 0.5 < scale < 2.0):
                 t.flow_lost = True
                 continue
@@ -249,6 +252,13 @@ def _points(t: Track) -> np.ndarray:
         [[x + w * fx, y + h * fy] for fx, fy in ((0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7))]
     )
     return np.concatenate([t.landmarks, inner])
+
+
+def _median(x: np.ndarray) -> np.ndarray:
+    """Median along axis 0 by sorting: np.median's overhead is larger than the work on nine points."""
+    x = np.sort(x, axis=0)
+    n = len(x)
+    return (x[(n - 1) // 2] + x[n // 2]) / 2
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:

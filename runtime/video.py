@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -237,10 +239,13 @@ def run(
     max_frames: int | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Event:
-    """Read, watch, emit and annotate until the source ends, `max_frames`, or KeyboardInterrupt.
+    """Read, watch, emit and annotate until the source ends, `max_frames`, or Ctrl-C / SIGTERM.
 
     Returns the summary event (also emitted last). Ctrl-C is a normal way to stop a camera, so it ends
     the loop like the end of a file: open tracks are closed, outputs completed, `stop` says "interrupt".
+    In the main thread the signal only raises a flag checked between frames, so a frame's events and its
+    annotated copy are never cut in half; a second Ctrl-C stops at once (KeyboardInterrupt, still
+    handled here). Elsewhere (another thread) a KeyboardInterrupt ends the loop where it lands.
     """
     clock = watcher.clock
     writer: AnnotatedVideo | None = None
@@ -248,9 +253,23 @@ def run(
     frames = 0
     wall0, cpu0 = time.perf_counter(), time.process_time()
     fps_window: list[float] = []
+    requested: list[int] = []
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
     try:
         try:
             while max_frames is None or frames < max_frames:
+                if requested:
+                    stop = "interrupt"
+                    break
                 with clock.stage("read"):
                     item = source.read()
                 if item is None:
@@ -258,7 +277,6 @@ def run(
                 frame, t = item
                 for event in watcher.process(frame, t):
                     emit(event)
-                frames += 1
                 if video_out is not None:
                     now = time.perf_counter()
                     fps_window = [*fps_window[-29:], now]
@@ -268,8 +286,9 @@ def run(
                             rate = source.fps or 15.0
                             writer = AnnotatedVideo(video_out, rate, (frame.shape[1], frame.shape[0]))
                         writer.write(annotate(frame, watcher, fps))
+                frames += 1
             else:
-                stop = "max-frames"
+                stop = "interrupt" if requested else "max-frames"
         except KeyboardInterrupt:
             stop = "interrupt"
         if stop == "end" and source.ended_early():
@@ -282,6 +301,8 @@ def run(
         for event in watcher.finish():
             emit(event)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if writer is not None:
             writer.close()
     wall = time.perf_counter() - wall0
@@ -299,6 +320,7 @@ def run(
         "tracks": watcher.tracker.started,
         "stages": clock.summary(frames),
         "annotated_video": str(writer.out.path) if writer is not None and writer.frames else None,
+        "annotated_frames": writer.frames if writer is not None else 0,
     }
     emit(summary)
     return summary
@@ -313,6 +335,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     ]
     for stage, s in summary["stages"].items():
         lines.append(
-            f"  {stage:<9} {s['ms_per_call']:8.2f} ms x {s['calls']:<6} = {s['ms_per_frame']:7.2f} ms/frame"
+            f"  {stage:<9} {s['ms_per_call']:8.2f} ms x {s['calls']:<6} = {s['ms_per_frame']:7.2f} ms/frame "
+            f"(CPU {s['cpu_ms_per_frame']:.2f})"
         )
     return lines

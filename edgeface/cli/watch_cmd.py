@@ -6,17 +6,10 @@ Events are JSON lines on stdout (or --events FILE); the run's summary also goes 
 
 from __future__ import annotations
 
-import signal
-from typing import Any
-
 import click
 
 from edgeface.cli.quality_options import quality_options, thresholds_from_context
 from edgeface.cli.runtime_cmd import artifact_option
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 @click.command("watch")
@@ -44,7 +37,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @click.option(
     "--detect-every",
     type=click.IntRange(min=1),
-    default=3,
+    default=5,
     show_default=True,
     help="Run the detector on every k-th frame; track with optical flow in between (1 = every frame).",
 )
@@ -131,7 +124,6 @@ def watch_cmd(
     )
     source = VideoSource(camera=camera, video=video, width=width, height=height)
     sink = EventSink(events_path)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         summary = run(
             source,
@@ -145,7 +137,6 @@ def watch_cmd(
         sink.discard()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         source.close()
     sink.close()
     for line in summary_lines(summary):
