@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="int8 artifact (.onnx or .tflite)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--every", default="1,3,5", help="detect-every values to compare (1 = baseline)")
+    ap.add_argument(
+        "--detect-side", type=int, default=640, help="YuNet input size limit (watch --detect-side)"
+    )
     a = ap.parse_args()
     cv2.setNumThreads(1)
     every = [int(v) for v in a.every.split(",")]
@@ -77,7 +80,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = sc.write(Path(tmp) / "watch640.avi")
         artifact = load_artifact(a.model, num_threads=1)
-        detector = YuNetDetector()
+        detector = YuNetDetector(max_side=a.detect_side)
         pipe = Pipeline(artifact, detector=detector, warn=lambda m: None)
         with Gallery(Path(tmp) / "g.sqlite") as g:
             tag = ModelTag.of(artifact.spec, a.model)
@@ -100,7 +103,8 @@ def main() -> None:
                 correct[k] = _score(events, sc)
     base = np.array([s["cpu_ms_per_frame"] for s in results[every[0]]])
     print(
-        f"<!-- python benchmarks/watch_speed.py --model {a.model} --rounds {a.rounds} --every {a.every} -->"
+        f"<!-- python benchmarks/watch_speed.py --model {a.model} --rounds {a.rounds} --every {a.every} "
+        f"--detect-side {a.detect_side} -->"
     )
     print(
         f"{sc.frames} frames 640x480 at {sc.fps:g} fps, {artifact.spec.precision} {Path(a.model).name} "

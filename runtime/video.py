@@ -186,28 +186,60 @@ class AnnotatedVideo:
             self.out.discard()
 
 
+class ReaderGone(Exception):
+    """The events' reader closed its end of the pipe: stop watching, finish the outputs."""
+
+
 class EventSink:
-    """JSON lines to stdout (flushed per line) or to a file (complete on close, then renamed in place)."""
+    """JSON lines to stdout (flushed per line), to a file (complete on close, then renamed in place), or
+    to an existing non-file path such as /dev/null or a FIFO (written line by line)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, stream: TextIO | None = None) -> None:
-        self.out = AtomicOutput(path) if path is not None and str(path) != "-" else None
-        self._f: TextIO = open(self.out.tmp, "w", encoding="utf-8") if self.out else (stream or sys.stdout)  # noqa: SIM115
+        self.out: AtomicOutput | None = None
+        self._own = False
+        if path is None or str(path) == "-":
+            self._f: TextIO = stream or sys.stdout
+        elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            try:  # /dev/null, a FIFO, /dev/stdout: a stream, written line by line as stdout is
+                self._f = open(path, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as e:
+                raise EdgefaceError(f"cannot write events to {path}: {e.strerror}") from None
+            self._own = True
+        else:
+            self.out = AtomicOutput(path)
+            self._f = open(self.out.tmp, "w", encoding="utf-8")  # noqa: SIM115
         self.lines = 0
+        self.reader_gone = False
 
     def __call__(self, event: Event) -> None:
-        self._f.write(json.dumps(event, allow_nan=False, separators=(",", ":")) + "\n")
-        self._f.flush()
+        if self.reader_gone:
+            return
+        try:
+            self._f.write(json.dumps(event, allow_nan=False, separators=(",", ":")) + "\n")
+            self._f.flush()
+        except BrokenPipeError:
+            # `edgeface watch ... | head`: the reader has what it wanted. Point the stream at /dev/null so
+            # the interpreter's own flush at exit stays quiet, and stop the loop like Ctrl-C would.
+            self.reader_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._f.fileno())
+            os.close(devnull)
+            raise ReaderGone from None
         self.lines += 1
 
     def close(self) -> None:
         if self.out is not None:
             self._f.close()
             self.out.commit()
+        elif self._own:
+            self._f.close()
 
     def discard(self) -> None:
         if self.out is not None:
             self._f.close()
             self.out.discard()
+        elif self._own:
+            self._f.close()
 
 
 def annotate(frame: np.ndarray, watcher: Watcher, fps: float | None) -> np.ndarray:
@@ -248,6 +280,15 @@ def run(
     handled here). Elsewhere (another thread) a KeyboardInterrupt ends the loop where it lands.
     """
     clock = watcher.clock
+
+    gone: list[bool] = []
+
+    def out(event: Event) -> None:  # every line carries the wall-clock time it was produced at
+        try:
+            emit({**event, "time": round(time.time(), 3)})
+        except ReaderGone:
+            gone.append(True)
+
     writer: AnnotatedVideo | None = None
     stop = "end"
     frames = 0
@@ -267,8 +308,8 @@ def run(
     try:
         try:
             while max_frames is None or frames < max_frames:
-                if requested:
-                    stop = "interrupt"
+                if requested or gone:
+                    stop = "interrupt" if requested else "reader-gone"
                     break
                 with clock.stage("read"):
                     item = source.read()
@@ -276,7 +317,7 @@ def run(
                     break
                 frame, t = item
                 for event in watcher.process(frame, t):
-                    emit(event)
+                    out(event)
                 if video_out is not None:
                     now = time.perf_counter()
                     fps_window = [*fps_window[-29:], now]
@@ -288,7 +329,7 @@ def run(
                         writer.write(annotate(frame, watcher, fps))
                 frames += 1
             else:
-                stop = "interrupt" if requested else "max-frames"
+                stop = "interrupt" if requested else "reader-gone" if gone else "max-frames"
         except KeyboardInterrupt:
             stop = "interrupt"
         if stop == "end" and source.ended_early():
@@ -299,7 +340,7 @@ def run(
                     "header declares (truncated or damaged); results cover the frames read"
                 )
         for event in watcher.finish():
-            emit(event)
+            out(event)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -322,7 +363,7 @@ def run(
         "annotated_video": str(writer.out.path) if writer is not None and writer.frames else None,
         "annotated_frames": writer.frames if writer is not None else 0,
     }
-    emit(summary)
+    out(summary)
     return summary
 
 

@@ -59,10 +59,12 @@ class WatchConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool):
+            if f.type in ("bool", bool):
                 continue
-            if not math.isfinite(v):
-                raise EdgefaceError(f"watch setting {f.name} must be finite, got {v}")
+            if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
+                raise EdgefaceError(f"watch setting {f.name} must be an integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise EdgefaceError(f"watch setting {f.name} must be a finite number, got {v!r}")
         if self.detect_every < 1 or self.min_views < 1 or self.verify_every < 1 or self.max_misses < 0:
             raise EdgefaceError("watch: detect_every, min_views and verify_every >= 1, max_misses >= 0")
         if not (0 < self.iou_threshold <= 1) or self.reembed_gain < 0:
@@ -127,7 +129,9 @@ class StageClock:
 class Watcher:
     """Frames in, events out. `gallery` is a `Gallery.matrix()` (None: track and gate only, no names).
 
-    `threshold` defaults to the artifact's calibrated one; it decides both identity and track splits.
+    `threshold` defaults to the artifact's calibrated one; it decides both identity and track splits
+    (without any threshold, which only an artifact without a calibrated one and no gallery allows, tracks
+    are never split by appearance).
     """
 
     def __init__(

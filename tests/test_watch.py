@@ -241,3 +241,19 @@ def test_events_are_finite_json() -> None:
     e = _clean({"event": "x", "score": float("nan"), "t": float("inf"), "box": [1.0, float("-inf")], "n": 3})
     assert e == {"event": "x", "score": None, "t": None, "box": [1.0, None], "n": 3}
     assert not math.isnan(json.loads(json.dumps(e, allow_nan=False))["n"])
+
+
+def test_watch_settings_are_validated() -> None:
+    from edgeface.errors import EdgefaceError
+
+    WatchConfig(detect_every=1, flow=False)
+    for bad in (
+        {"detect_every": 2.5},
+        {"detect_every": True},
+        {"detect_every": 0},
+        {"reembed_gain": float("nan")},
+        {"cut_ncc": 2.0},
+        {"iou_threshold": 0.0},
+    ):
+        with pytest.raises(EdgefaceError):
+            WatchConfig(**bad)

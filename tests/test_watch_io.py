@@ -167,3 +167,21 @@ def test_interrupt_leaves_complete_outputs(model, videos, tmp_path, sig) -> None
         ["annotated.avi"] + (["events.jsonl"] if sig == signal.SIGTERM else [])
     )
     json.dumps(summary, allow_nan=False)
+
+
+def test_events_to_a_device(model, videos, capsys) -> None:
+    """/dev/null (or a FIFO) is written as a stream, not replaced by a renamed file."""
+    code = main(["watch", "--model", model, "--video", str(videos["short.avi"]), "--events", "/dev/null"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out == "" and "stopped by end" in err, err
+    assert Path("/dev/null").is_char_device()
+
+
+def test_reader_closing_the_pipe_stops_quietly(model, videos) -> None:
+    """`edgeface watch ... | head -1`: the run stops, exit 0, no BrokenPipeError or traceback."""
+    p = _start(model, videos["long.avi"])
+    assert p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 0, err
+    assert "stopped by reader-gone" in err and "Traceback" not in err and "Exception" not in err, err
