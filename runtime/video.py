@@ -25,6 +25,7 @@ import numpy as np
 from edgeface.runtime.watch import Event, Watcher
 
 from edgeface.errors import EdgefaceError
+from edgeface.io import check_output_file, os_errors, os_reason, printable
 
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}  # codecs opencv-python's FFmpeg always has
 
@@ -70,15 +71,15 @@ class VideoSource:
                 raise EdgefaceError(f"cannot open camera {camera} (busy, or not a capture device)")
         else:
             path = Path(video)  # type: ignore[arg-type]
-            self.name = str(path)
+            self.name = printable(path)
             if not path.exists():
-                raise EdgefaceError(f"video not found: {path}")
+                raise EdgefaceError(f"video not found: {self.name}")
             if not path.is_file():
-                raise EdgefaceError(f"not a video file: {path}")
+                raise EdgefaceError(f"not a video file: {self.name}")
             self._cap = cv2.VideoCapture(str(path))
             if not self._cap.isOpened():
                 raise EdgefaceError(
-                    f"cannot read video {path} (not a video, truncated, or a codec OpenCV lacks)"
+                    f"cannot read video {self.name} (not a video, truncated, or a codec OpenCV lacks)"
                 )
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0
@@ -132,23 +133,20 @@ class AtomicOutput:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        check_output_file(self.path)
         if self.path.exists() and not self.path.is_file():
-            raise EdgefaceError(f"output path is not a file: {self.path}")
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise EdgefaceError(f"output folder does not exist: {parent}")
-        try:
+            raise EdgefaceError(f"cannot write {printable(self.path)}: not a regular file")
+        with os_errors("write", self.path):
             fd, tmp = tempfile.mkstemp(
-                dir=parent, prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}"
+                dir=self.path.parent, prefix=f".{self.path.stem}.", suffix=f".tmp{self.path.suffix}"
             )
-        except OSError as e:
-            raise EdgefaceError(f"cannot write {self.path}: {e.strerror}") from None
         os.close(fd)
         self.tmp = Path(tmp)
 
     def commit(self) -> None:
-        os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
+        with os_errors("write", self.path):
+            os.chmod(self.tmp, 0o644)
+            os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
         self.tmp.unlink(missing_ok=True)
@@ -200,14 +198,13 @@ class EventSink:
         if path is None or str(path) == "-":
             self._f: TextIO = stream or sys.stdout
         elif Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
-            try:  # /dev/null, a FIFO, /dev/stdout: a stream, written line by line as stdout is
+            with os_errors("write", path):  # /dev/null, a FIFO: a stream, written line by line
                 self._f = open(path, "w", encoding="utf-8")  # noqa: SIM115
-            except OSError as e:
-                raise EdgefaceError(f"cannot write events to {path}: {e.strerror}") from None
             self._own = True
         else:
             self.out = AtomicOutput(path)
             self._f = open(self.out.tmp, "w", encoding="utf-8")  # noqa: SIM115
+        self.name = "standard output" if path is None or str(path) == "-" else printable(path)
         self.lines = 0
         self.reader_gone = False
 
@@ -225,6 +222,8 @@ class EventSink:
             os.dup2(devnull, self._f.fileno())
             os.close(devnull)
             raise ReaderGone from None
+        except OSError as e:  # a full disk, /dev/full
+            raise EdgefaceError(f"cannot write events to {self.name}: {os_reason(e)}") from None
         self.lines += 1
 
     def close(self) -> None:
@@ -370,7 +369,7 @@ def run(
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The summary as a few human lines (stderr of the CLI)."""
     lines = [
-        f"{summary['source']}: {summary['frames']} frames in {summary['seconds']:.2f} s "
+        f"{printable(summary['source'])}: {summary['frames']} frames in {summary['seconds']:.2f} s "
         f"({summary['fps'] or 0:.1f} fps, {summary['cpu_ms_per_frame'] or 0:.1f} ms CPU/frame), "
         f"{summary['tracks']} track(s), {summary['embeddings']} embedding(s), stopped by {summary['stop']}"
     ]

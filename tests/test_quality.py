@@ -63,7 +63,7 @@ def tiny(image: np.ndarray) -> np.ndarray:
 
 def test_cli_defaults_are_the_runtime_defaults() -> None:
     d = QualityThresholds()
-    assert {name: default for name, default, _ in THRESHOLDS} == {
+    assert {name: default for name, default, _, _ in THRESHOLDS} == {
         f: getattr(d, f) for f in d.__dataclass_fields__
     }
 

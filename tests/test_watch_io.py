@@ -78,7 +78,7 @@ def test_bad_options_write_nothing(model, videos, tmp_path, capsys) -> None:
         ([*base, "--threshold", "nan"], "threshold"),
         ([*base, "--detect-every", "0"], "--detect-every"),
         ([*base, "--out-video", str(tmp_path / "a.gif")], "extension"),
-        ([*base, "--events", str(tmp_path / "no" / "e.jsonl")], "output folder does not exist"),
+        ([*base, "--events", str(tmp_path / "no" / "e.jsonl")], "does not exist"),
         ([*base, "--gallery", str(tmp_path / "none.sqlite")], "gallery not found"),
     ]
     for argv, message in cases:

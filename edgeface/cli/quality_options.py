@@ -8,40 +8,54 @@ not import the runtime.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from edgeface.cli.options import FiniteFloat
+
 META_KEY = "edgeface.quality"
 
-# name, default, help (defaults equal QualityThresholds'; tests/test_quality.py checks that they agree)
-THRESHOLDS: tuple[tuple[str, float, str], ...] = (
-    ("min_face_size", 40.0, "Smallest face (longer box side, px) the quality gate accepts."),
-    ("min_sharpness", 30.0, "Least variance of the Laplacian of the aligned grey face."),
-    ("max_yaw", 0.5, "Largest |yaw| (nose offset from the eyes' midpoint, in eye distances)."),
-    ("max_roll", 30.0, "Largest |roll| (eye-line angle, degrees)."),
-    ("min_detector_score", 0.7, "Least detector confidence."),
-    ("min_brightness", 40.0, "Least mean grey level of the aligned face."),
-    ("max_brightness", 220.0, "Largest mean grey level of the aligned face."),
+# name, default, valid range, help (defaults equal QualityThresholds'; tests/test_quality.py checks that)
+THRESHOLDS: tuple[tuple[str, float, FiniteFloat, str], ...] = (
+    (
+        "min_face_size",
+        40.0,
+        FiniteFloat(0.0, 1e5),
+        "Smallest face (longer box side, px) the quality gate accepts.",
+    ),
+    (
+        "min_sharpness",
+        30.0,
+        FiniteFloat(0.0, 1e6),
+        "Least variance of the Laplacian of the aligned grey face.",
+    ),
+    (
+        "max_yaw",
+        0.5,
+        FiniteFloat(0.0, 100.0),
+        "Largest |yaw| (nose offset from the eyes' midpoint, in eye distances).",
+    ),
+    ("max_roll", 30.0, FiniteFloat(0.0, 180.0), "Largest |roll| (eye-line angle, degrees)."),
+    ("min_detector_score", 0.7, FiniteFloat(0.0, 1.0), "Least detector confidence."),
+    ("min_brightness", 40.0, FiniteFloat(0.0, 255.0), "Least mean grey level of the aligned face."),
+    ("max_brightness", 220.0, FiniteFloat(0.0, 255.0), "Largest mean grey level of the aligned face."),
 )
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if isinstance(value, float) and not (math.isfinite(value) and value >= 0):
-        raise click.BadParameter(f"must be a finite number >= 0, got {value}")
     ctx.meta.setdefault(META_KEY, {})[param.name] = value
     return value
 
 
 def quality_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add --min-face-size ... --max-brightness; read them back with `thresholds_from_context()`."""
-    for name, default, text in reversed(THRESHOLDS):
+    for name, default, kind, text in reversed(THRESHOLDS):
         f = click.option(
             "--" + name.replace("_", "-"),
             name,
-            type=float,
+            type=kind,
             default=default,
             show_default=True,
             expose_value=False,
@@ -56,7 +70,7 @@ def thresholds_from_context() -> Any:
     from edgeface.runtime.quality import QualityThresholds
 
     given = click.get_current_context().meta.get(META_KEY, {})
-    return QualityThresholds(**{name: given.get(name, default) for name, default, _ in THRESHOLDS})
+    return QualityThresholds(**{name: given.get(name, default) for name, default, _, _ in THRESHOLDS})
 
 
 def enroll_gate(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,6 +106,7 @@ def check_faces(embedded: list[Any], what: str) -> None:
     `EdgefaceError` naming the image and every failed measurement, so nothing is written.
     """
     from edgeface.errors import EdgefaceError
+    from edgeface.io import printable
     from edgeface.runtime.preprocess import read_image
     from edgeface.runtime.quality import assess
 
@@ -103,7 +118,7 @@ def check_faces(embedded: list[Any], what: str) -> None:
     for e in embedded:
         q = assess(read_image(e.path), e.face, thresholds)
         if not q.passed:
-            bad.append(f"{e.path}: {q.describe()}")
+            bad.append(f"{printable(e.path)}: {q.describe()}")
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         hint = (

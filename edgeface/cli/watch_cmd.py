@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import click
 
+from edgeface.cli.options import Count, threads_option, threshold_option
 from edgeface.cli.quality_options import quality_options, thresholds_from_context
 from edgeface.cli.runtime_cmd import artifact_option
 
 
 @click.command("watch")
 @artifact_option
-@click.option("--camera", type=int, default=None, help="Camera index (V4L2 /dev/videoN on Linux).")
+@click.option("--camera", type=Count(0, 4095), default=None, help="Camera index (V4L2 /dev/videoN on Linux).")
 @click.option("--video", type=click.Path(dir_okay=False), default=None, help="Video file to read.")
 @click.option(
     "--gallery",
@@ -23,7 +24,7 @@ from edgeface.cli.runtime_cmd import artifact_option
     default=None,
     help="SQLite gallery to identify against (without it: tracks and quality only, no names).",
 )
-@click.option("--threshold", type=float, default=None, help="Override the artifact's calibrated threshold.")
+@threshold_option
 @click.option(
     "--events", "events_path", default="-", show_default=True, help="JSON-lines events file, - = stdout."
 )
@@ -33,17 +34,17 @@ from edgeface.cli.runtime_cmd import artifact_option
     default=None,
     help="Write an annotated copy (.avi or .mkv: MJPG, .mp4: mp4v) with boxes, names, scores and fps.",
 )
-@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after this many frames.")
+@click.option("--max-frames", type=Count(1), default=None, help="Stop after this many frames.")
 @click.option(
     "--detect-every",
-    type=click.IntRange(min=1),
+    type=Count(1, 10_000),
     default=5,
     show_default=True,
     help="Run the detector on every k-th frame; track with optical flow in between (1 = every frame).",
 )
 @click.option(
     "--min-views",
-    type=click.IntRange(min=1),
+    type=Count(1, 10_000),
     default=2,
     show_default=True,
     help="Embedded views a track needs before it can be named.",
@@ -51,17 +52,17 @@ from edgeface.cli.runtime_cmd import artifact_option
 @click.option("--no-flow", is_flag=True, help="Keep boxes still between detections (no optical flow).")
 @click.option(
     "--detect-side",
-    type=click.IntRange(min=64, max=4096),
+    type=Count(64, 8192),
     default=640,
     show_default=True,
     help="Frames larger than this are detected downscaled to it (cheaper on a Pi).",
 )
 @click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference and OpenCV threads.")
+@threads_option
 @click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time).")
 @click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled before embedding.")
-@click.option("--width", type=click.IntRange(min=16), default=None, help="Camera frame width to request.")
-@click.option("--height", type=click.IntRange(min=16), default=None, help="Camera frame height to request.")
+@click.option("--width", type=Count(16, 16384), default=None, help="Camera frame width to request.")
+@click.option("--height", type=Count(16, 16384), default=None, help="Camera frame height to request.")
 @quality_options
 def watch_cmd(
     model: str,
@@ -86,6 +87,7 @@ def watch_cmd(
     """Watch --camera N or --video FILE: one JSON line per event (track_start, identity, track_end), then
     a summary with fps and per-stage times. Ctrl-C (or SIGTERM) stops it cleanly; outputs stay complete."""
     from edgeface.errors import EdgefaceError
+    from edgeface.io import check_output_file, printable
     from edgeface.runtime.backends import load_artifact
     from edgeface.runtime.detect import YuNetDetector
     from edgeface.runtime.gallery import Gallery, ModelTag
@@ -94,6 +96,9 @@ def watch_cmd(
 
     if (camera is None) == (video is None):
         raise EdgefaceError("give exactly one of --camera N or --video FILE")
+    for out in (events_path if events_path != "-" else None, out_video):
+        if out is not None:
+            check_output_file(out)  # before anything slow is loaded
     quality = thresholds_from_context()
     config = WatchConfig(
         detect_every=detect_every,
@@ -109,11 +114,11 @@ def watch_cmd(
         cv2.setNumThreads(threads)
     index = None
     if gallery_path is not None:
-        with Gallery(gallery_path, create=False) as g:
+        with Gallery(gallery_path, readonly=True) as g:
             g.check_model(ModelTag.of(artifact.spec, model))
             index = g.matrix()
             if len(index.matrix) == 0:
-                raise EdgefaceError(f"gallery {g.path} is empty; enroll someone first")
+                raise EdgefaceError(f"gallery {printable(g.path)} is empty; enroll someone first")
     watcher = Watcher(
         artifact,
         YuNetDetector(detector, max_side=detect_side),
