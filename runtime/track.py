@@ -1,6 +1,6 @@
 """Face tracks across video frames: detection every k-th frame, optical flow in between.
 
-Running the detector on every frame is what costs (YuNet on a 640x480 frame: ~38 ms of CPU on our x86
+Running the detector on every frame is what costs (YuNet on a 640x480 frame: ~40 ms of CPU on our x86
 machine against ~3 ms per frame for all the embedding, docs/watch.md). Between detections a face moves a few
 pixels, so its box and landmarks are carried by pyramidal Lucas-Kanade flow of nine points (five
 landmarks, four inside the box), checked forwards and backwards, on a grey copy of the frame at most

@@ -31,7 +31,14 @@ from edgeface.runtime.backends import Artifact
 from edgeface.runtime.detect import Face, YuNetDetector
 from edgeface.runtime.gallery import SearchIndex
 from edgeface.runtime.preprocess import l2_normalize
-from edgeface.runtime.quality import Quality, QualityThresholds, aligned_grey, assess, usable_faces
+from edgeface.runtime.quality import (
+    Quality,
+    QualityThresholds,
+    aligned_grey,
+    assess,
+    face_problem,
+    usable_faces,
+)
 from edgeface.runtime.track import Track, Tracker, TrackUpdate
 
 from edgeface.errors import EdgefaceError
@@ -193,7 +200,11 @@ class Watcher:
             if index == 0:
                 self._t0 = time.monotonic()
             timestamp = time.monotonic() - self._t0
-        t = float(timestamp) if math.isfinite(timestamp) else None
+        try:
+            t: float | None = float(timestamp)
+        except (TypeError, ValueError):
+            raise EdgefaceError(f"timestamp must be a number of seconds, got {timestamp!r}") from None
+        t = t if t is not None and math.isfinite(t) else None
         self._last_t = t
         faces = None
         if index % self.config.detect_every == 0:
@@ -252,7 +263,8 @@ class Watcher:
     def _embed(self, frame: np.ndarray, face: Face) -> np.ndarray:
         with self.clock.stage("embed"):
             if self.config.refine_landmarks:
-                face = self.detector.refine(frame, face)
+                refined = self.detector.refine(frame, face)
+                face = refined if face_problem(refined, frame.shape) is None else face
             crop = align_face(frame, face.landmarks, self.spec.input_size, self.spec.crop_box())
             e = self.artifact.embed([crop])[0]
             if self.config.flip:
