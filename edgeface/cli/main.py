@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "identify": "edgeface.cli.runtime_cmd:identify_cmd",
     "gallery": "edgeface.cli.runtime_cmd:gallery_cmd",
     "profile": "edgeface.cli.runtime_cmd:profile_cmd",
+    "watch": "edgeface.cli.watch_cmd:watch_cmd",
 }
 
 

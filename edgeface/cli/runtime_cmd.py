@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from edgeface.cli.options import SECONDS, Count, threads_option, threshold_option
+from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
@@ -129,6 +130,7 @@ def _box(e: Any) -> str:
 @click.argument("image2", type=click.Path())
 @pipeline_options
 @threshold_option
+@verify_gate
 def verify_cmd(
     image1: str,
     image2: str,
@@ -153,6 +155,7 @@ def verify_cmd(
     t = Timings()
     pairs = pipe.verify_faces(image1, image2, threshold, t)
     d, a, b = pairs[0]
+    check_faces([a, b], "verify")  # the best pair's faces: under --face all, the ones that decided `match`
     if as_json:
         _echo_json(
             {
@@ -184,6 +187,7 @@ def verify_cmd(
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @pipeline_options
 @gallery_option
+@enroll_gate
 def enroll_cmd(
     name: str,
     images: tuple[str, ...],
@@ -217,6 +221,7 @@ def enroll_cmd(
         embedded = [
             pipe.embed_image(p) for p in tqdm(images, desc="enroll", unit="img", disable=len(images) < 5)
         ]
+        check_faces(embedded, "enroll")
         added = g.enroll(name, [e.embedding for e in embedded], tag, sources=[str(e.path) for e in embedded])
         total = g.templates_of(name)
         path = g.path
