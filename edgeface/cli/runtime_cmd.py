@@ -18,6 +18,9 @@ from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
+# edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV);
+# tests/test_runtime_faces.py checks that the two agree.
+FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
 MAX_RUNS = 1_000_000  # profile: with --max-seconds, the bound on how long a profile can take
 DEFAULT_MAX_SECONDS = 600.0
 
@@ -49,9 +52,18 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "or $EDGEFACE_YUNET).",
             ),
             click.option(
+                "--face",
+                "face_policy",
+                type=click.Choice(FACE_POLICIES),
+                default="auto",
+                show_default=True,
+                help="Which face of a photo: auto (size, centrality, detector score, not cut by the border), "
+                "largest, center, highest-score, or all (verify/identify: one result per face).",
+            ),
+            click.option(
                 "--strict-single-face",
                 is_flag=True,
-                help="Fail when a photo has several faces instead of taking the largest.",
+                help="Fail when a photo has several faces instead of choosing one (--face).",
             ),
             threads_option,
             click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time)."),
@@ -78,7 +90,13 @@ def gallery_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _pipeline(
-    model: str, detector: str | None, strict: bool, threads: int | None, flip: bool, no_refine: bool
+    model: str,
+    detector: str | None,
+    strict: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    face_policy: str = "auto",
 ) -> Any:
     from edgeface.runtime.backends import load_artifact
     from edgeface.runtime.pipeline import Pipeline
@@ -89,6 +107,7 @@ def _pipeline(
         strict_single_face=strict,
         flip=flip,
         refine_landmarks=not no_refine,
+        face=face_policy,
     )
 
 
@@ -98,7 +117,12 @@ def _face_json(e: Any) -> dict[str, Any]:
         "faces_found": e.faces_found,
         "box": [round(v, 1) for v in e.face.box],
         "detector_score": round(e.face.score, 4),
+        "visible": round(e.visible, 2),  # < 1: cut by the border (part of the aligned crop is black)
     }
+
+
+def _box(e: Any) -> str:
+    return "[" + ", ".join(f"{v:.0f}" for v in e.face.box) + "]"
 
 
 @click.command("verify")
@@ -112,6 +136,7 @@ def verify_cmd(
     image2: str,
     model: str,
     detector: str | None,
+    face_policy: str,
     strict_single_face: bool,
     threads: int | None,
     flip: bool,
@@ -119,13 +144,18 @@ def verify_cmd(
     as_json: bool,
     threshold: float | None,
 ) -> None:
-    """1:1 verification: are IMAGE1 and IMAGE2 the same person? (exit 0 either way; see `match`)"""
+    """1:1 verification: are IMAGE1 and IMAGE2 the same person? (exit 0 either way; see `match`)
+
+    With --face all, every face of IMAGE1 is compared with every face of IMAGE2: `results` has one entry
+    per pair (one per face of IMAGE2 when IMAGE1 is a one-face reference photo), best score first, and the
+    top-level `match`/`score`/`faces` are those of the best pair."""
     from edgeface.runtime.pipeline import Timings
 
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
     t = Timings()
-    d, a, b = pipe.verify(image1, image2, threshold, t)
-    check_faces([a, b], "verify")
+    pairs = pipe.verify_faces(image1, image2, threshold, t)
+    d, a, b = pairs[0]
+    check_faces([a, b], "verify")  # the best pair's faces: under --face all, the ones that decided `match`
     if as_json:
         _echo_json(
             {
@@ -133,13 +163,23 @@ def verify_cmd(
                 "score": d.score,
                 "threshold": d.threshold,
                 "model": model,
+                "face_policy": face_policy,
                 "faces": [_face_json(a), _face_json(b)],
+                "results": [
+                    {"match": r.match, "score": r.score, "faces": [_face_json(x), _face_json(y)]}
+                    for r, x, y in pairs
+                ],
                 "timings_ms": t.ms,
             }
         )
         return
     verdict = "same person" if d.match else "different people"
-    emit(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
+    if face_policy != "all":
+        emit(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
+        return
+    emit(f"{verdict} (best of {len(pairs)} face pair(s)): score {d.score:.4f} (threshold {d.threshold:.4f})")
+    for r, x, y in pairs:
+        emit(f"  {'match' if r.match else 'no match':<8} {r.score:.4f}  box {_box(x)} vs box {_box(y)}")
 
 
 @click.command("enroll")
@@ -153,6 +193,7 @@ def enroll_cmd(
     images: tuple[str, ...],
     model: str,
     detector: str | None,
+    face_policy: str,
     strict_single_face: bool,
     threads: int | None,
     flip: bool,
@@ -164,10 +205,16 @@ def enroll_cmd(
     transaction: a bad image or a crash leaves the gallery as it was."""
     from tqdm.auto import tqdm
 
+    from edgeface.errors import EdgefaceError
     from edgeface.runtime.gallery import Gallery, ModelTag, check_new_name
 
     name = check_new_name(name)  # before anything is loaded: the one normalisation of names
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    if face_policy == "all":
+        raise EdgefaceError(
+            "enroll adds one template per photo: --face all is for verify and identify; choose auto, "
+            "largest, center or highest-score"
+        )
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
     tag = ModelTag.of(pipe.spec, model)
     with Gallery(gallery_path) as g:
         g.check_model(tag)  # fail before the (slow) embedding of every image
@@ -183,6 +230,7 @@ def enroll_cmd(
             {
                 "name": name,
                 "added": added,
+                "face_policy": face_policy,
                 "templates": total,
                 "gallery": printable(path),
                 "faces": [_face_json(e) for e in embedded],
@@ -202,6 +250,7 @@ def identify_cmd(
     image: str,
     model: str,
     detector: str | None,
+    face_policy: str,
     strict_single_face: bool,
     threads: int | None,
     flip: bool,
@@ -211,39 +260,60 @@ def identify_cmd(
     top_k: int,
     threshold: float | None,
 ) -> None:
-    """1:N identification of IMAGE against the gallery; the best candidate is accepted at the threshold."""
+    """1:N identification of IMAGE against the gallery; the best candidate is accepted at the threshold.
+
+    With --face all, every face of IMAGE is identified: `results` has one entry per face (best-placed face
+    first, as --face auto ranks them), and the top-level fields are those of the first."""
     from edgeface.runtime.gallery import Gallery, ModelTag
     from edgeface.runtime.pipeline import Timings
 
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine)
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
     tag = ModelTag.of(pipe.spec, model)
     thr = threshold if threshold is not None else pipe.spec.threshold
     t = Timings()
     with Gallery(gallery_path, readonly=True) as g:
-        e = pipe.embed_image(image, t)
+        embedded = pipe.embed_faces(image, t)
         g.matrix()  # load outside the timed match stage: a long-running device process keeps it in memory
         with t.stage("match"):
-            matches = g.identify(e.embedding, tag, top_k)
+            found = [(e, g.identify(e.embedding, tag, top_k)) for e in embedded]
         size = len(g)
-    best = matches[0] if matches else None
-    accepted = best is not None and thr is not None and best.score >= thr
+
+    def result(e: Any, matches: list[Any]) -> dict[str, Any]:
+        best = matches[0] if matches else None
+        accepted = best is not None and thr is not None and best.score >= thr
+        return {
+            "identity": best.name if best is not None and accepted else None,
+            "score": best.score if best else None,
+            "face": _face_json(e),
+            "candidates": [{"name": m.name, "score": m.score, "templates": m.templates} for m in matches],
+        }
+
+    results = [result(e, m) for e, m in found]
     if as_json:
+        first = results[0]
         _echo_json(
             {
-                "identity": best.name if accepted else None,
-                "score": best.score if best else None,
+                "identity": first["identity"],
+                "score": first["score"],
                 "threshold": thr,
                 "gallery_templates": size,
-                "face": _face_json(e),
-                "candidates": [{"name": m.name, "score": m.score, "templates": m.templates} for m in matches],
+                "face_policy": face_policy,
+                "face": first["face"],
+                "candidates": first["candidates"],
+                "results": results,
                 "timings_ms": t.ms,
             }
         )
         return
-    who = printable(best.name) if best is not None and accepted else "unknown"
-    emit(f"{who}" + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)"))
-    for i, m in enumerate(matches, 1):
-        emit(f"  {i}. {printable(m.name):<30} {m.score:.4f}  ({m.templates} template(s))")
+    for (e, matches), r in zip(found, results, strict=True):
+        who = printable(r["identity"]) if r["identity"] is not None else "unknown"
+        where = f" (face at box {_box(e)})" if face_policy == "all" else ""
+        emit(
+            f"{who}{where}"
+            + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)")
+        )
+        for i, m in enumerate(matches, 1):
+            emit(f"  {i}. {printable(m.name):<30} {m.score:.4f}  ({m.templates} template(s))")
 
 
 @click.group("gallery")
