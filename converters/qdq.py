@@ -340,7 +340,9 @@ def build_qdq(
             if len(inputs) > 2 and inputs[2]:
                 b = inits[inputs[2]]
                 bscale = (act[src].scale * scales).astype(np.float32)
-                qb = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+                with np.errstate(divide="ignore", invalid="ignore"):  # a dead channel: zero scale and bias
+                    qb = np.nan_to_num(np.round(b / bscale), nan=0.0)
+                qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)
                 bq = const(f"{node.name}.bias_quantized", qb)
                 bs = const(f"{node.name}.bias_scale", bscale)
                 bz = const(f"{node.name}.bias_zp", np.zeros_like(qb))
