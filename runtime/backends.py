@@ -22,6 +22,7 @@ import numpy as np
 from edgeface.runtime.preprocess import apply_table, input_table, read_image
 
 from edgeface.errors import EdgefaceError
+from edgeface.quiet import native_quiet
 from edgeface.spec import METADATA_KEY, ModelSpec, TensorQuant, read_spec_json, spec_path_for
 
 SUFFIXES = (".onnx", ".tflite")
@@ -237,8 +238,9 @@ class TfliteArtifact(Artifact):
         interpreter_cls, self.backend = _tflite_interpreter()
         t0 = time.perf_counter()
         try:
-            self._interp = interpreter_cls(model_content=content, num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with native_quiet():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+                self._interp = interpreter_cls(model_content=content, num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise EdgefaceError(f"cannot load TFLite artifact {path}: {str(e).splitlines()[0]}") from None
         self.init_ms = (time.perf_counter() - t0) * 1e3

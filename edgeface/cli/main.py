@@ -13,7 +13,7 @@ import traceback
 
 import click
 
-from edgeface import __version__
+from edgeface import __version__, quiet
 from edgeface.errors import EdgefaceError
 
 # command name -> "module:attribute" of a click command
@@ -58,7 +58,10 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeface")
 @click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Also show warnings and log lines of the libraries edgeface uses."
+)
+def cli(debug: bool, verbose: bool) -> None:
     """Compress, export and run face-recognition models on devices."""
 
 
@@ -75,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     the verb) adds the traceback.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
+    before_verb = args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
+    debug = "--debug" in before_verb
+    quiet.configure(verbose=debug or bool({"-v", "--verbose"} & set(before_verb)))
     try:
         cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:
