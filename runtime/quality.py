@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 from edgeface.runtime.align import align_face
-from edgeface.runtime.detect import Face
+from edgeface.runtime.detect import Face, degenerate
 
 from edgeface.errors import EdgefaceError
 
@@ -101,21 +101,19 @@ class Quality:
 
 
 def face_problem(face: Face, frame_shape: tuple[int, ...]) -> str | None:
-    """Why a detection must not be used (None if it may): the detector's degenerate outputs.
+    """Why a detection must not be used for a track (None if it may).
 
-    YuNet can return NaN/Inf coordinates on tiny inputs and boxes hanging off the frame; aligning such a
-    face gives garbage (or a NaN warp) that would be embedded and enrolled without any error. Rejected: any
-    non-finite box, landmark or score; a box of zero or negative area; a box less than half inside the
-    frame; a landmark outside the frame (the warp would fill the face with the border).
+    First the detector's degenerate outputs (`detect.degenerate`, the one definition: non-finite or
+    zero-area boxes, landmarks off the frame or collapsed); then what tracking needs on top: a box at least
+    half inside the frame, every landmark inside it (the warp would otherwise fill the face with the
+    border) and distinct eyes.
     """
     h, w = frame_shape[:2]
-    box = np.asarray(face.box, np.float64)
+    why = degenerate(face, w, h)
+    if why is not None:
+        return why
+    x, y, bw, bh = (float(v) for v in face.box)
     lm = np.asarray(face.landmarks, np.float64)
-    if box.shape != (4,) or lm.shape != (5, 2):
-        return "malformed detection"
-    if not (np.isfinite(box).all() and np.isfinite(lm).all() and math.isfinite(face.score)):
-        return "non-finite box, landmarks or score"
-    x, y, bw, bh = box
     if bw < 1 or bh < 1:
         return f"zero-area box ({bw:.1f}x{bh:.1f})"
     ix = max(0.0, min(x + bw, w) - max(x, 0.0))
