@@ -219,7 +219,7 @@ def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: A
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.onnx_float import prelu_as_max
 
-        graph = prelu_as_max(float_proto)  # the graph build_onnx quantizes
+        graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
         _ONNX_CACHE["stats"] = qdq.collect_stats(graph, qdq.quant_points(graph), _batches(x_cal))
     stats = _ONNX_CACHE.get("stats")
     onnx_plan = plan.get("onnx") if plan else None
