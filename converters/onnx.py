@@ -50,6 +50,7 @@ def build_onnx(
     plan: Mapping[str, Any] | None = None,
     method: str = "mse",
     keep_float: tuple[str, ...] = (),
+    float_tensors: tuple[str, ...] = (),
 ) -> OnnxBuild:
     """Quantize `float_proto` to `precision`.
 
@@ -64,7 +65,7 @@ def build_onnx(
     if bits is None:
         return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
     float_convs = grouped_convs(float_proto)
-    gplan = qdq.plan_graph(float_proto, [*keep_float, *float_convs])
+    gplan = qdq.plan_graph(float_proto, [*keep_float, *float_convs], float_tensors)
     points = gplan.points
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
     for p in points:
@@ -74,7 +75,13 @@ def build_onnx(
             ranges[p] = stats.range(p, method, bits)
     act_bits = dict((plan or {}).get("activation_bits", {}))
     act = qdq.activation_plan(
-        float_proto, {p: ranges[p] for p in points}, bits, "uint8", act_bits, [*keep_float, *float_convs]
+        float_proto,
+        {p: ranges[p] for p in points},
+        bits,
+        "uint8",
+        act_bits,
+        [*keep_float, *float_convs],
+        float_tensors,
     )
     # the graph's ends stay 8-bit in w6a6: the input is an 8-bit image and the embedding is the product
     out_name = float_proto.graph.output[0].name
@@ -99,6 +106,7 @@ def build_onnx(
         float_convs=float_convs,
         weight_bits_override=weight_bits,
         keep_float=keep_float,
+        float_tensors=float_tensors,
     )
     proto = onnx.ModelProto()
     proto.CopyFrom(qdq_proto)

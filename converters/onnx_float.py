@@ -211,11 +211,15 @@ def _linear_head_to_conv(
     from onnx import helper
 
     out: list[Any] = list(nodes)
-    for flat in [n for n in nodes if n.op_type == "Flatten"]:
+    for flat in [n for n in nodes if n.op_type in ("Flatten", "Reshape")]:
         users = _consumers(out, flat.output[0])
         dims = shapes.get(flat.input[0], [])
         if len(users) != 1 or len(dims) != 4 or min(dims[1:]) < 1:
             continue
+        if flat.op_type == "Reshape":  # x.view(x.size(0), -1) of a static-batch graph: a flatten too
+            target = shapes.get(flat.output[0], [])
+            if len(target) != 2 or target[1] != dims[1] * dims[2] * dims[3]:
+                continue
         c, h, w = dims[1:]
         lin = users[0]
         if lin.op_type == "MatMul" and lin.input[1] in inits:
@@ -258,9 +262,7 @@ def _linear_head_to_conv(
     return out
 
 
-def linear_to_gemm(
-    nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]]
-) -> list[Any]:
+def linear_to_gemm(nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> list[Any]:
     """`MatMul(x[..., K], W[K, M]) [+ b]` (a Linear on channels-last tokens) becomes
     `Reshape(x, [-1, K]) -> Gemm(W^T, b, transB=1) -> Reshape(back)`, the form ORT itself fuses in float.
 

@@ -111,10 +111,13 @@ def _matches(node: Any, patterns: Iterable[str]) -> bool:
     """A node named by --keep-float: the pattern equals its name or one of its module-path segments."""
     name = node.name
     flat = name.strip("/").replace("/", ".")
-    return any(p and (p == name or p == flat or flat.startswith(p + ".") or f".{p}." in f".{flat}.") for p in patterns)
+    return any(
+        p and (p == name or p == flat or flat.startswith(p + ".") or f".{p}." in f".{flat}.")
+        for p in patterns
+    )
 
 
-def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
+def plan_graph(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()) -> GraphPlan:
     """Walk the graph in order and decide each node from its OpRule (see edgeface/quant_ops.py).
 
     Only float tensors are ever quantized. A weighted op (a constant weight) always runs on integers; a
@@ -123,10 +126,15 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
     ops and unknown ops stay float. A float tensor read by an integer op gets its own quantizer; where it
     reaches the integer op through same-grid ops (a reshape after a LayerNorm), the quantizer moves up to
     the float op's output so the same-grid ops run on codes too.
+
+    `float_tensors` are never quantized (sensitivity.fragile_tensors finds them): their producer writes
+    float (a Gemm still runs on integers, QGemm with a float output) and every op that reads them, a
+    weighted one included, runs in float.
     """
     from edgeface.quant_ops import onnx_rule
 
     keep = tuple(keep_float)
+    no_q = set(float_tensors)
     graph = proto.graph
     inits = {t.name for t in graph.initializer}
     floats = _float_tensors(proto) | {graph.input[0].name}
@@ -145,6 +153,18 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
     shared: dict[str, str] = {}
     float_ops: list[tuple[str, str, str]] = []
 
+    def reachable(t: str) -> bool:
+        """Can tensor t be put on a grid (it is not kept float, nor moved from a kept-float tensor)?"""
+        while True:
+            if t in on_grid:
+                return True
+            if t in no_q:
+                return False
+            p = producers.get(t)
+            if p is None or _kind(p) != "same_grid" or len(acts(p)) != 1:
+                return True
+            t = acts(p)[0]
+
     def need(t: str) -> None:
         """Make tensor t available on a grid (a quantizer at t, or further up a same-grid chain)."""
         if t in on_grid:
@@ -155,6 +175,7 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
             p = producers.get(cur)
             if (
                 p is None
+                or cur in no_q
                 or p.name in keep_names
                 or _kind(p) != "same_grid"
                 or len(acts(p)) != 1
@@ -174,25 +195,30 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
             float_ops[:] = [f for f in float_ops if f[0] != p.name]
 
     def _kind(node: Any) -> str:
-        return _kind_of(node, inits)
+        if is_prelu_relu(node):
+            return "same_grid"  # relu on x's own codes: an integer Max with x's zero point
+        return _kind_of(node, inits) if node.domain in ("", "ai.onnx") else "float"
 
     keep_names = {n.name for n in graph.node if _matches(n, keep)}
     for node in graph.node:
         rule = onnx_rule(node.op_type)
-        kind = _kind(node) if node.domain in ("", "ai.onnx") else "float"
-        if is_prelu_relu(node):
-            kind = "same_grid"  # relu on x's own codes: an integer Max with x's zero point
+        kind = _kind(node)
         outs = [o for o in node.output if o in floats]
         if node.name in keep_names and kind != "shape":
             float_ops.append((node.name, node.op_type, "kept float by --keep-float"))
             continue
         if kind == "shape" or not outs or not acts(node) and kind != "weighted":
             continue  # shape arithmetic, integer outputs, constants: never quantized
-        if kind == "weighted" or (kind == "compute" and all(a in on_grid for a in acts(node))):
+        readable = all(reachable(a) for a in acts(node))
+        if (kind == "weighted" and readable) or (
+            kind == "compute" and all(a in on_grid for a in acts(node)) and not set(outs) & no_q
+        ):
             for a in acts(node):
                 need(a)
             integer.add(node.name)
             for o in outs:
+                if o in no_q:
+                    continue  # kept float by sensitivity: written in float (QGemm has a float output)
                 users = consumers.get(o, [])
                 if (
                     node.op_type in ("Conv", "Gemm")
@@ -205,27 +231,33 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = ()) -> GraphPlan:
                 points.append(o)
                 on_grid.add(o)
             continue
-        if kind == "same_grid" and len(acts(node)) == 1 and acts(node)[0] in on_grid:
+        if kind == "same_grid" and len(acts(node)) == 1 and acts(node)[0] in on_grid and not set(outs) & no_q:
             integer.add(node.name)
             for o in outs:
                 shared[o] = shared.get(acts(node)[0], acts(node)[0])
                 on_grid.add(o)
             continue
-        why = rule.why if rule is not None and kind == "float" else (
-            "no integer kernel for it in this position (it reads a float tensor)"
-            if rule is not None
-            else "not in the operator table (edgeface/quant_ops.py): unknown ops stay float"
+        why = (
+            rule.why
+            if rule is not None and kind == "float"
+            else (
+                "no integer kernel for it in this position (it reads a float tensor)"
+                if rule is not None
+                else "not in the operator table (edgeface/quant_ops.py): unknown ops stay float"
+            )
         )
         if kind == "weighted":
-            why = "weight is not a constant"
+            why = "reads a tensor kept float (quantizing it alone drops the embedding cosine, measured)"
+        elif set(outs) & no_q or any(a in no_q for a in acts(node)):
+            why = "reads or writes a tensor kept float (quantizing it alone drops the embedding cosine)"
         float_ops.append((node.name, node.op_type, why))
     # the graph output: through trailing same-grid ops the int8 result leaves the graph as codes
     return GraphPlan(integer, list(dict.fromkeys(points)), shared, float_ops)
 
 
-def quant_points(proto: Any, keep_float: Iterable[str] = ()) -> list[str]:
+def quant_points(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()) -> list[str]:
     """The tensors that get their own calibrated grid (see plan_graph)."""
-    return plan_graph(proto, keep_float).points
+    return plan_graph(proto, keep_float, float_tensors).points
 
 
 class RangeCollector:
@@ -275,7 +307,9 @@ def _mse_range(v: np.ndarray, lo: float, hi: float, bits: int, steps: int = 40) 
     return best
 
 
-def collect_stats(proto: Any, points: list[str], batches: Iterable[np.ndarray]) -> RangeCollector:
+def collect_stats(
+    proto: Any, points: list[str], batches: Iterable[np.ndarray], into: RangeCollector | None = None
+) -> RangeCollector:
     """Run the float graph with every quant point exposed as an output and gather each one's statistics."""
     import onnx
     import onnxruntime as ort
@@ -292,9 +326,9 @@ def collect_stats(proto: Any, points: list[str], batches: Iterable[np.ndarray]) 
     input_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
     wanted = set(points)
-    collector = RangeCollector()
+    collector = into if into is not None else RangeCollector()
     for batch in batches:
-        for outs in run_batched(sess, batch):
+        for outs in run_batched(sess, batch):  # one list of outputs per call
             if input_name in wanted:
                 collector.update(input_name, batch)
             for name, value in zip(out_names, outs, strict=True):
@@ -320,6 +354,7 @@ def activation_plan(
     dtype: str = "uint8",
     bits_override: Mapping[str, int] | None = None,
     keep_float: Iterable[str] = (),
+    float_tensors: Iterable[str] = (),
 ) -> dict[str, QParams]:
     """Ranges -> QParams, clamping a ReLU6 output's range to [0, 6] so ORT can drop the Clip; same-grid
     outputs (reshape, transpose, ...) take their source's grid.
@@ -337,7 +372,7 @@ def activation_plan(
     for node in proto.graph.node:  # a PReLU-as-Max lives on its input's grid (see onnx_float.prelu_as_max)
         if is_prelu_max(node) and node.input[0] in plan:
             plan[node.input[1]] = plan[node.output[0]] = plan[node.input[0]]
-    for out, src in plan_graph(proto, keep_float).shared.items():
+    for out, src in plan_graph(proto, keep_float, float_tensors).shared.items():
         if src in plan:
             plan[out] = plan[src]
     return plan
@@ -382,6 +417,7 @@ def build_qdq(
     float_convs: Iterable[str] = (),
     weight_bits_override: Mapping[str, int] | None = None,
     keep_float: Iterable[str] = (),
+    float_tensors: Iterable[str] = (),
 ) -> tuple[Any, QParams | None, QParams | None]:
     """Insert Q/DQ (and Clip for narrowed grids) as plan_graph decides and quantize the weights.
 
@@ -397,7 +433,7 @@ def build_qdq(
 
     graph = proto.graph
     float_convs = set(float_convs)
-    gplan = plan_graph(proto, [*keep_float, *float_convs])
+    gplan = plan_graph(proto, [*keep_float, *float_convs], float_tensors)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     new_inits: list[Any] = []
     added: set[str] = set()
@@ -444,6 +480,7 @@ def build_qdq(
         qtensor[name] = q
 
     dq_count: dict[str, int] = {}
+    float_dq: dict[str, str] = {}
 
     def dq_for(name: str) -> str:
         """A fresh DequantizeLinear per consumer: ORT's node-unit matching wants DQs it can own."""
@@ -522,9 +559,7 @@ def build_qdq(
             wz = const(f"{node.name}.weight_zp", np.zeros_like(scales, dtype=np.int8))
             w_dq = f"{node.name}.weight_dq"
             nodes.append(
-                helper.make_node(
-                    "DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{node.name}_wDQ", axis=axis
-                )
+                helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{node.name}_wDQ", axis=axis)
             )
             if x not in qtensor:
                 raise KeyError(f"input {x} of {node.name} has no quantization parameters")
@@ -555,10 +590,12 @@ def build_qdq(
                     inputs[j] = const_dq(name)
                 else:
                     keep_init(name)
-        else:
+        else:  # a float op: one shared DQ per tensor, so float fusions (GELU, LayerNorm) still match
             for j, name in enumerate(inputs):
                 if name in qtensor:
-                    inputs[j] = dq_for(name)
+                    if name not in float_dq:
+                        float_dq[name] = dq_for(name)
+                    inputs[j] = float_dq[name]
                 else:
                     keep_init(name)
         if integer and is_prelu_max(node) and all(i in qtensor for i in node.input) and node.output[0] in act:

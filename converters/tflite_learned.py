@@ -113,14 +113,19 @@ def _consumers(graph: Any) -> dict[int, list[int]]:
     return users
 
 
-def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
-    """The bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max: its output only feeds (through a w6a6
-    clamp, if any) a MAXIMUM that also reads the conv's own input."""
-    op = graph.operators[k]
+def _dw1x1(model: Any, op: Any, graph: Any) -> bool:
     if op_name(model, op) != "DEPTHWISE_CONV_2D":
         return False
-    w = graph.tensors[op.inputs[1]]
-    if tuple(w.shape[1:3]) != (1, 1):
+    return tuple(graph.tensors[op.inputs[1]].shape[1:3]) == (1, 1)
+
+
+def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
+    """A bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max. Max form: its output only feeds
+    (through a w6a6 clamp, if any) a MAXIMUM that also reads the conv's own input. Any-slope form
+    a*x + (1-a)*relu(x): it feeds an ADD whose other input is the other 1x1 depthwise conv of the pair,
+    one of the two reading RELU(the other's input)."""
+    op = graph.operators[k]
+    if not _dw1x1(model, op, graph):
         return False
     nxt = users.get(int(op.outputs[0]), [])
     if len(nxt) == 1 and tensor_name(graph.tensors[graph.operators[nxt[0]].outputs[0]]).endswith(
@@ -130,7 +135,20 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     if len(nxt) != 1:
         return False
     m = graph.operators[nxt[0]]
-    return op_name(model, m) == "MAXIMUM" and int(op.inputs[0]) in [int(i) for i in m.inputs]
+    if op_name(model, m) == "MAXIMUM":
+        return int(op.inputs[0]) in [int(i) for i in m.inputs]
+    if op_name(model, m) != "ADD":
+        return False
+    producers = {int(o.outputs[0]): o for o in graph.operators}
+    others = [producers.get(int(i)) for i in m.inputs if int(i) != int(op.outputs[0])]
+    if len(others) != 1 or others[0] is None or not _dw1x1(model, others[0], graph):
+        return False
+    a, b = int(op.inputs[0]), int(others[0].inputs[0])
+    for relu_out, src in ((a, b), (b, a)):
+        r = producers.get(relu_out)
+        if r is not None and op_name(model, r) == "RELU" and int(r.inputs[0]) == src:
+            return True
+    return False
 
 
 def weighted_ops(model: Any) -> tuple[list[int], list[int]]:
@@ -153,7 +171,7 @@ def out_channels(model: Any, k: int) -> int:
 
 def activation_output(model: Any, k: int) -> str:
     """The tensor holding a weighted op's activated output: its own (ReLU/ReLU6 are fused) or, for a
-    PReLU-as-max, the MAXIMUM after it."""
+    rewritten PReLU, the MAXIMUM or ADD after its slope conv."""
     graph = model.subgraphs[0]
     users = _consumers(graph)
     out = int(graph.operators[k].outputs[0])
