@@ -631,6 +631,9 @@ def build_qdq(
     if output_name in qtensor:
         codes = qtensor[output_name]
         if quantize_io:  # the embedding leaves the graph as codes; the runtime dequantizes it
+            for n in nodes:  # the float tensor of that name (a Gemm's output before its Q) is renamed
+                n.output[:] = [f"{output_name}_float" if o == output_name else o for o in n.output]
+                n.input[:] = [f"{output_name}_float" if i == output_name else i for i in n.input]
             for n in nodes:
                 n.output[:] = [output_name if o == codes else o for o in n.output]
                 n.input[:] = [output_name if i == codes else i for i in n.input]
