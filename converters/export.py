@@ -161,8 +161,6 @@ def export(
                 report = _finish(build, fmt, prec, path, x_cal, cal_paths, x_hold, ref_hold, far)
                 if prec != "fp32":
                     _speed_check(report, build, fmt, export_net, spec, path)
-            except EdgefaceError:
-                raise  # the user's mistake: stop, nothing written
             except Exception as e:  # our failure on this model: this artifact is lost, the others go on
                 _discard(path)
                 build_failed = True

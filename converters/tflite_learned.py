@@ -32,6 +32,8 @@ from edgeface.errors import EdgefaceError
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # ops whose output keeps its input's grid and codes (PAD adds the zero point, which lies on the grid)
 SAME_AS_INPUT = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+# int8 kernels whose output grid is fixed by the kernel (scale 1/256 or 1/128), not by calibration
+FIXED_OUTPUT_GRID = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
 TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
 CLAMP_SUFFIX = "/grid6"  # the tensors an inserted clamp writes
 FUSED_LOWER = {1: 0.0, 2: -1.0, 3: 0.0}  # RELU, RELU_N1_TO_1, RELU6: the real value they clamp below at
@@ -427,10 +429,18 @@ def _set_buffer(model: Any, tensor: Any, value: np.ndarray, users: dict[int, int
 def check_targets(quant_data: bytes, targets: Mapping[str, Target]) -> list[str]:
     """Tensors whose scale or zero point in the quantized graph is not the one asked for."""
     model = read(quant_data)
-    by_name = {tensor_name(t): t for t in model.subgraphs[0].tensors}
+    graph = model.subgraphs[0]
+    by_name = {tensor_name(t): t for t in graph.tensors}
+    fixed = {
+        tensor_name(graph.tensors[op.outputs[0]])
+        for op in graph.operators
+        if op_name(model, op) in FIXED_OUTPUT_GRID
+    }
     bad = []
     for name, tgt in targets.items():
         t = by_name.get(name)
+        if t is not None and (t.type == 0 or name in fixed):
+            continue  # left float by the quantizer (reported as a float op), or a kernel-fixed grid
         qp = None if t is None else t.quantization
         if qp is None or qp.scale is None or len(qp.scale) != 1:
             bad.append(name)
