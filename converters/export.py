@@ -429,7 +429,12 @@ def _finish(
     spec = build.spec.replace(
         threshold=threshold,
         threshold_far=far,
-        provenance={**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)},
+        provenance={
+            **build.spec.provenance,
+            "parity": par.to_dict(),
+            "threshold_images": len(cal_paths),
+            **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
+        },
     )
     data = _embed(fmt, build.data, spec)
     _write(path, data)

@@ -236,7 +236,8 @@ def activation_targets(
         ins = [name[i] for i in op.inputs if i >= 0 and name[i] in targets]
         out = name[op.outputs[0]]
         if kind in tl.SAME_AS_INPUT and ins:
-            targets[out] = targets[ins[0]]
+            for o in op.outputs:  # SPLIT / UNPACK: every output keeps the input's grid
+                targets[name[o]] = targets[ins[0]]
         elif kind == "MAXIMUM" and len(ins) == 2:
             targets[out] = targets[ins[1]] = targets[ins[0]]
         else:

@@ -31,7 +31,22 @@ from edgeface.errors import EdgefaceError
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # ops whose output keeps its input's grid and codes (PAD adds the zero point, which lies on the grid)
-SAME_AS_INPUT = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+SAME_AS_INPUT = (
+    "PAD",
+    "PADV2",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "MAX_POOL_2D",
+    "TRANSPOSE",
+    "SPLIT",
+    "SPLIT_V",
+    "SLICE",
+    "STRIDED_SLICE",
+    "GATHER",
+    "UNPACK",
+    "BROADCAST_TO",
+)
 # int8 kernels whose output grid is fixed by the kernel (scale 1/256 or 1/128), not by calibration
 FIXED_OUTPUT_GRID = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
 TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
