@@ -112,7 +112,7 @@ def main() -> None:
             r = evaluate_lfw(artifact_embedder(art, flip=True), LFW / "pairs.txt", LFW / "aligned112")
             row.append(f"{100 * r.acc:.2f}")
         rows.append(row)
-    head = "| artifact | file | mean cosine to fp32 | min cosine |" + (
+    head = "| artifact | file | mean cosine to fp32 | min cosine | ORT ms | vs fp32 |" + (
         " LFW 6-10 flip (%) |" if args.lfw else ""
     )
     lines = [
