@@ -30,6 +30,7 @@ class OpRule:
     kind: str
     why: str = ""
     weight_axis: int | None = None  # output-channel axis of the weight (weighted ops)
+    activation_kind: str | None = None  # a weighted op whose weight is not a constant runs as this kind
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -39,6 +40,15 @@ class OpRule:
 # --- ONNX op types (the QDQ builder, calibration points, the float-op report) -------------------------
 ONNX_OPS: dict[str, OpRule] = {
     "Conv": OpRule("weighted", "int8 conv kernels (QLinearConv)", weight_axis=0),
+    # Linear layers become Gemm (onnx_float.linear_to_gemm): QGemm with per-channel weights and an int32
+    # bias in one kernel; a MatMul left over keeps per-column weight scales (axis 1, QLinearMatMul)
+    "Gemm": OpRule("weighted", "QGemm; weight axis from transB", weight_axis=0),
+    "MatMul": OpRule(
+        "weighted",
+        "QLinearMatMul with per-column weight scales",
+        weight_axis=1,
+        activation_kind="float",
+    ),
     "Add": OpRule("compute", "QLinearAdd"),
     "Mul": OpRule("compute", "QLinearMul"),
     "Concat": OpRule("compute", "QLinearConcat"),
@@ -53,12 +63,33 @@ ONNX_OPS: dict[str, OpRule] = {
     "Squeeze": OpRule("same_grid", "moves values"),
     "Unsqueeze": OpRule("same_grid", "moves values"),
     "Transpose": OpRule("same_grid", "moves values"),
+    "Split": OpRule("same_grid", "moves values"),
+    "Slice": OpRule("same_grid", "moves values"),
+    "Gather": OpRule("same_grid", "selects values (on float data; on shapes it is shape arithmetic)"),
+    "Expand": OpRule("same_grid", "repeats values"),
+    "SpaceToDepth": OpRule("same_grid", "moves values"),
+    "DepthToSpace": OpRule("same_grid", "moves values"),
+    "Identity": OpRule("same_grid", "moves values"),
     "Shape": OpRule("shape", "integer shape arithmetic"),
-    "Gather": OpRule("shape", "indexing (shape arithmetic in exported graphs)"),
+    "Size": OpRule("shape", "integer shape arithmetic"),
     "ConstantOfShape": OpRule("shape", "builds a tensor from a shape"),
     "Range": OpRule("shape", "integer ranges"),
     "Cast": OpRule("shape", "dtype change"),
+    "NonZero": OpRule("shape", "indices"),
     "PRelu": OpRule("float", "no int8 PRelu kernel in ORT; rewritten where an exact integer form exists"),
+    "LayerNormalization": OpRule("float", "no int8 LayerNorm kernel in ORT; statistics need float"),
+    "Softmax": OpRule("float", "exp/normalise in float (int8 softmax costs accuracy, measured)"),
+    "Erf": OpRule("float", "GELU: no int8 kernel in ORT"),
+    "Gelu": OpRule("float", "GELU: no int8 kernel in ORT"),
+    "Div": OpRule("float", "no int8 Div kernel in ORT"),
+    "Sqrt": OpRule("float", "no int8 kernel in ORT"),
+    "Pow": OpRule("float", "no int8 kernel in ORT"),
+    "ReduceL2": OpRule("float", "L2 normalisation (attention q/k): float statistics"),
+    "ReduceMean": OpRule("float", "float statistics"),
+    "Sigmoid": OpRule("float", "float"),
+    "Tanh": OpRule("float", "float"),
+    "Exp": OpRule("float", "float"),
+    "Sub": OpRule("float", "no int8 Sub kernel in ORT"),
 }
 
 # --- PyTorch names (fake-quant insertion, calibration, bias correction) ----------------------------------

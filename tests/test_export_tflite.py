@@ -151,7 +151,8 @@ def test_failed_parity_leaves_nothing(
     err = capsys.readouterr().err
     assert (
         code == 3
-        and "parity check failed" in err
+        and "wrote nothing; failed:" in err
+        and "not written" in err
         and "tinyface_int8.onnx" in err
         and "most drift at /" in err
     )

@@ -71,6 +71,14 @@ from edgeface.io import dumps_json
     type=PROBABILITY_OPEN,
     help="FAR the embedded threshold is set at, in (0, 1).",
 )
+@click.option(
+    "--keep-float",
+    "keep_float",
+    multiple=True,
+    metavar="LAYER",
+    help="Leave this layer (ONNX node or module path, e.g. model.stages.2) float in integer ONNX artifacts; "
+    "repeatable. The failure messages and the report's float_ops name candidates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_cmd(
     model: str,
@@ -85,6 +93,7 @@ def export_cmd(
     calib_images: int,
     parity_images: int,
     far: float,
+    keep_float: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Export MODEL to device artifacts, check them against PyTorch, and embed their spec."""
@@ -94,20 +103,32 @@ def export_cmd(
     chosen = precision_list or precisions
     if not chosen:
         raise EdgefaceError("choose a precision: --int8, --w6a6, --fp32 or --precision fp32,int8,w6a6")
-    reports = export(
-        model,
-        weights,
-        spec_file,
-        chosen,
-        formats,
-        calib,
-        outdir,
-        min_cosine=min_cosine,
-        calib_images=calib_images,
-        parity_images=parity_images,
-        far=far,
-        progress=not as_json,
-    )
+    try:
+        reports = export(
+            model,
+            weights,
+            spec_file,
+            chosen,
+            formats,
+            calib,
+            outdir,
+            min_cosine=min_cosine,
+            calib_images=calib_images,
+            parity_images=parity_images,
+            far=far,
+            progress=not as_json,
+            keep_float=keep_float,
+        )
+    except EdgefaceError as e:  # some artifacts failed: print the ones written, then the error
+        _print(getattr(e, "reports", []), far, as_json)
+        raise
+    _print(reports, far, as_json)
+
+
+def _print(reports: list, far: float, as_json: bool) -> None:
+    for r in reports:
+        for w in r.extra.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
     if as_json:
         click.echo(dumps_json([r.to_dict() for r in reports]))
         return
@@ -116,7 +137,14 @@ def export_cmd(
         if r.packed_size_bytes is not None:
             size += f" (6-bit packed {r.packed_size_bytes / 1e6:.2f} MB)"
         drift = f", most drift at {r.parity.drift_layer}" if r.parity.drift_layer else ""
+        speed = f"  {r.extra['speedup_vs_fp32']:.2f}x fp32" if "speedup_vs_fp32" in r.extra else ""
         click.echo(
             f"{r.path}  {size}  parity cosine mean {r.parity.mean_cosine:.4f} min {r.parity.min_cosine:.4f}"
             f"{drift}  threshold {r.threshold:.4f} @FAR {far:g}  per-channel layers {r.per_channel_layers}"
+            f"{speed}"
         )
+        floats = r.extra.get("float_ops")
+        if floats:
+            click.echo(
+                "  float ops: " + "; ".join(f"{op} x{v['count']} ({v['why']})" for op, v in floats.items())
+            )
