@@ -10,6 +10,7 @@ kernels treat like every other pointwise conv, and the Flatten moves to the very
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,11 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
     h, w = input_size
     buf = io.BytesIO()
     model.eval()
-    with torch.no_grad():
+    # The TorchScript exporter is deprecated, but it is the one that folds Conv+BN and names every node after
+    # its module (what a quantization plan keyed by module name needs; module docstring); its deprecation
+    # warning is about our choice, not the user's model, so it is not shown to them.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
             (torch.zeros(1, 3, h, w),),
