@@ -163,6 +163,8 @@ def export(
                     _speed_check(report, build, fmt, export_net, spec, path)
             except Exception as e:  # our failure on this model: this artifact is lost, the others go on
                 _discard(path)
+                if isinstance(e, EdgefaceError) and not isinstance(e, ModelError):
+                    raise  # the user's mistake (e.g. --w6a6 on an 8-bit checkpoint): nothing is written
                 build_failed = True
                 failures.append(f"{name}: {_model_failure(e, fmt, prec)}")
                 bar.update(1)
