@@ -248,10 +248,15 @@ def _speed_check(
     report.extra["speedup_vs_fp32"] = round(ratio, 2)
     if ratio < 1.0:
         floats = build.extra.get("float_ops", {})
-        left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items()) or "none"
-        report.extra.setdefault("warnings", []).append(
-            f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); "
+        left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items())
+        why = (
             f"float ops left in it: {left}"
+            if left
+            else "no float ops are left, so this CPU's int8 kernels are the cause (docs/speed.md); "
+            "time it on the device with `edgeface profile`"
+        )
+        report.extra.setdefault("warnings", []).append(
+            f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); {why}"
         )
 
 

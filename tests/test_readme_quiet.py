@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"^export: .*\|")  # tqdm frames of edgeface's own bar (desc "export")
+# Our own measured speed check may warn on a busy or int8-slow CPU; it is a result, not library noise.
+SPEED_WARNING = re.compile(r"^warning: \S+ is not faster than its fp32 twin here \(\d+\.\d\dx, ")
 
 
 def _readme_export_args() -> list[str]:
@@ -44,7 +46,7 @@ def test_readme_main_command_prints_results_and_no_library_noise(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     frames = [f.strip() for f in re.split(r"[\r\n]", proc.stderr) if f.strip()]
-    noise = [f for f in frames if not PROGRESS.match(f)]
+    noise = [f for f in frames if not (PROGRESS.match(f) or SPEED_WARNING.match(f))]
     assert noise == [], "\n".join(noise)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(str(out_dir)) for line in lines), proc.stdout
