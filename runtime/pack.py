@@ -461,7 +461,10 @@ def resolve(model: str | os.PathLike[str], artifact: str | None = None, verify: 
             )
         return Resolved(pack.root / entry.file, pack, note)
     if artifact is not None:
-        raise EdgefaceError(f"--artifact chooses among a pack's artifacts; {printable(path)} is not a pack")
+        raise EdgefaceError(
+            f"--artifact (or $EDGEFACE_ARTIFACT) chooses among a pack's artifacts; {printable(path)} is not "
+            "a pack"
+        )
     if not path.is_file():
         return Resolved(path, None)  # load_artifact says "artifact not found"
     found = find_pack(path)

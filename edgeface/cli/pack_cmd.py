@@ -23,16 +23,17 @@ def pack_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--detector",
                 type=click.Path(dir_okay=False),
                 default=None,
-                help="YuNet ONNX file the pack holds (default: $EDGEFACE_YUNET, else "
-                "../shared/models/face_detection_yunet_2026may.onnx).",
+                help="YuNet ONNX file the pack holds (default: that of a pack the artifacts come from, else "
+                "$EDGEFACE_YUNET, else ../shared/models/face_detection_yunet_2026may.onnx).",
             ),
             click.option(
                 "--license",
                 "licenses",
                 type=click.Path(dir_okay=False),
                 multiple=True,
-                help="Licence of the model (repeatable); default: LICENSE.<weights name> or the only "
-                "LICENSE* file beside the weights.",
+                help="Licence of the model (repeatable). Default for export: LICENSE.<weights name>, or the "
+                "only LICENSE* file, beside --weights; for pack: the licences of the pack an artifact comes "
+                "from.",
             ),
             click.option(
                 "--detector-license",
