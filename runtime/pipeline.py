@@ -83,7 +83,8 @@ class Pipeline:
         if artifact.num_threads:  # one thread budget for the whole pipeline, detector included
             cv2.setNumThreads(artifact.num_threads)
         self.spec = artifact.spec
-        self.detector = detector or YuNetDetector(detector_path)
+        # --detector, else the detector of the pack the artifact came from, else $EDGEFACE_YUNET / default
+        self.detector = detector or YuNetDetector(detector_path or getattr(artifact, "detector_path", None))
         self.strict_single_face = strict_single_face
         self.flip = flip
         self.refine_landmarks = refine_landmarks

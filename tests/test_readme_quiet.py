@@ -49,5 +49,11 @@ def test_readme_main_command_prints_results_and_no_library_noise(tmp_path):
     noise = [f for f in frames if not (PROGRESS.match(f) or SPEED_WARNING.match(f))]
     assert noise == [], "\n".join(noise)
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith(str(out_dir)) for line in lines), proc.stdout
-    assert {p.suffix for p in out_dir.iterdir() if p.suffix != ".json"} == {".onnx", ".tflite"}
+    assert len(lines) == 3, proc.stdout  # one line per artifact, then the pack's line
+    assert all(line.startswith(str(out_dir)) for line in lines[:2]), proc.stdout
+    assert lines[2].startswith(f"pack {out_dir}: 2 artifact(s)"), proc.stdout
+    assert {p.name for p in out_dir.iterdir() if p.suffix in (".onnx", ".tflite")} == {
+        "mobilefacenet_int8.onnx",
+        "mobilefacenet_int8.tflite",
+        "face_detection_yunet_2026may.onnx",
+    }

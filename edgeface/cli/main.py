@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "edgeface.cli.eval_cmd:eval_cmd",
     "export": "edgeface.cli.export_cmd:export_cmd",
     "models": "edgeface.cli.models_cmd:models_cmd",
+    "pack": "edgeface.cli.pack_cmd:pack_cmd",
     "prune": "edgeface.cli.prune_cmd:prune_cmd",
     "quantize": "edgeface.cli.quantize_cmd:quantize_cmd",
     "verify": "edgeface.cli.runtime_cmd:verify_cmd",

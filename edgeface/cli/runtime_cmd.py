@@ -18,6 +18,8 @@ from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
+ARTIFACT_ENV = "EDGEFACE_ARTIFACT"
+ARTIFACT_META = "edgeface.artifact"  # ctx.meta key: --artifact, for the --model callback
 # edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV);
 # tests/test_runtime_faces.py checks that the two agree.
 FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
@@ -29,15 +31,47 @@ def _echo_json(data: Any) -> None:
     emit(dumps_json(data))  # NaN/Infinity never reach a reader; a full stdout is one error line
 
 
-def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def _remember_artifact(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta[ARTIFACT_META] = value  # eager: read by the --model callback, whatever the order typed
+
+
+def resolve_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--model PACK (a pack folder or archive) -> the artifact file it runs, checked against the pack's
+    manifest; an artifact path stays as it is. Which artifact of several was taken is said on stderr."""
+    if value is None:
+        return None
+    from edgeface.runtime.pack import resolve
+
+    resolved = resolve(value, ctx.meta.get(ARTIFACT_META))  # hashes checked before the note is printed
+    if resolved.note:
+        click.echo(f"note: {printable(resolved.note)}", err=True)
+    return str(resolved.path)
+
+
+def artifact_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
+        "--artifact",
+        "artifact_choice",  # not "artifact": profile's ARTIFACT argument has that name
+        envvar=ARTIFACT_ENV,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_artifact,
+        help=f"With a pack: which of its artifacts (file name; default: the pack's) [env {ARTIFACT_ENV}].",
+    )(f)
+
+
+def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
         "--model",
         "model",
         required=True,
         envvar=MODEL_ENV,
-        type=click.Path(dir_okay=False),
-        help=f"Exported artifact (.onnx or .tflite, with its spec) [env {MODEL_ENV}].",
+        type=click.Path(),
+        callback=resolve_model,
+        help=f"Exported artifact (.onnx or .tflite, with its spec), or a pack folder or archive (its "
+        f"detector comes with it) [env {MODEL_ENV}].",
     )(f)
+    return artifact_name_option(f)
 
 
 def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,8 +82,8 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--detector",
                 type=click.Path(dir_okay=False),
                 default=None,
-                help="YuNet ONNX file (default: ../shared/models/face_detection_yunet_2026may.onnx "
-                "or $EDGEFACE_YUNET).",
+                help="YuNet ONNX file (default: the pack's, else $EDGEFACE_YUNET, else "
+                "../shared/models/face_detection_yunet_2026may.onnx).",
             ),
             click.option(
                 "--face",
@@ -362,7 +396,8 @@ def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
 
 
 @click.command("profile")
-@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("artifact", type=click.Path(), callback=resolve_model)
+@artifact_name_option
 @click.option(
     "--image",
     type=click.Path(dir_okay=False),
@@ -407,7 +442,8 @@ def profile_cmd(
     gallery_path: str | None,
     as_json: bool,
 ) -> None:
-    """Latency of ARTIFACT and of the whole pipeline (benchmark_model / onnxruntime_perf_test style)."""
+    """Latency of ARTIFACT (an artifact file or a pack) and of the whole pipeline (benchmark_model /
+    onnxruntime_perf_test style)."""
     from edgeface.runtime.profile import profile_artifact
 
     r = profile_artifact(
