@@ -108,6 +108,14 @@ def export_cmd(
         far=far,
         progress=not as_json,
     )
+    unset = [r for r in reports if r.threshold is None]
+    if unset:
+        click.echo(
+            f"warning: no verification threshold set ({unset[0].extra['threshold_unset']}); `verify` will "
+            f"need --threshold until you calibrate one on labelled faces: edgeface threshold {unset[0].path} "
+            f"--data DIR/<identity>/<image> --fmr {far:g}",
+            err=True,
+        )
     if as_json:
         click.echo(dumps_json([r.to_dict() for r in reports]))
         return
@@ -116,7 +124,8 @@ def export_cmd(
         if r.packed_size_bytes is not None:
             size += f" (6-bit packed {r.packed_size_bytes / 1e6:.2f} MB)"
         drift = f", most drift at {r.parity.drift_layer}" if r.parity.drift_layer else ""
+        thr = "unset" if r.threshold is None else f"{r.threshold:.4f} @FAR {far:g}"
         click.echo(
             f"{r.path}  {size}  parity cosine mean {r.parity.mean_cosine:.4f} min {r.parity.min_cosine:.4f}"
-            f"{drift}  threshold {r.threshold:.4f} @FAR {far:g}  per-channel layers {r.per_channel_layers}"
+            f"{drift}  threshold {thr}  per-channel layers {r.per_channel_layers}"
         )
