@@ -88,8 +88,8 @@ def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
     if pipe.spec.threshold is None:
         shown = printable(pipe.artifact.path)
         raise EdgefaceError(
-            f"{shown} has no calibrated threshold (its spec's threshold is null); pass --threshold, or "
-            f"calibrate one on labelled faces: edgeface threshold {shown} --data DIR/<identity>/<image>"
+            f"{shown} has no calibrated threshold; pass --threshold, or calibrate one on labelled faces: "
+            f"edgeface threshold {shown} --data DIR/<identity>/<image>"
         )
     return pipe.spec.threshold
 
