@@ -164,3 +164,22 @@ def test_errors_never_share_a_line_with_a_progress_bar(capsys, tmp_path: Path) -
     err_lines = r.err.split("\n")
     errors = [ln for ln in err_lines if "error:" in ln]
     assert len(errors) == 1 and errors[0].startswith("error: cannot decode image"), r.err[-500:]
+
+
+def test_a_pytorch_model_goes_through_the_same_pipeline(capsys, tmp_path: Path) -> None:
+    """The PyTorch model behind the device pipeline (TorchFaceModel) scores the raw photos as its fp32 ONNX
+    export does: same failures, same pairs, the same FNMR@FMR thresholds to float precision."""
+    args = ["--data", raw_dataset(), "--no-refine", "--bootstrap", "0", "--json", "-"]
+    t = run(capsys, "eval", "--model", "mobilefacenet", "--weights", LFW.parents[1] / "models" /
+            "mobilefacenet_ms1m.pt", *args)  # fmt: skip
+    a = run(capsys, "eval", "--model", reference_artifact(), *args)
+    assert t.code == 0 and a.code == 0, t.err + a.err
+    dt, da = strict_json(t.out), strict_json(a.out)
+    assert isinstance(dt, dict) and isinstance(da, dict)
+    assert dt["settings"]["model_kind"] == "pytorch" and dt["at_threshold"] is None  # ships no threshold
+    assert dt["failed_images"] == da["failed_images"] and dt["pairs"] == da["pairs"]
+    for key in ("1e-02", "1e-03"):
+        assert dt["fnmr_at_fmr"][key]["threshold"] == pytest.approx(
+            da["fnmr_at_fmr"][key]["threshold"], abs=1e-4
+        )
+        assert dt["fnmr_at_fmr"][key]["fnmr"] == da["fnmr_at_fmr"][key]["fnmr"]
