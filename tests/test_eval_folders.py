@@ -169,9 +169,15 @@ def test_errors_never_share_a_line_with_a_progress_bar(capsys, tmp_path: Path) -
 def test_a_pytorch_model_goes_through_the_same_pipeline(capsys, tmp_path: Path) -> None:
     """The PyTorch model behind the device pipeline (TorchFaceModel) scores the raw photos as its fp32 ONNX
     export does: same failures, same pairs, the same FNMR@FMR thresholds to float precision."""
-    args = ["--data", raw_dataset(), "--no-refine", "--bootstrap", "0", "--json", "-"]
-    t = run(capsys, "eval", "--model", "mobilefacenet", "--weights", LFW.parents[1] / "models" /
-            "mobilefacenet_ms1m.pt", *args)  # fmt: skip
+    import torch
+
+    args = ["--data", raw_dataset(), "--no-refine", "--bootstrap", "0", "--threads", "1", "--json", "-"]
+    threads = torch.get_num_threads()  # --threads sets torch's pool for the process: give it back after
+    try:
+        t = run(capsys, "eval", "--model", "mobilefacenet", "--weights", LFW.parents[1] / "models" /
+                "mobilefacenet_ms1m.pt", *args)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
     a = run(capsys, "eval", "--model", reference_artifact(), *args)
     assert t.code == 0 and a.code == 0, t.err + a.err
     dt, da = strict_json(t.out), strict_json(a.out)
