@@ -89,3 +89,24 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert all(m["label"] in page.text for m in d["models"]) and "FNMR @ FMR 1e-03" in page.text
     assert page.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(page.screenshot) > 50_000
     (html.parent / "screenshot.png").write_bytes(page.screenshot)
+
+
+def test_compare_on_lfw_pairs(capsys, tmp_path: Path) -> None:
+    """The LFW protocol path: k-fold accuracy per model, the same pairs, agreement with the reference."""
+    lines = (LFW / "pairs.txt").read_text().splitlines()[1:]
+    body = [*lines[3000:3010], *lines[3300:3310], *lines[3600:3610], *lines[3900:3910]]
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("2 10\n" + "\n".join(body) + "\n")
+    out = tmp_path / "lfw.html"
+    r = run(capsys, "compare", reference_artifact(), int8_io_artifact(), "--pairs", pairs,
+            "--images", LFW / "aligned112", "--folds", "1-2", "--profile-runs", "0", "--bootstrap", "50",
+            "-o", out)  # fmt: skip
+    assert r.code == 0, r.err
+    d = strict_json((tmp_path / "lfw.json").read_text())
+    assert isinstance(d, dict)
+    ref, other = d["models"]
+    assert ref["accuracy"]["definition"] == "LFW k-fold accuracy" and ref["accuracy"]["value"] >= 0.9
+    assert ref["pairs"] == {"genuine": 20, "impostor": 20, "lost": 0} and ref["latency"] is None
+    assert other["agreement_with_reference"]["pairs"] == 40
+    assert other["agreement_with_reference"]["embedding_cosine"]["min"] > 0.99
+    assert "LFW pairs" in out.read_text()
