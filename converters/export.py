@@ -33,7 +33,7 @@ class ArtifactReport:
     precision: str
     size_bytes: int
     parity: Any  # converters.parity.Parity
-    threshold: float
+    threshold: float | None  # None: the calibration images could not give one (see extra["threshold_unset"])
     per_channel_layers: int = 0
     packed_size_bytes: int | None = None
     seconds: float = 0.0
@@ -417,7 +417,7 @@ def _finish(
 ) -> ArtifactReport:
     """Write, run through the runtime, set the threshold, write again with the complete spec."""
     from edgeface.converters.parity import parity
-    from edgeface.converters.threshold import threshold_at_far
+    from edgeface.converters.threshold import calibrate_threshold
     from edgeface.runtime.backends import load_artifact
 
     _write(path, _embed(fmt, build.data, build.spec))
@@ -432,14 +432,17 @@ def _finish(
         if found is not None:
             par = type(par)(par.mean_cosine, par.min_cosine, par.images, found[0], found[1])
     emb_cal = np.concatenate([artifact.run(_to_layout(b, layout)) for b in _batches(x_cal, size)])
-    threshold = threshold_at_far(emb_cal, cal_paths, far)
+    # Unlabelled calibration images (a flat folder) give no impostor pairs: ship without a threshold and
+    # say why (the CLI points to `edgeface threshold`) rather than fail or guess one.
+    threshold, unset = calibrate_threshold(emb_cal, cal_paths, far)
+    provenance = {**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)}
+    if unset is not None:
+        provenance["threshold_unset"] = unset
     spec = build.spec.replace(
         threshold=threshold,
-        threshold_far=far,
+        threshold_far=far if threshold is not None else None,
         provenance={
-            **build.spec.provenance,
-            "parity": par.to_dict(),
-            "threshold_images": len(cal_paths),
+            **provenance,
             **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
         },
     )
@@ -449,8 +452,9 @@ def _finish(
     packed = None
     if prec == "w6a6":
         packed = len(data) - build.int8_weight_bytes + (build.int8_weight_bytes * 6 + 7) // 8
+    extra = {**build.extra, **({"threshold_unset": unset} if unset is not None else {})}
     return ArtifactReport(
-        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=dict(build.extra)
+        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=extra
     )
 
 

@@ -160,6 +160,14 @@ def _print(reports: list, far: float, as_json: bool, pack_lines: list[str]) -> N
     for r in reports:
         for w in r.extra.get("warnings", []):
             click.echo(f"warning: {w}", err=True)
+    unset = [r for r in reports if r.threshold is None]
+    if unset:
+        click.echo(
+            f"warning: no verification threshold set ({unset[0].extra['threshold_unset']}); `verify` will "
+            f"need --threshold until you calibrate one on labelled faces: edgeface threshold {unset[0].path} "
+            f"--data DIR/<identity>/<image> --fmr {far:g}",
+            err=True,
+        )
     if as_json:
         click.echo(dumps_json([r.to_dict() for r in reports]))
         return
@@ -169,9 +177,10 @@ def _print(reports: list, far: float, as_json: bool, pack_lines: list[str]) -> N
             size += f" (6-bit packed {r.packed_size_bytes / 1e6:.2f} MB)"
         drift = f", most drift at {r.parity.drift_layer}" if r.parity.drift_layer else ""
         speed = f"  {r.extra['speedup_vs_fp32']:.2f}x fp32" if "speedup_vs_fp32" in r.extra else ""
+        thr = "unset" if r.threshold is None else f"{r.threshold:.4f} @FAR {far:g}"
         click.echo(
             f"{r.path}  {size}  parity cosine mean {r.parity.mean_cosine:.4f} min {r.parity.min_cosine:.4f}"
-            f"{drift}  threshold {r.threshold:.4f} @FAR {far:g}  per-channel layers {r.per_channel_layers}"
+            f"{drift}  threshold {thr}  per-channel layers {r.per_channel_layers}"
             f"{speed}"
         )
         floats = r.extra.get("float_ops")
