@@ -118,12 +118,40 @@ def write_artifact_spec(path: str | os.PathLike[str], spec: ModelSpec) -> list[P
     with os_errors("read", path):
         data = path.read_bytes()
     outputs: list[tuple[Path, Callable[[str], Any]]] = []
+    contents: dict[Path, bytes] = {}
     if embedded_spec_present(path, data):
-        new = with_spec(path, data, spec)
-        outputs.append((path, lambda tmp: Path(tmp).write_bytes(new)))
-    text = spec.to_json() + "\n"
-    outputs.append((spec_path_for(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8")))
+        contents[path] = with_spec(path, data, spec)
+    contents[spec_path_for(path)] = (spec.to_json() + "\n").encode("utf-8")
+    manifest = _pack_manifest_after(path, contents)
+    if manifest is not None:  # a pack's manifest is renamed in with the files it hashes
+        contents[manifest[0]] = manifest[1]
+    for out, blob in contents.items():
+        outputs.append((out, lambda tmp, blob=blob: Path(tmp).write_bytes(blob)))
     return atomic_write_all(outputs)
+
+
+def _pack_manifest_after(path: Path, contents: dict[Path, bytes]) -> tuple[Path, bytes] | None:
+    """When the artifact sits in a pack, the pack's manifest with the new hashes of the rewritten files,
+    so the pack still checks after a new threshold (else every later load reports it tampered)."""
+    import dataclasses
+    import hashlib
+
+    from edgeface.runtime.pack import MANIFEST, FileEntry, find_pack
+
+    found = find_pack(path)
+    if found is None:
+        return None
+    pack, _ = found
+    files = dict(pack.manifest.files)
+    for out, blob in contents.items():
+        name = out.name
+        if name not in files:
+            raise EdgefaceError(
+                f"{pack.where}: {printable(name)} is not in its manifest; run edgeface pack again"
+            )
+        files[name] = FileEntry(hashlib.sha256(blob).hexdigest(), len(blob))
+    manifest = dataclasses.replace(pack.manifest, files=files)
+    return pack.root / MANIFEST, manifest.to_json().encode("utf-8")
 
 
 def load_calibration_data(data_dir: str | os.PathLike[str]) -> Any:

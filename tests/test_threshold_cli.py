@@ -13,6 +13,7 @@ import pytest
 from edgeface.spec import read_spec_json, spec_path_for
 from tests.eval_support import LFW, aligned_dataset, embedded_onnx, strict_json
 from tests.test_bad_input_support import assert_one_error, run, snapshot
+from tests.test_runtime_support import SHARED
 
 
 def _embedded(path: Path):
@@ -113,3 +114,24 @@ def test_bad_input(capsys, tmp_path: Path) -> None:
     (tmp_path / "flat" / "a.jpg").write_bytes(b"x")
     assert_one_error(run(capsys, "threshold", art, "--data", tmp_path / "flat"), "no identity folders")
     assert snapshot(tmp_path / "model.onnx") == {k: v for k, v in before.items() if "model.onnx" in k}
+
+
+def test_an_artifact_in_a_pack_keeps_the_pack_valid(capsys, tmp_path: Path) -> None:
+    """A new threshold changes the artifact's bytes and its sidecar: the pack's manifest is rewritten with
+    them (renamed in together), so `pack --check` and `--model PACK` still pass afterwards."""
+    art = embedded_onnx(tmp_path / "src")
+    yunet = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+    pack = tmp_path / "pack"
+    assert run(capsys, "pack", art, "-o", pack, "--detector", yunet).code == 0
+    packed = pack / art.name
+    before = json.loads((pack / "edgeface-pack.json").read_text())["files"][art.name]["sha256"]
+    r = run(capsys, "threshold", packed, "--data", aligned_dataset(), "--aligned", "--fmr", "1e-2")
+    assert r.code == 0, r.err
+    after = json.loads((pack / "edgeface-pack.json").read_text())["files"][art.name]["sha256"]
+    assert after != before
+    check = run(capsys, "pack", "--check", pack)
+    assert check.code == 0, check.err
+    data = sorted(Path(aligned_dataset()).glob("*/*"))[:2]
+    v = run(capsys, "verify", *data, "--aligned", "--model", pack, "--json")
+    assert v.code == 0, v.err
+    assert json.loads(v.out)["threshold"] == pytest.approx(_embedded(packed).threshold)
