@@ -157,6 +157,8 @@ class ActQuant(nn.Module):
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         self.enabled = True
         self.observe: str | None = None
+        self.label = ""  # quantizer name, for error messages
+        self.producer = ""  # table key of the op whose output this rounds
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -177,6 +179,15 @@ class ActQuant(nn.Module):
         return act_range(self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            from edgeface.errors import ModelError
+
+            raise ModelError(
+                f"activation quantizer {self.label or '?'} received {type(x).__name__} "
+                f"{getattr(x, 'dtype', '')} instead of a float tensor (the graph changed between the "
+                f"analysis pass and this run); try --keep-float on the op that produces it "
+                f"({self.producer or '?'})"
+            )
         if self.observe is not None:
             self._record(x.detach())
         if not self.enabled:
