@@ -163,9 +163,6 @@ TORCH_OPS: dict[str, OpRule] = {
     "truediv": OpRule("float", "division"),
     "div": OpRule("float", "division"),
     "BatchNorm1d": OpRule("float", "a BatchNorm that could not be folded into a linear"),
-    "ChannelScale": OpRule(
-        "float", "per-channel 1/s migrated into the next int8 layer (fold into the producer's last multiply)"
-    ),
     "linear": OpRule("float", "functional F.linear (not an nn.Linear module): weights not quantizable"),
     "conv2d": OpRule("float", "functional F.conv2d (not an nn.Conv2d module): weights not quantizable"),
 }

@@ -8,6 +8,8 @@
 - `prelu_net_112x96`: a PReLU network for 112x96 inputs (SphereFace/CosFace-style crop) whose PReLU slopes
   are trained-like, drawn from [-4, 2.2] (many negative, some > 1), with BN everywhere, a residual add and
   `x.view(x.size(0), -1)` before the embedding Linear, then a BatchNorm1d.
+- `batch_of_one_net`: written for one image at a time (`view(1, -1)`), so quantization must fail on it
+  with one line naming the layer that breaks.
 """
 
 from __future__ import annotations
@@ -153,3 +155,20 @@ def prelu_net_112x96() -> nn.Module:
         "embedding_dim": 64,
     }
     return model.eval()
+
+
+class BatchOfOneNet(nn.Module):
+    """Written for one image at a time: `view(1, -1)` breaks on a batch (a real user-model mistake)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 8, stride=8)
+        self.fc = nn.Linear(8 * 14 * 14, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(1, -1))
+
+
+def batch_of_one_net() -> nn.Module:
+    torch.manual_seed(0)
+    return BatchOfOneNet().eval()

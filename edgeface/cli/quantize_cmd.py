@@ -109,6 +109,14 @@ def summary_line(data: dict[str, Any]) -> str:
     "matmul, Linear) in float; repeatable. The error message of a failing layer names what to pass.",
 )
 @click.option(
+    "--fallback",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Leave float the int8 layers fed by a float op (LayerNorm, GELU, ...) whose input quantizer alone "
+    "causes at least this many times the mean measured loss per quantizer (0 = off; PTQ/QAT, not mixed).",
+)
+@click.option(
     "--smooth",
     default="auto",
     show_default=True,
@@ -172,6 +180,7 @@ def quantize_cmd(
     calibration: str,
     num_images: int,
     keep_float: tuple[str, ...],
+    fallback: float,
     smooth: str,
     loss: str,
     epochs: int,
@@ -206,6 +215,8 @@ def quantize_cmd(
     ):
         raise EdgefaceError("--num-images, --batch-size, --epochs, --max-steps must be >= 1 and --lr > 0")
     alpha = parse_smooth(smooth)
+    if not 0.0 <= fallback <= 1e6:
+        raise EdgefaceError(f"--fallback must be a factor >= 0 (0 = off), got {fallback}")
     if max_minutes is not None and not (0 < max_minutes < 1e6):
         raise EdgefaceError(f"--max-minutes must be > 0, got {max_minutes}")
     keep = [k.strip() for k in keep_float if k.strip()]
@@ -269,6 +280,7 @@ def quantize_cmd(
             max_seconds=max_minutes * 60 if max_minutes else None,
             keep_float=keep,
             smooth=alpha,
+            fallback=fallback,
         )
     elif qmodel is None:
         qmodel = ptq(
@@ -282,6 +294,7 @@ def quantize_cmd(
             progress=progress,
             keep_float=keep,
             smooth=alpha,
+            fallback=fallback,
         )
     wall = time.perf_counter() - start
     record = dict(qmodel.edgeface_quant)

@@ -19,12 +19,15 @@ Public API (everything takes / returns ordinary nn.Modules; quantized models are
 
     ptq(model, spec, images, bits="w8a8", calibration="percentile"|"minmax"|"mse", num_images=512,
         layer_bits=None, percentile=99.99, batch_size=64, progress=True, bias_correction=True,
-        keep_float=(), smooth=0.5) -> GraphModule
-        Copy, prepare, migrate LayerNorm outlier channels into the next layer (`smooth` = alpha, None off),
+        keep_float=(), smooth="auto", fallback=4.0) -> GraphModule
+        Copy, prepare, migrate LayerNorm outlier channels into the next layer (`smooth`: "auto" picks the
+        strength per LayerNorm by measurement, a float fixes SmoothQuant's alpha, None is off),
         insert quantizers, calibrate on `num_images` of `images` (paths, or a list of NCHW float batches
         already normalised), then empirical bias correction. `bits`: "w8a8", "w6a6" (first and last weight
         layer kept at 8 bits), any "wNaM" with N, M in 4..8. `layer_bits`: {"conv1.0": 8, "aq_add_3": 8, ...}
-        overrides. `keep_float`: layers / graph nodes / op names left in float. The CLI uses "mse".
+        overrides. `keep_float`: layers / graph nodes / op names left in float. `fallback`: multiple of the
+        mean measured loss per quantizer above which an int8 layer fed by a float op stays float. The CLI uses
+        calibration="mse".
 
     qat(model, spec, images, bits="w6a6", loss="cosine"|"ekd"|"cosine+ekd", epochs=1, lr=5e-5,
         batch_size=32, max_steps=None, calibration="mse", num_images=512, layer_bits=None,
@@ -71,6 +74,10 @@ from edgeface.compress.quant.fold import fold_bn
 from edgeface.compress.quant.plan import count_macs, model_size_bytes, quant_plan
 from edgeface.compress.quant.ptq import RECORD_ATTR, prepare_float, ptq, quantize_structure
 
+# imported eagerly: a lazy wrapper named `qat` would be replaced by the submodule of the same name as soon
+# as anything imports edgeface.compress.quant.qat (the second QAT run in one process then failed)
+from edgeface.compress.quant.qat import qat  # noqa: E402
+
 __all__ = [
     "count_macs",
     "fold_bn",
@@ -82,12 +89,6 @@ __all__ = [
     "quant_plan",
     "rebuild",
 ]
-
-
-def qat(*args: Any, **kwargs: Any) -> Any:
-    from edgeface.compress.quant.qat import qat as _qat
-
-    return _qat(*args, **kwargs)
 
 
 def mixed_precision(*args: Any, **kwargs: Any) -> Any:
@@ -128,16 +129,12 @@ def rebuild(model: nn.Module, record: dict[str, Any], state_dict: dict[str, Any]
         or not all(isinstance(k, str) and 0 < len(k) <= 500 for k in keep)
     ):
         raise EdgefaceError("quantization record: keep_float must be a list of layer / op names")
-    scales = record.get("channel_scales", False)
-    if not isinstance(scales, bool):
-        raise EdgefaceError("quantization record: channel_scales must be true or false")
     gm = quantize_structure(
         model,
         str(record.get("bits", "w8a8")),
         plan=plan,
         input_shape=shape,
         keep_float=keep,
-        channel_scales=scales,
     )
     setattr(gm, RECORD_ATTR, dict(record))
     return gm.eval()

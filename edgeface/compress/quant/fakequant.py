@@ -102,7 +102,17 @@ class _WeightQuantMixin:
             return self.weight
         if self.training:  # QAT: the weights move, so their range does too
             self.refresh_weight_scale()
-        return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+            return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+        # eval: the grid only changes when the weights or scales are written (tensor versions), so the
+        # rounded weights are kept between forward passes (calibration and evaluation run many)
+        key = (self.weight._version, self.weight_scale._version, self.weight.data_ptr(), self.weight_bits)
+        cached = getattr(self, "_wq_cache", None)
+        if cached is None or cached[0] != key or torch.is_grad_enabled():
+            if torch.is_grad_enabled():
+                return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+            cached = (key, fake_quant_weight(self.weight, self.weight_scale, self.weight_bits))
+            self._wq_cache = cached
+        return cached[1]
 
 
 class QuantConv2d(_WeightQuantMixin, nn.Conv2d):

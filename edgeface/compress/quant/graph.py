@@ -129,9 +129,9 @@ def analyze(gm: fx.GraphModule, example: torch.Tensor) -> dict[str, NodeInfo]:
             rec.run(example)
     except _NodeFailure as f:
         raise ModelError(
-            f"the model fails at {_describe(gm, f.node)} on a {tuple(example.shape)} input "
-            f"({type(f.error).__name__}: {_first_line(f.error)}); check --spec input_size, or pass "
-            f"--keep-float {f.node.target if f.node.op == 'call_module' else f.node.name}"
+            f"the traced model fails at {_describe(gm, f.node)} on a {tuple(example.shape)} input "
+            f"({type(f.error).__name__}: {_first_line(f.error)}); quantization runs it on batches, so its "
+            "forward must accept any batch size at the spec's input_size (give --spec if that is wrong)"
         ) from None
     finally:
         gm.train(was)

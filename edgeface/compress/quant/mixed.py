@@ -163,7 +163,7 @@ def mixed_precision(
     chosen_images = pick_images(images, num_images)
     batches = load_batches(chosen_images, spec, progress=progress)
     sens_batches = load_batches(chosen_images[:sensitivity_images], spec)
-    base, place = prepare_float(model, spec_input_shape(spec), keep_float, channel_scales=smooth is not None)
+    base, place = prepare_float(model, spec_input_shape(spec), keep_float)
     migrate_outliers(base, place, batches, smooth, resolve_bits(place, "w8a8", keep_ends_8bit=False))
     sens = sensitivity(base, place, sens_batches, candidates, calibration, progress)
 

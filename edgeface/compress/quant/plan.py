@@ -140,35 +140,7 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
         "layers": layers,
         "quantizers": {n: {**_act(q), **where.get(n, {})} for n, q in acts.items()},
         "float_ops": {n.name: n.meta["edgeface_float"] for n in gm.graph.nodes if "edgeface_float" in n.meta},
-        "channel_scales": _channel_scales(gm),
     }
-
-
-def _channel_scales(gm: fx.GraphModule) -> dict[str, Any]:
-    """SmoothQuant migrations: x / scale along `axis` on `tensor`, just before quantizer `quantizer`.
-
-    An exporter multiplies by 1/scale there (or folds it into the producer); the readers' weights already
-    carry the factor.
-    """
-    from edgeface.compress.quant.smooth import ChannelScale
-
-    out: dict[str, Any] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        m = get_module(gm, str(node.target))
-        if not isinstance(m, ChannelScale):
-            continue
-        users = [u for u in node.users if u.op == "call_module"]
-        q = next((str(u.target) for u in users if isinstance(get_module(gm, str(u.target)), ActQuant)), None)
-        src = node.args[0]
-        out[str(node.target)] = {
-            "tensor": src.name if isinstance(src, fx.Node) else None,
-            "axis": m.axis,
-            "scale": [float(v) for v in m.scale],
-            "quantizer": q,
-        }
-    return out
 
 
 def model_size_bytes(model: nn.Module) -> int:

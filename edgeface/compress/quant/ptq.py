@@ -26,6 +26,7 @@ from edgeface.errors import EdgefaceError
 from edgeface.spec import ModelSpec
 
 RECORD_ATTR = "edgeface_quant"  # the transform record travels on the quantized module
+FALLBACK_FACTOR = 4.0  # an edge quantizer with this many times the mean loss leaves its layers float
 SMOOTH_ALPHA = "auto"  # migration strength chosen per site by measurement (smooth.py); or a fixed alpha
 
 
@@ -68,26 +69,18 @@ def prepare_float(
     model: nn.Module,
     input_shape: Sequence[int] = (3, 112, 112),
     keep_float: Sequence[str] = (),
-    channel_scales: bool = True,
 ) -> tuple[fx.GraphModule, Placement]:
     """Trace, fold BN and layer scale, analyse on an example input and place quantizers (not inserted).
 
-    With `channel_scales`, identity ChannelScale modules go on the float edges into int8 layers, for
-    smooth.smooth to fill. The result still computes the float function of `model`; everything here
-    depends on the graph and the input shape only, so `rebuild` replays it exactly from a record.
+    The result still computes the float function of `model`; everything here depends on the graph and
+    the input shape only, so `rebuild` replays it exactly from a checkpoint record.
     """
-    from edgeface.compress.quant.smooth import insert_channel_scales
-
     example = example_input(input_shape)
     gm = fold_bn(model, example=example)
     analyze(gm, example)
     if fold_layer_scale(gm):
         analyze(gm, example)
-    place = placement(gm, keep_float)
-    if channel_scales and insert_channel_scales(gm, place):
-        analyze(gm, example)
-        place = placement(gm, keep_float)
-    return gm, place
+    return gm, placement(gm, keep_float)
 
 
 def quantize_structure(
@@ -97,18 +90,17 @@ def quantize_structure(
     plan: dict[str, dict[str, int]] | None = None,
     input_shape: Sequence[int] = (3, 112, 112),
     keep_float: Sequence[str] = (),
-    channel_scales: bool = True,
 ) -> fx.GraphModule:
     """Fold and insert quantizers (uncalibrated). With `plan` (from a record) the bits are taken as is."""
-    gm, place = prepare_float(model, input_shape, keep_float, channel_scales)
+    gm, place = prepare_float(model, input_shape, keep_float)
     plan = plan or resolve_bits(place, bits, layer_bits)
     insert_quantizers(gm, place, plan)
-    setattr(gm, RECORD_ATTR, new_record(bits, plan, place, input_shape, channel_scales))
+    setattr(gm, RECORD_ATTR, new_record(bits, plan, place, input_shape))
     return gm
 
 
 def new_record(
-    bits: str, plan: dict[str, Any], place: Placement, input_shape: Sequence[int], channel_scales: bool
+    bits: str, plan: dict[str, Any], place: Placement, input_shape: Sequence[int]
 ) -> dict[str, Any]:
     """The structural part of a checkpoint's quant record: all `rebuild` needs besides the weights."""
     return {
@@ -117,7 +109,6 @@ def new_record(
         "plan": copy.deepcopy(plan),
         "input_shape": [int(s) for s in input_shape],
         "keep_float": list(place.keep_float),
-        "channel_scales": bool(channel_scales),
     }
 
 
@@ -141,25 +132,50 @@ def ptq(
     keep_float: Sequence[str] = (),
     smooth: float | str | None = SMOOTH_ALPHA,
     plan: dict[str, dict[str, int]] | None = None,
+    fallback: float = FALLBACK_FACTOR,
 ) -> fx.GraphModule:
     """Quantize a copy of `model` (left untouched) and calibrate it on `num_images` of `images`.
 
     With `bias_correction` the per-channel mean shift that quantization causes is moved into each layer's
     bias (see calibrate.correct_bias); on MobileFaceNet w8a8 it lifts the mean cosine to fp32 from about
     0.9950 to 0.9957. `smooth` (alpha, None = off) migrates activation outliers after LayerNorms into the
-    following layers (smooth.py). `plan` fixes every bit width (mixed precision).
+    following layers (smooth.py). `plan` fixes every bit width (mixed precision). `fallback` (a multiple
+    of the mean measured loss per quantizer, 0 = off) leaves float the int8 layers whose float input int8
+    cannot carry (fallback.py); not with a fixed `plan`, whose layers are given.
     """
     start = time.perf_counter()
     batches, used = calibration_batches(images, spec, num_images, batch_size, progress)
     shape = spec_input_shape(spec)
-    qmodel, place = prepare_float(model, shape, keep_float, channel_scales=smooth is not None)
+    qmodel, place = prepare_float(model, shape, keep_float)
+    given_plan = plan
     plan = plan or resolve_bits(place, bits, layer_bits)
     smoothed = migrate_outliers(qmodel, place, batches, smooth, plan)
     reference = copy.deepcopy(qmodel)
     insert_quantizers(qmodel, place, plan)
-    record = new_record(bits, plan, place, shape, smooth is not None)
+    record = new_record(bits, plan, place, shape)
     setattr(qmodel, RECORD_ATTR, record)
     calibrate(qmodel, batches, calibration, percentile, progress)
+    if fallback > 0 and given_plan is None:
+        from edgeface.compress.quant.fallback import sensitive_layers
+
+        chosen = sensitive_layers(qmodel, reference, place, batches, fallback)
+        chosen = {k: v for k, v in chosen.items() if k not in (layer_bits or {})}
+        if chosen:
+            keep = [*keep_float, *sorted(chosen)]
+            moved = _transplant(model, qmodel, shape, keep, bits, layer_bits)
+            if moved is None:  # the float layers need quantizers calibration never saw: start over
+                again = ptq(
+                    model, spec, batches, bits, calibration, num_images, layer_bits, percentile, batch_size,
+                    progress, bias_correction, keep, smooth, None, fallback=0.0,
+                )  # fmt: skip
+                getattr(again, RECORD_ATTR).update(
+                    fallback=chosen, num_images=used, wall_s=round(time.perf_counter() - start, 2)
+                )
+                return again
+            qmodel, place, plan = moved
+            record = new_record(bits, plan, place, shape)
+            record["fallback"] = chosen
+            setattr(qmodel, RECORD_ATTR, record)
     if bias_correction:
         correct_bias(qmodel, reference, batches, place.axes)
     record.update(
@@ -174,6 +190,35 @@ def ptq(
     if calibration == "percentile":
         record["percentile"] = percentile
     return qmodel.eval()
+
+
+def _transplant(
+    model: nn.Module,
+    qmodel: fx.GraphModule,
+    shape: Sequence[int],
+    keep_float: list[str],
+    bits: str,
+    layer_bits: dict[str, int] | None,
+) -> tuple[fx.GraphModule, Placement, dict[str, dict[str, int]]] | None:
+    """The structure with `keep_float`, holding `qmodel`'s (smoothed, calibrated) values; None if it needs
+    a quantizer `qmodel` does not have."""
+    gm, place = prepare_float(model, shape, keep_float)
+    plan = resolve_bits(place, bits, layer_bits)
+    old = qmodel.state_dict()
+    if not set(plan["activations"]) <= set(activation_names(qmodel)):
+        return None
+    insert_quantizers(gm, place, plan)
+    new = gm.state_dict()
+    if any(k not in old or old[k].shape != v.shape for k, v in new.items()):
+        return None
+    gm.load_state_dict({k: old[k] for k in new}, strict=True)
+    return gm, place, plan
+
+
+def activation_names(qmodel: nn.Module) -> list[str]:
+    from edgeface.compress.quant.fakequant import ActQuant
+
+    return [n for n, m in qmodel.named_modules() if isinstance(m, ActQuant)]
 
 
 def migrate_outliers(

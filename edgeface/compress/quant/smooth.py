@@ -1,21 +1,22 @@
-"""Outlier channels before an int8 layer: migrate them into that layer's weights (SmoothQuant-style).
+"""Outlier channels after LayerNorm: migrate them into the next layers' weights (SmoothQuant-style).
 
-In a CNN-transformer hybrid the float tensors that feed int8 Linear layers (a LayerNorm's output, a GELU's
-output) have a few channels tens of times larger than the rest, and one per-tensor int8 grid sized for
-those leaves the other channels with a handful of levels. Every reader of such a tensor here is a
-conv/linear quantized per output channel, so the float function does not change if channel c is divided
-by s_c and input channel c of each reader's weight is multiplied by s_c; with
-s_c = max|x_c|^alpha / max|w_c|^(1 - alpha) (Xiao et al., SmoothQuant) the activation channels even out at
-the price of a little more spread in the weights, which per-channel weight scales absorb.
+In a CNN-transformer hybrid a LayerNorm's output, which feeds int8 Linear layers, has a few channels tens
+of times larger than the rest (its affine weight makes them so), and one per-tensor int8 grid sized for
+those leaves the other channels with a handful of levels. When every reader of the LayerNorm is a
+conv/linear quantized per output channel, the float function does not change if channel c of the
+LayerNorm's affine weight and bias is divided by s_c and input channel c of each reader's weight is
+multiplied by s_c. Values change, not structure, so a checkpoint rebuilds without replaying this.
 
-Where the division goes:
-- a LayerNorm with an affine weight whose every reader absorbs the factor: into its weight and bias (free);
-- anywhere else (a GELU's output, a LayerNorm also read by float ops): an explicit `ChannelScale` module on
-  the edge into the int8 layers, a float per-channel multiply that an exporter folds into the producer's
-  last multiply (GELU's 0.5 x (1 + erf)) or runs as one float Mul. Its position is structure (replayed by
-  `rebuild` from the graph alone); its values come from calibration.
-Every migration is checked on an example input and undone if the model's float output moved, so a channel
-mapping broken by a permute or reshape can never change the function.
+The factors are chosen per LayerNorm by measurement, not by one global alpha: SmoothQuant's
+s = a^alpha / w^(1 - alpha) for several alphas, "caps" that only shrink the channels above 1/k of the
+largest, and no migration at all are compared by the reader layers' output error with input and weights
+quantized, on a sample of the calibration activations (the grid spans all calibration data). One global
+alpha was fragile on EdgeFace-XS (0.3 collapsed the embedding, 0.7 was best of the fixed ones, per-site
+choice better still: docs/compression.md). The same migration on GELU outputs (an explicit float
+per-channel scale before the int8 Linear) was measured too and dropped: it bought +0.0005 of mean cosine
+and cost 0.03 of the worst face's, because it removes the headroom small channels had for faces unlike the
+calibration set. Every migration is checked on an example input and undone if the model's float output
+moved, so a channel mapping broken by a permute or reshape can never change the function.
 """
 
 from __future__ import annotations
@@ -32,27 +33,16 @@ from edgeface.compress.quant.fakequant import (
     fake_quant_weight,
     weight_scale_maxabs,
 )
-from edgeface.compress.quant.graph import INFO_KEY, info, op_name
+from edgeface.compress.quant.graph import INFO_KEY
 from edgeface.compress.quant.prepare import Placement, example_input
 
 SCALE_RANGE = (1e-2, 1e2)
-
-
-class ChannelScale(nn.Module):
-    """x / scale along one axis: the float half of a migration whose other half is in the next weights."""
-
-    def __init__(self, channels: int, axis: int) -> None:
-        super().__init__()
-        self.axis = int(axis)
-        self.register_buffer("scale", torch.ones(channels))
-
-    def extra_repr(self) -> str:
-        return f"channels={self.scale.numel()}, axis={self.axis}"
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = [1] * x.dim()
-        shape[self.axis] = -1
-        return x / self.scale.reshape(shape)
+ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)  # candidate migration strengths, tried per site
+SAMPLE_ROWS = 4096  # activation rows kept per site for the local error (Linear readers), from all batches
+CLIP_FACTORS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # of the full-data range, for the local error's int grid
+RANGE_SAMPLE = 1 << 14  # values used to pick a clipping range
+SAMPLE_IMAGES = 8  # images kept per site (conv readers)
+CAPS = (2.0, 4.0, 8.0, 16.0)  # outlier caps: channels above max/k are scaled down to it
 
 
 def _ln_params(gm: fx.GraphModule, node: fx.Node) -> tuple[Tensor, Tensor | None] | None:
@@ -106,104 +96,11 @@ def _weight_in_max(layer: nn.Module, channels: int) -> Tensor:
     return w.reshape(channels, -1).amax(dim=1)
 
 
-def _all_users_are(node: fx.Node, readers: set[str]) -> bool:
-    """Every value-reading user of `node` (looking through same-grid ops) is one of `readers`."""
-    from edgeface.quant_ops import torch_rule
-
-    stack = list(node.users)
-    while stack:
-        u = stack.pop()
-        meta = u.meta.get(INFO_KEY)
-        rule = torch_rule(meta.op) if meta is not None else None
-        if rule is not None and rule.kind == "shape":
-            continue
-        if u.name in readers:
-            continue
-        if rule is not None and rule.kind == "same_grid":
-            stack.extend(u.users)
-            continue
-        return False
-    return True
-
-
-def _absorbing_readers(gm: fx.GraphModule, readers: list[str]) -> list[nn.Module] | None:
-    nodes = {n.name: n for n in gm.graph.nodes}
-    modules = []
-    for r in readers:
-        node = nodes.get(r)
-        if node is None or node.op != "call_module":
-            return None
-        modules.append(gm.get_submodule(str(node.target)))
-    return modules
-
-
-def insert_channel_scales(gm: fx.GraphModule, place: Placement) -> list[str]:
-    """Structure: a ChannelScale on every quantized edge from a float op into absorbing conv/linear layers.
-
-    Skipped where the producer is an affine LayerNorm read only by those layers (its own weight takes the
-    factor). Returns the new module names; the caller re-analyses the graph.
-    """
-    added: list[str] = []
-    for p in place.points:
-        if p.readers is None or p.end.op == "placeholder":
-            continue
-        modules = _absorbing_readers(gm, p.readers)
-        shape = info(p.end).shape
-        if not modules or shape is None:
-            continue
-        axes = {_reader_axis(m) % len(shape) for m in modules}
-        if len(axes) != 1:
-            continue
-        axis = axes.pop()
-        channels = shape[axis]
-        if any(_input_view(m, channels) is None for m in modules):
-            continue
-        root = p.end
-        while root.op in ("call_module", "call_function", "call_method") and _is_same_grid(gm, root):
-            root = root.args[0]  # type: ignore[assignment]
-        if _ln_params(gm, root) is not None and _all_users_are(root, set(p.readers)):
-            continue
-        name = "smooth_" + p.end.name
-        gm.add_module(name, ChannelScale(channels, axis))
-        with gm.graph.inserting_after(p.end):
-            node = gm.graph.call_module(name, (p.end,))
-        readers = set(p.readers)
-        p.end.replace_all_uses_with(
-            node, delete_user_cb=lambda u, r=readers, n=node: u is not n and u.name in r
-        )
-        added.append(name)
-    if added:
-        gm.graph.lint()
-        gm.recompile()
-    return added
-
-
-def _is_same_grid(gm: fx.GraphModule, node: fx.Node) -> bool:
-    from edgeface.quant_ops import torch_rule
-
-    rule = torch_rule(op_name(gm, node))
-    return (
-        rule is not None
-        and rule.kind == "same_grid"
-        and bool(node.args)
-        and isinstance(node.args[0], fx.Node)
-    )
-
-
 def _targets(gm: fx.GraphModule, place: Placement) -> list[tuple[str, list[Tensor | None], list[nn.Module]]]:
     """(name, tensors to divide by s, reader layers) for every migration site of a prepared graph."""
     layers = set(place.layers)
     out: list[tuple[str, list[Tensor | None], list[nn.Module]]] = []
     for node in gm.graph.nodes:
-        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), ChannelScale):
-            cs = gm.get_submodule(str(node.target))
-            readers = [
-                u for u in _value_readers(gm, node) if u.op == "call_module" and str(u.target) in layers
-            ]
-            modules = [gm.get_submodule(str(u.target)) for u in readers]
-            if modules and all(_input_view(m, cs.scale.numel()) for m in modules):  # type: ignore[arg-type]
-                out.append((str(node.target), [cs.scale], modules))  # type: ignore[list-item]
-            continue
         params = _ln_params(gm, node)
         if params is None:
             continue
@@ -239,26 +136,20 @@ def _value_readers(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
     return found
 
 
-ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)  # candidate migration strengths, tried per site
-SAMPLE_ROWS = 2048  # activation rows kept per site for the local error (Linear readers)
-RANGE_SAMPLE = 1 << 14  # values used to pick a clipping range
-SAMPLE_IMAGES = 8  # images kept per site (conv readers)
-
-
 def _reader_out(m: nn.Module, x: Tensor, w: Tensor) -> Tensor:
     if isinstance(m, nn.Linear):
         return F.linear(x, w, m.bias)
     return m._conv_forward(x, w, m.bias)  # type: ignore[operator]
 
 
-def _fake_act(x: Tensor, bits: int) -> Tensor:
-    """Per-tensor affine fake quantization with the clipping (of [min, max]) that minimises the MSE."""
+def _fake_act(x: Tensor, bits: int, lo0: float, hi0: float) -> Tensor:
+    """Per-tensor affine fake quantization over [lo0, hi0] (all calibration data), clipped by the factor
+    that minimises the squared error on the sample `x`."""
     qmin, qmax = act_range(bits)
-    lo0, hi0 = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     flat = x.reshape(-1)
     probe = flat[:: max(1, flat.numel() // RANGE_SAMPLE)].contiguous()
     best, best_err = (lo0, hi0), float("inf")
-    for a in torch.linspace(1.0, 0.3, 12).tolist():
+    for a in CLIP_FACTORS:
         scale, zp = affine_qparams(lo0 * a, hi0 * a, bits)
         err = float(
             (torch.fake_quantize_per_tensor_affine(probe, scale, zp, qmin, qmax) - probe).square().sum()
@@ -270,14 +161,27 @@ def _fake_act(x: Tensor, bits: int) -> Tensor:
 
 
 def _local_error(
-    x: Tensor, modules: list[nn.Module], s: Tensor | None, act_bits: int, weight_bits: list[int]
+    x: Tensor,
+    modules: list[nn.Module],
+    s: Tensor | None,
+    act_bits: int,
+    weight_bits: list[int],
+    cmin: Tensor,
+    cmax: Tensor,
 ) -> float:
-    """Relative output error of the reader layers with input and weights quantized, for factors `s`."""
+    """Relative output error of the reader layers with input and weights quantized, for factors `s`.
+
+    The activation range is that of all calibration data (per-channel min / max divided by `s`), so
+    rare outliers outside the sample still set the grid, as they will in calibration.
+    """
     axis = _reader_axis(modules[0])
     shape = [1] * x.dim()
     shape[axis] = -1
-    xs = x if s is None else x / s.reshape(shape)
-    xq = _fake_act(xs, act_bits)
+    ones = torch.ones_like(cmin)
+    div = ones if s is None else s
+    xs = x / div.reshape(shape)
+    lo, hi = min(float((cmin / div).min()), 0.0), max(float((cmax / div).max()), 0.0)
+    xq = _fake_act(xs, act_bits, lo, hi)
     err, ref_power = 0.0, 0.0
     for m, bits in zip(modules, weight_bits, strict=True):
         w = m.weight.detach()  # type: ignore[union-attr]
@@ -289,6 +193,26 @@ def _local_error(
     return err / max(ref_power, 1e-12)
 
 
+def _candidates(a_max: Tensor, w_max: Tensor, alpha: float | None) -> list[tuple[float, Tensor]]:
+    """(label, factors) to try at one site.
+
+    "alpha": SmoothQuant's s = a^alpha / w^(1 - alpha) (may enlarge small channels);
+    "cap": s = max(1, a / (max a / k)): only channels above 1/k of the largest are scaled down to it, the
+    others keep their values (and their headroom for faces unlike the calibration set). The label is
+    alpha, or -k for a cap.
+    """
+    out: list[tuple[float, Tensor]] = []
+    for a in (alpha,) if alpha is not None else ALPHAS:
+        s = (a_max.clamp(min=1e-5) ** a) / (w_max.clamp(min=1e-5) ** (1 - a))
+        out.append((a, torch.where(a_max > 0, s, torch.ones_like(s)).clamp(*SCALE_RANGE)))
+    if alpha is None:
+        top = float(a_max.max())
+        for k in CAPS:
+            if top > 0:
+                out.append((-k, (a_max / (top / k)).clamp(min=1.0, max=SCALE_RANGE[1])))
+    return out
+
+
 def smooth(
     gm: fx.GraphModule,
     place: Placement,
@@ -297,38 +221,38 @@ def smooth(
     act_bits: dict[str, int] | None = None,
     weight_bits: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """Set every migration's factors from calibration data (float graph, before quantizers).
+    """Migrate every LayerNorm read only by int8 conv/linear layers (float graph, before quantizers).
 
-    Per site, each strength in ALPHAS (or just `alpha`) and no migration at all are compared by the
-    reader layers' output error with their input and weights quantized (act_bits / weight_bits of the
-    plan, 8 by default) on a sample of the calibration activations; the best one is applied. SmoothQuant's
-    one global alpha is fragile: a reader with near-zero weight columns gets factors that blow up its
-    weight range. Returns {site: alpha chosen} for the sites migrated.
+    Per LayerNorm, the candidates of `_candidates` (or just SmoothQuant with `alpha`) and no migration are
+    compared by the reader layers' output error with their input and weights quantized (act_bits /
+    weight_bits of the plan, 8 by default) on a sample of the calibration activations; the best one is
+    applied. Returns {LayerNorm node: label chosen (alpha, or -k for a cap)} for the ones migrated.
     """
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"smoothing alpha must be in [0, 1], got {alpha}")
     jobs = _targets(gm, place)
     if not jobs:
         return {}
-    amax: dict[int, Tensor] = {}
-    samples: dict[int, Tensor] = {}
+    cmin: dict[int, Tensor] = {}
+    cmax: dict[int, Tensor] = {}
+    samples: dict[int, list[Tensor]] = {}
     gen = torch.Generator().manual_seed(0)
+    per_batch = -(-SAMPLE_ROWS // len(batches))
     hooks = []
     for i, (_, _, modules) in enumerate(jobs):
 
         def pre(m: nn.Module, inp: tuple[Tensor, ...], i: int = i) -> None:
             x = inp[0].detach()
-            flat = x.abs().movedim(_reader_axis(m), -1)
-            cur = flat.reshape(-1, flat.shape[-1]).amax(dim=0)
-            amax[i] = cur if i not in amax else torch.maximum(amax[i], cur)
-            if i in samples:
-                return
-            if isinstance(m, nn.Linear):
-                rows = x.reshape(-1, x.shape[-1])
-                pick = torch.randperm(rows.shape[0], generator=gen)[:SAMPLE_ROWS]
-                samples[i] = rows[pick].clone()
-            else:
-                samples[i] = x[:SAMPLE_IMAGES].clone()
+            rows = x.movedim(_reader_axis(m), -1)
+            rows = rows.reshape(-1, rows.shape[-1])
+            lo, hi = rows.amin(dim=0), rows.amax(dim=0)
+            cmin[i] = lo if i not in cmin else torch.minimum(cmin[i], lo)
+            cmax[i] = hi if i not in cmax else torch.maximum(cmax[i], hi)
+            if isinstance(m, nn.Linear):  # rows from every batch
+                pick = torch.randperm(rows.shape[0], generator=gen)[:per_batch]
+                samples.setdefault(i, []).append(x.reshape(-1, x.shape[-1])[pick].clone())
+            elif i not in samples:
+                samples[i] = [x[:SAMPLE_IMAGES].clone()]
 
         hooks.append(modules[0].register_forward_pre_hook(pre))
     try:
@@ -345,23 +269,23 @@ def smooth(
         reference = gm(example)
     done: dict[str, float] = {}
     for i, (name, divided, modules) in enumerate(jobs):
-        if i not in amax:
+        if i not in cmax:
             continue
-        channels = int(amax[i].numel())
+        amax = torch.maximum(cmax[i].abs(), cmin[i].abs())
+        sample = torch.cat(samples[i])
+        channels = int(amax.numel())
         if any(_input_view(m, channels) is None for m in modules):
             continue
         point = "aq_" + names.get(name, name).replace(".", "_")
         a_bits = (act_bits or {}).get(point, 8)
         w_bits = [(weight_bits or {}).get(layer_names[id(m)], 8) for m in modules]
         w_max = torch.stack([_weight_in_max(m, channels) for m in modules]).amax(dim=0)
-        a_max = amax[i].to(w_max.dtype)
+        a_max = amax.to(w_max.dtype)
         with torch.no_grad():
             best_alpha, best_s = None, None
-            best_err = _local_error(samples[i], modules, None, a_bits, w_bits)
-            for a in (alpha,) if alpha is not None else ALPHAS:
-                s = (a_max.clamp(min=1e-5) ** a) / (w_max.clamp(min=1e-5) ** (1 - a))
-                s = torch.where(a_max > 0, s, torch.ones_like(s)).clamp(*SCALE_RANGE)
-                err = _local_error(samples[i], modules, s, a_bits, w_bits)
+            best_err = _local_error(sample, modules, None, a_bits, w_bits, cmin[i], cmax[i])
+            for a, s in _candidates(a_max, w_max, alpha):
+                err = _local_error(sample, modules, s, a_bits, w_bits, cmin[i], cmax[i])
                 if err < best_err:
                     best_alpha, best_s, best_err = a, s, err
         if best_s is None:
@@ -372,10 +296,7 @@ def smooth(
         with torch.no_grad():
             for t in divided:
                 if t is not None:
-                    if name.startswith("smooth_"):
-                        t.mul_(s.reshape(t.shape))  # ChannelScale divides by its buffer
-                    else:
-                        t.div_(s.reshape(t.shape))
+                    t.div_(s.reshape(t.shape))
             for m in modules:
                 m.weight.mul_(s.reshape(_input_view(m, channels)))  # type: ignore[arg-type]
             out = gm(example)
