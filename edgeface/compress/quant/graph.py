@@ -13,8 +13,6 @@ locates the node that fails when a user model does not run (`locate_failure`), s
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,21 +184,3 @@ def channel_axis(gm: nn.Module, node: fx.Node) -> int | None:
     if axis is None or i is None or i.shape is None:
         return axis
     return axis % len(i.shape)
-
-
-def users_through(node: fx.Node, passthrough: Iterable[str]) -> list[fx.Node]:
-    """Consumers of `node`, looking through ops whose table key is in `passthrough` (dropout, identity)."""
-    keys = set(passthrough)
-    out: list[fx.Node] = []
-    stack = list(node.users)
-    while stack:
-        user = stack.pop()
-        i = user.meta.get(INFO_KEY)
-        if i is not None and i.op in keys:
-            stack.extend(user.users)
-        else:
-            out.append(user)
-    return out
-
-
-GETITEM = operator.getitem

@@ -1,24 +1,28 @@
 """Put fake quantizers where an integer runtime has integer tensors, decided per operator from one table.
 
 On a BN-folded graph whose nodes were run once on an example input (graph.analyze), every op is looked up
-in edgeface.quant_ops.TORCH_OPS:
-- "weighted" (Conv2d, Linear) and "compute" ops (tensor add/mul, concat, average pooling) run in integer
-  arithmetic: each becomes an *integer op* when its inputs are floating-point tensors computed from the
-  model input. Conv2d / Linear become QuantConv2d / QuantLinear (weights per output channel);
-- every float input of an integer op is quantized (one quantizer per tensor, placed on the op that produced
-  it, looking through "same_grid" ops such as reshape, permute, dropout, chunk, max-pool);
-- the output of every integer op is quantized after its "fused" activation (ReLU, ReLU6, PReLU, ...);
-- "float" ops (LayerNorm, GELU, softmax, the attention products) and ops the table does not know run in
-  float on dequantized values; their outputs are quantized only where an integer op consumes them;
-- values that are not float tensors computed from the input (shapes, `H * W`, indices, constants such as a
-  positional encoding built from the input's shape) are never quantized, and a weighted layer fed only by
-  them stays float (an exporter folds it to a constant).
-So every tensor an integer op reads or writes is on an integer grid: what a QDQ / int8 TFLite runtime runs.
+in edgeface.quant_ops.TORCH_OPS, and only floating-point tensors computed from the model input are ever
+considered (shapes, `H * W`, indices, and constants such as a positional encoding built from the input's
+shape are not; a conv fed only by such constants stays float, an exporter folds it):
+- "weighted" (Conv2d, Linear) and "compute" ops (tensor + tensor, tensor * tensor, concat, average
+  pooling, fused activations) can run in integer arithmetic;
+- an integer kernel that must write integers (QLinearConv, QLinearAdd, ...: TorchOpRule.int_output) only
+  pays off when an integer op reads its output, so such an op stays float otherwise; that can leave its
+  producers without integer readers too, hence a fixed point. A Linear may write float (ONNX Runtime
+  fuses DQ -> MatMul into MatMulIntegerToFloat), so it is int8 whenever its input is a float tensor;
+- the output of an integer op that an integer op (or the model output) reads is quantized, after its
+  fused activation (ReLU, ReLU6, PReLU, ...), for all its readers: that is what the integer kernel writes;
+- a float op's output (LayerNorm, GELU, softmax, attention products, anything the table does not know) is
+  quantized only on its edges into integer ops, so float readers of the same tensor keep the exact value
+  (a residual path, a shape), as a QDQ graph does.
+On a CNN this is the model input, every conv/linear output and every residual add; on a CNN-transformer
+hybrid, the inputs of the Linear layers (docs/compression.md has the measurements behind it).
 
 `keep_float` (the `--keep-float` option) names layers (module paths; everything inside them), graph nodes or
 table keys ("matmul", "Linear") that must stay float. Quantizers are top-level submodules named
 `aq_<producer>` (`aq_input` for the model input, `aq_<layer>` for a conv/linear output, `aq_<node>` else).
-The record of bits per layer and quantizer (`resolve_bits`) plus `keep_float` is all `rebuild` needs.
+The record of bits per layer and quantizer (`resolve_bits`), the input shape and `keep_float` are all
+`rebuild` needs.
 """
 
 from __future__ import annotations
