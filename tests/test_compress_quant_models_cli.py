@@ -57,6 +57,16 @@ def test_hybrid_quantizes_and_reloads(args: list[str], faces: Path, tmp_path: Pa
     assert _follows_fp32(HYBRID, out, faces) > (0.95 if "w6a6" in args else 0.98)
 
 
+def test_prelu_net_112x96_through_the_cli(faces: Path, tmp_path: Path) -> None:
+    model, out = "tests._quant_models:prelu_net_112x96", tmp_path / "p.pt"
+    assert (
+        main(["quantize", "-m", model, "--calib", str(faces), "--num-images", "8", "--quiet", "-o", str(out)])
+        == 0
+    )
+    assert load_model(model, out).spec.input_size == (112, 96)
+    assert _follows_fp32(model, out, faces) > 0.98
+
+
 def test_keep_float_leaves_a_layer_in_float(faces: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "kf.pt"
     base = ["quantize", "-m", HYBRID, "--calib", str(faces), "--num-images", "8", "--quiet"]

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from edgeface.errors import EdgefaceError, ModelError
+from edgeface.errors import ModelError
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -100,8 +100,9 @@ def _fold_before_linear(bn: nn.Module, linear: nn.Linear) -> None:
     scale, shift = bn_scale_shift(bn)
     channels = scale.numel()
     if linear.in_features % channels:
-        raise EdgefaceError(
-            f"cannot fold BN of {channels} channels into a linear of {linear.in_features} inputs"
+        raise ModelError(
+            f"cannot fold a BatchNorm of {channels} channels into a Linear of {linear.in_features} inputs "
+            "after a flatten; try --keep-float on that Linear"
         )
     per = linear.in_features // channels  # flatten of (C, H, W): channel-major
     s, t = scale.repeat_interleave(per), shift.repeat_interleave(per)
