@@ -138,8 +138,9 @@ def ptq(
 
     With `bias_correction` the per-channel mean shift that quantization causes is moved into each layer's
     bias (see calibrate.correct_bias); on MobileFaceNet w8a8 it lifts the mean cosine to fp32 from about
-    0.9950 to 0.9957. `smooth` (alpha, None = off) migrates activation outliers after LayerNorms into the
-    following layers (smooth.py). `plan` fixes every bit width (mixed precision). `fallback` (a multiple
+    0.9950 to 0.9957. `smooth` ("auto": chosen per LayerNorm by measurement; a float:
+    SmoothQuant's alpha; None: off) migrates outlier channels after LayerNorms into the following layers
+    (smooth.py). `plan` fixes every bit width (mixed precision). `fallback` (a multiple
     of the mean measured loss per quantizer, 0 = off) leaves float the int8 layers whose float input int8
     cannot carry (fallback.py); not with a fixed `plan`, whose layers are given.
     """
