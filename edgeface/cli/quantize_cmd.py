@@ -13,6 +13,7 @@ from edgeface.cli.options import (
     MINUTES,
     SIZE_BUDGET,
     Count,
+    FiniteFloat,
     join_distributed,
     model_options,
 )
@@ -121,7 +122,7 @@ def summary_line(data: dict[str, Any]) -> str:
     "--fallback",
     default=4.0,
     show_default=True,
-    type=float,
+    type=FiniteFloat(0.0, 1e6),
     help="Leave float the int8 layers fed by a float op (LayerNorm, GELU, ...) whose input quantizer alone "
     "causes at least this many times the mean measured loss per quantizer (0 = off; PTQ/QAT, not mixed).",
 )
