@@ -132,9 +132,12 @@ def test_multi_format_keeps_what_passes(calib: Path, tmp_path: Path, capsys: pyt
     code = main([*args, "--min-cosine", "0.99999"])
     err = capsys.readouterr().err
     assert code == 3, err
-    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     name = "tests._awkward_models:tiny_hybrid"
+    written = sorted(p.name for p in out.iterdir() if p.name.startswith(name))
     assert written == [f"{name}_fp32.onnx", f"{name}_fp32.onnx.json"]
+    # the output folder is a pack of what passed, and only of that
+    manifest = json.loads((out / "edgeface-pack.json").read_text())
+    assert [a["file"] for a in manifest["artifacts"]] == [f"{name}_fp32.onnx"]
     assert f"{name}_int8.onnx mean cosine" in err and "not written" in err and "Traceback" not in err
 
 
