@@ -333,15 +333,15 @@ def _build_onnx(
         from edgeface.converters.sensitivity import fragile_tensors
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
-        stats = qdq.collect_stats(graph, qdq.quant_points(graph, keep_float), _batches(x_cal))
+        stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
         fragile: list[tuple[str, float]] = []
         if not onnx_plan:  # learned scales are the checkpoint's decision, not ours
             points = qdq.quant_points(graph, keep_float)
-            act = qdq.activation_plan(graph, {p: stats.range(p, "mse", 8) for p in points}, 8, "uint8")
+            act = qdq.activation_plan(graph, qdq.calibrated_ranges(graph, points, stats), 8, "uint8")
             fragile, _ = fragile_tensors(graph, act, points, x_cal[:SENSITIVITY_IMAGES])
             if fragile:  # keeping tensors float moves some quantizers: calibrate the new points too
                 kept = [t for t, _ in fragile]
-                new = [p for p in qdq.quant_points(graph, keep_float, kept) if p not in stats.lo]
+                new = [p for p in qdq.calibration_points(graph, keep_float, kept) if p not in stats.lo]
                 if new:
                     qdq.collect_stats(graph, new, _batches(x_cal), into=stats)
         _ONNX_CACHE["stats"], _ONNX_CACHE["fragile"] = stats, fragile
