@@ -33,7 +33,7 @@ class ArtifactReport:
     precision: str
     size_bytes: int
     parity: Any  # converters.parity.Parity
-    threshold: float
+    threshold: float | None  # None: the calibration images could not give one (see extra["threshold_unset"])
     per_channel_layers: int = 0
     packed_size_bytes: int | None = None
     seconds: float = 0.0
@@ -163,6 +163,8 @@ def export(
                     _speed_check(report, build, fmt, export_net, spec, path)
             except Exception as e:  # our failure on this model: this artifact is lost, the others go on
                 _discard(path)
+                if isinstance(e, EdgefaceError) and not isinstance(e, ModelError):
+                    raise  # the user's mistake (e.g. --w6a6 on an 8-bit checkpoint): nothing is written
                 build_failed = True
                 failures.append(f"{name}: {_model_failure(e, fmt, prec)}")
                 bar.update(1)
@@ -246,10 +248,15 @@ def _speed_check(
     report.extra["speedup_vs_fp32"] = round(ratio, 2)
     if ratio < 1.0:
         floats = build.extra.get("float_ops", {})
-        left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items()) or "none"
-        report.extra.setdefault("warnings", []).append(
-            f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); "
+        left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items())
+        why = (
             f"float ops left in it: {left}"
+            if left
+            else "no float ops are left, so this CPU's int8 kernels are the cause (docs/speed.md); "
+            "time it on the device with `edgeface profile`"
+        )
+        report.extra.setdefault("warnings", []).append(
+            f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); {why}"
         )
 
 
@@ -410,7 +417,7 @@ def _finish(
 ) -> ArtifactReport:
     """Write, run through the runtime, set the threshold, write again with the complete spec."""
     from edgeface.converters.parity import parity
-    from edgeface.converters.threshold import threshold_at_far
+    from edgeface.converters.threshold import calibrate_threshold
     from edgeface.runtime.backends import load_artifact
 
     _write(path, _embed(fmt, build.data, build.spec))
@@ -425,14 +432,17 @@ def _finish(
         if found is not None:
             par = type(par)(par.mean_cosine, par.min_cosine, par.images, found[0], found[1])
     emb_cal = np.concatenate([artifact.run(_to_layout(b, layout)) for b in _batches(x_cal, size)])
-    threshold = threshold_at_far(emb_cal, cal_paths, far)
+    # Unlabelled calibration images (a flat folder) give no impostor pairs: ship without a threshold and
+    # say why (the CLI points to `edgeface threshold`) rather than fail or guess one.
+    threshold, unset = calibrate_threshold(emb_cal, cal_paths, far)
+    provenance = {**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)}
+    if unset is not None:
+        provenance["threshold_unset"] = unset
     spec = build.spec.replace(
         threshold=threshold,
-        threshold_far=far,
+        threshold_far=far if threshold is not None else None,
         provenance={
-            **build.spec.provenance,
-            "parity": par.to_dict(),
-            "threshold_images": len(cal_paths),
+            **provenance,
             **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
         },
     )
@@ -442,8 +452,9 @@ def _finish(
     packed = None
     if prec == "w6a6":
         packed = len(data) - build.int8_weight_bytes + (build.int8_weight_bytes * 6 + 7) // 8
+    extra = {**build.extra, **({"threshold_unset": unset} if unset is not None else {})}
     return ArtifactReport(
-        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=dict(build.extra)
+        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=extra
     )
 
 

@@ -216,9 +216,12 @@ def printable_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-def dumps_json(obj: Any) -> str:
-    """Indented JSON; a NaN or infinity anywhere is our bug and fails here rather than reaching a reader."""
+def dumps_json(obj: Any, lines: bool = False) -> str:
+    """Indented JSON (`lines`: one compact line, for JSON-lines output); a NaN or infinity anywhere is our
+    bug and fails here rather than reaching a reader."""
     try:
+        if lines:
+            return json.dumps(obj, allow_nan=False, separators=(",", ":"))
         return json.dumps(obj, indent=2, allow_nan=False)
     except ValueError as e:
         raise ValueError(f"refusing to write a non-finite number as JSON ({e})") from None

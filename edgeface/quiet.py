@@ -29,6 +29,12 @@ _VERBOSE = False
 THIRD_PARTY_LOGGERS = (
     "torchao",
     "torch",
+    # torch's own logging setup re-levels "torch" when it loads; children it does not register keep ours
+    "torch.utils._pytree",
+    "torch.export",
+    "torch._export",
+    "torch.onnx",
+    "torch.fx",
     "jax",
     "absl",
     "tensorflow",

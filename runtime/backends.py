@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from edgeface.runtime.preprocess import apply_table, input_table, read_image
@@ -24,6 +24,9 @@ from edgeface.runtime.preprocess import apply_table, input_table, read_image
 from edgeface.errors import EdgefaceError
 from edgeface.quiet import native_quiet
 from edgeface.spec import METADATA_KEY, ModelSpec, TensorQuant, read_spec_json, spec_path_for
+
+if TYPE_CHECKING:
+    from edgeface.runtime.pack import Pack
 
 SUFFIXES = (".onnx", ".tflite")
 # onnxruntime session config that keeps an artifact's float layers float (see OnnxArtifact._make_session)
@@ -39,6 +42,12 @@ class Artifact:
     backend: str
     num_threads: int | None
     init_ms: float  # session creation time, reported by `edgeface profile`
+    pack: Pack | None = None  # the pack it was loaded from (load_artifact): its detector comes with it
+
+    @property
+    def detector_path(self) -> Path | None:
+        """The pack's face detector, checked against its manifest; None outside a pack."""
+        return self.pack.detector_path if self.pack is not None else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -269,17 +278,31 @@ class TfliteArtifact(Artifact):
         self._fixed_batch_one = len(signature) > 0 and int(signature[0]) != -1 and int(shape[0]) == 1
 
 
-def load_artifact(path: str | os.PathLike[str], num_threads: int | None = None) -> Artifact:
-    """Pick the runtime by extension; the spec comes from the artifact, else its sidecar JSON."""
-    path = Path(path)
+def load_artifact(
+    path: str | os.PathLike[str], num_threads: int | None = None, artifact: str | None = None
+) -> Artifact:
+    """Pick the runtime by extension; the spec comes from the artifact, else its sidecar JSON.
+
+    `path` may be a pack (folder or archive, `edgeface.runtime.pack`): its default artifact, or the one
+    named `artifact`, is loaded after its hashes are checked, and `Artifact.pack` then gives the pipeline
+    the pack's detector. An artifact file inside a pack folder is checked the same way."""
+    from edgeface.runtime.pack import resolve
+
+    resolved = resolve(path, artifact)
+    path = resolved.path
     if not path.is_file():
         raise EdgefaceError(f"artifact not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxArtifact(path, num_threads)
-    if suffix == ".tflite":
-        return TfliteArtifact(path, num_threads)
-    raise EdgefaceError(f"{path}: unknown artifact type '{suffix}' (expected one of {', '.join(SUFFIXES)})")
+        loaded: Artifact = OnnxArtifact(path, num_threads)
+    elif suffix == ".tflite":
+        loaded = TfliteArtifact(path, num_threads)
+    else:
+        raise EdgefaceError(
+            f"{path}: unknown artifact type '{suffix}' (expected one of {', '.join(SUFFIXES)}, or a pack)"
+        )
+    loaded.pack = resolved.pack
+    return loaded
 
 
 @contextmanager

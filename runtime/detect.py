@@ -2,7 +2,8 @@
 
 YuNet is small (tens of kB of weights), runs in OpenCV's own DNN module (no extra runtime on a Pi), and
 returns the same five landmarks the ArcFace template uses, in the same order. The model file is never
-downloaded: it is a path the user gives, defaulting to the repository's shared models folder.
+downloaded: it is the one in the artifact's pack (edgeface.runtime.pack), or a path the user gives, or
+the repository's shared models folder.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class YuNetDetector:
         path = Path(model_path) if model_path else default_detector_path()
         if not path.is_file():
             raise EdgefaceError(
-                f"face detector model not found: {path} (pass --detector PATH or set {YUNET_ENV}; "
-                "nothing is downloaded)"
+                f"face detector model not found: {path} (use a pack, which holds its detector, or pass "
+                f"--detector PATH or set {YUNET_ENV}; nothing is downloaded)"
             )
         try:
             self._net = cv2.FaceDetectorYN.create(

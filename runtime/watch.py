@@ -152,7 +152,7 @@ class Watcher:
     ) -> None:
         self.artifact = artifact
         self.spec = artifact.spec
-        self.detector = detector or YuNetDetector()
+        self.detector = detector or YuNetDetector(getattr(artifact, "detector_path", None))  # a pack's
         self.gallery = gallery
         self.threshold = threshold if threshold is not None else self.spec.threshold
         if self.threshold is not None and not (math.isfinite(self.threshold) and -1 <= self.threshold <= 1):

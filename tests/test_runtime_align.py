@@ -15,7 +15,17 @@ from edgeface.runtime.detect import YuNetDetector
 from edgeface.errors import EdgefaceError
 from tests.test_runtime_support import LFW, RAW
 
-RUNTIME_MODULES = ["backends", "align", "detect", "match", "gallery", "pipeline", "profile", "preprocess"]
+RUNTIME_MODULES = [
+    "backends",
+    "align",
+    "batch",
+    "detect",
+    "match",
+    "gallery",
+    "pipeline",
+    "profile",
+    "preprocess",
+]
 
 
 def test_runtime_imports_no_training_side() -> None:

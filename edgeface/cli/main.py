@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "edgeface.cli.eval_cmd:eval_cmd",
     "export": "edgeface.cli.export_cmd:export_cmd",
     "models": "edgeface.cli.models_cmd:models_cmd",
+    "pack": "edgeface.cli.pack_cmd:pack_cmd",
     "prune": "edgeface.cli.prune_cmd:prune_cmd",
     "quantize": "edgeface.cli.quantize_cmd:quantize_cmd",
     "verify": "edgeface.cli.runtime_cmd:verify_cmd",
@@ -29,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "gallery": "edgeface.cli.runtime_cmd:gallery_cmd",
     "profile": "edgeface.cli.runtime_cmd:profile_cmd",
     "watch": "edgeface.cli.watch_cmd:watch_cmd",
+    "threshold": "edgeface.cli.threshold_cmd:threshold_cmd",
+    "compare": "edgeface.cli.compare_cmd:compare_cmd",
 }
 
 
@@ -65,6 +68,20 @@ def cli(debug: bool, verbose: bool) -> None:
     """Compress, export and run face-recognition models on devices."""
 
 
+def _end_progress_bars() -> None:
+    """An error must start a line of its own: a progress bar still drawn (tqdm leaves the cursor after it
+    while it runs) is closed first, kept on screen where it stopped, and ended with a newline."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    for bar in list(getattr(std.tqdm, "_instances", ())):
+        try:
+            bar.leave = True
+            bar.close()
+        except Exception:  # a bar that cannot draw must not hide the error itself
+            pass
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -84,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
@@ -102,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.format_message().strip().splitlines()[0]}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
+        _end_progress_bars()
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as e:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         click.echo(

@@ -39,6 +39,22 @@ def parse_layer_bits(text: str | None) -> dict[str, int] | None:
     return out
 
 
+def parse_smooth(text: str) -> float | str | None:
+    """'auto' | 'off' | an alpha in [0, 1]."""
+    from edgeface.errors import EdgefaceError
+
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return None if value == "off" else "auto"
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+        raise EdgefaceError(f"--smooth must be auto, off or a number in [0, 1], got '{text}'")
+    return alpha
+
+
 def summary_line(data: dict[str, Any]) -> str:
     r = data["record"]
     parts = [f"quantized {data['model']} -> {data['output']}: {r['bits']} {r['method']}"]
@@ -93,6 +109,31 @@ def summary_line(data: dict[str, Any]) -> str:
     help="How activation ranges are set from the calibration images.",
 )
 @click.option("--num-images", default=512, show_default=True, type=Count(1), help="Calibration images used.")
+@click.option(
+    "--keep-float",
+    "keep_float",
+    multiple=True,
+    metavar="NAME",
+    help="Leave a layer (module path, with everything inside it), a graph node or an op type (e.g. "
+    "matmul, Linear) in float; repeatable. The error message of a failing layer names what to pass.",
+)
+@click.option(
+    "--fallback",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Leave float the int8 layers fed by a float op (LayerNorm, GELU, ...) whose input quantizer alone "
+    "causes at least this many times the mean measured loss per quantizer (0 = off; PTQ/QAT, not mixed).",
+)
+@click.option(
+    "--smooth",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|ALPHA",
+    help="Migrate outlier channels of the float tensors that feed int8 layers (LayerNorm / GELU outputs) "
+    "into those layers' weights: 'auto' picks the strength per site by measured layer error, ALPHA in "
+    "[0, 1] fixes SmoothQuant's alpha, 'off' disables it. No effect on plain CNNs.",
+)
 @click.option(
     "--loss",
     type=click.Choice(["cosine", "ekd", "cosine+ekd"]),
@@ -149,6 +190,9 @@ def quantize_cmd(
     calib_dir: str,
     calibration: str,
     num_images: int,
+    keep_float: tuple[str, ...],
+    fallback: float,
+    smooth: str,
     loss: str,
     epochs: int,
     max_steps: int | None,
@@ -173,8 +217,20 @@ def quantize_cmd(
         raise EdgefaceError(f"unsupported --bits '{bits}': choose one of {', '.join(BITS)}")
     if bits == "mixed" and not size_budget:
         raise EdgefaceError("--bits mixed needs --size-budget (bytes or a ratio of the fp32 size)")
-    if num_images < 1 or batch_size < 1 or epochs < 1 or lr <= 0 or (max_steps is not None and max_steps < 1):
+    if (
+        num_images < 1
+        or batch_size < 1
+        or epochs < 1
+        or not (0 < lr < 1e3)
+        or (max_steps is not None and max_steps < 1)
+    ):
         raise EdgefaceError("--num-images, --batch-size, --epochs, --max-steps must be >= 1 and --lr > 0")
+    alpha = parse_smooth(smooth)
+    if not 0.0 <= fallback <= 1e6:
+        raise EdgefaceError(f"--fallback must be a factor >= 0 (0 = off), got {fallback}")
+    if max_minutes is not None and not (0 < max_minutes < 1e6):
+        raise EdgefaceError(f"--max-minutes must be > 0, got {max_minutes}")
+    keep = [k.strip() for k in keep_float if k.strip()]
     overrides = parse_layer_bits(layer_bits)
     out = Path(output)
     for p in (out, Path(plan_path) if plan_path else None, Path(report_path) if report_path else None):
@@ -213,6 +269,8 @@ def quantize_cmd(
             num_images=num_images,
             layer_bits=overrides,
             progress=progress,
+            keep_float=keep,
+            smooth=alpha,
         )
     if method == "qat":
         qmodel, _ = qat(
@@ -231,6 +289,9 @@ def quantize_cmd(
             progress=progress,
             qmodel=qmodel,
             max_seconds=max_minutes * 60 if max_minutes else None,
+            keep_float=keep,
+            smooth=alpha,
+            fallback=fallback,
         )
     elif qmodel is None:
         qmodel = ptq(
@@ -242,6 +303,9 @@ def quantize_cmd(
             num_images=num_images,
             layer_bits=overrides,
             progress=progress,
+            keep_float=keep,
+            smooth=alpha,
+            fallback=fallback,
         )
     wall = time.perf_counter() - start
     record = dict(qmodel.edgeface_quant)

@@ -18,6 +18,8 @@ from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
+ARTIFACT_ENV = "EDGEFACE_ARTIFACT"
+ARTIFACT_META = "edgeface.artifact"  # ctx.meta key: --artifact, for the --model callback
 # edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV);
 # tests/test_runtime_faces.py checks that the two agree.
 FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
@@ -29,15 +31,47 @@ def _echo_json(data: Any) -> None:
     emit(dumps_json(data))  # NaN/Infinity never reach a reader; a full stdout is one error line
 
 
-def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
+def _remember_artifact(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta[ARTIFACT_META] = value  # eager: read by the --model callback, whatever the order typed
+
+
+def resolve_model(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--model PACK (a pack folder or archive) -> the artifact file it runs, checked against the pack's
+    manifest; an artifact path stays as it is. Which artifact of several was taken is said on stderr."""
+    if value is None:
+        return None
+    from edgeface.runtime.pack import resolve
+
+    resolved = resolve(value, ctx.meta.get(ARTIFACT_META))  # hashes checked before the note is printed
+    if resolved.note:
+        click.echo(f"note: {printable(resolved.note)}", err=True)
+    return str(resolved.path)
+
+
+def artifact_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
+        "--artifact",
+        "artifact_choice",  # not "artifact": profile's ARTIFACT argument has that name
+        envvar=ARTIFACT_ENV,
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_artifact,
+        help=f"With a pack: which of its artifacts (file name; default: the pack's) [env {ARTIFACT_ENV}].",
+    )(f)
+
+
+def artifact_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
         "--model",
         "model",
         required=True,
         envvar=MODEL_ENV,
-        type=click.Path(dir_okay=False),
-        help=f"Exported artifact (.onnx or .tflite, with its spec) [env {MODEL_ENV}].",
+        type=click.Path(),
+        callback=resolve_model,
+        help=f"Exported artifact (.onnx or .tflite, with its spec), or a pack folder or archive (its "
+        f"detector comes with it) [env {MODEL_ENV}].",
     )(f)
+    return artifact_name_option(f)
 
 
 def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,8 +82,8 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--detector",
                 type=click.Path(dir_okay=False),
                 default=None,
-                help="YuNet ONNX file (default: ../shared/models/face_detection_yunet_2026may.onnx "
-                "or $EDGEFACE_YUNET).",
+                help="YuNet ONNX file (default: the pack's, else $EDGEFACE_YUNET, else "
+                "../shared/models/face_detection_yunet_2026may.onnx).",
             ),
             click.option(
                 "--face",
@@ -71,6 +105,12 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--no-refine",
                 is_flag=True,
                 help="Use YuNet's first landmarks; skip re-detecting small faces upscaled.",
+            ),
+            click.option(
+                "--aligned",
+                is_flag=True,
+                help="Inputs are aligned face crops: no detection; resized keeping their aspect ratio "
+                "(the spec's face crop).",
             ),
             click.option("--json", "as_json", is_flag=True, help="Print JSON."),
         ]
@@ -97,6 +137,7 @@ def _pipeline(
     flip: bool,
     no_refine: bool,
     face_policy: str = "auto",
+    aligned: bool = False,
 ) -> Any:
     from edgeface.runtime.backends import load_artifact
     from edgeface.runtime.pipeline import Pipeline
@@ -108,10 +149,29 @@ def _pipeline(
         flip=flip,
         refine_landmarks=not no_refine,
         face=face_policy,
+        aligned=aligned,
     )
 
 
+def _warn_above_bar(msg: str) -> None:
+    """A pipeline warning while a progress bar runs: printed above the bar, never on its line."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"warning: {msg}", file=sys.stderr)
+
+
 def _face_json(e: Any) -> dict[str, Any]:
+    if e.aligned:  # the whole image was the face: nothing was detected
+        return {
+            "image": printable(e.path),
+            "aligned": True,
+            "faces_found": 1,
+            "box": [round(v, 1) for v in e.face.box],
+            "detector_score": None,
+            "visible": 1.0,
+        }
     return {
         "image": printable(e.path),
         "faces_found": e.faces_found,
@@ -126,14 +186,23 @@ def _box(e: Any) -> str:
 
 
 @click.command("verify")
-@click.argument("image1", type=click.Path())
-@click.argument("image2", type=click.Path())
+@click.argument("image1", type=click.Path(), required=False)
+@click.argument("image2", type=click.Path(), required=False)
+@click.option(
+    "--pairs",
+    "pairs_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Verify every pair of this list (one 'IMAGE1<tab>IMAGE2' per line, paths relative to the list) "
+    "in one process, each image embedded once; one JSON line per pair.",
+)
 @pipeline_options
 @threshold_option
 @verify_gate
 def verify_cmd(
-    image1: str,
-    image2: str,
+    image1: str | None,
+    image2: str | None,
+    pairs_file: str | None,
     model: str,
     detector: str | None,
     face_policy: str,
@@ -141,6 +210,7 @@ def verify_cmd(
     threads: int | None,
     flip: bool,
     no_refine: bool,
+    aligned: bool,
     as_json: bool,
     threshold: float | None,
 ) -> None:
@@ -148,10 +218,23 @@ def verify_cmd(
 
     With --face all, every face of IMAGE1 is compared with every face of IMAGE2: `results` has one entry
     per pair (one per face of IMAGE2 when IMAGE1 is a one-face reference photo), best score first, and the
-    top-level `match`/`score`/`faces` are those of the best pair."""
-    from edgeface.runtime.pipeline import Timings
+    top-level `match`/`score`/`faces` are those of the best pair.
 
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
+    With --pairs FILE, every listed pair is verified in this one process and printed as one JSON line
+    (`match`, `score`, `threshold`, `faces`, or `error` when an image gives no usable face)."""
+    from edgeface.errors import EdgefaceError
+    from edgeface.runtime.pipeline import Timings, require_threshold
+
+    if pairs_file is not None:
+        if image1 is not None or image2 is not None:
+            raise EdgefaceError("give either IMAGE1 IMAGE2 or --pairs FILE, not both")
+        _verify_pairs(pairs_file, model, detector, face_policy, strict_single_face, threads, flip, no_refine,
+                      aligned, threshold)  # fmt: skip
+        return
+    if image1 is None or image2 is None:
+        raise EdgefaceError("give two images (IMAGE1 IMAGE2), or a list of pairs with --pairs FILE")
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned)
+    require_threshold(pipe, threshold)  # before any image is embedded
     t = Timings()
     pairs = pipe.verify_faces(image1, image2, threshold, t)
     d, a, b = pairs[0]
@@ -174,7 +257,7 @@ def verify_cmd(
         )
         return
     verdict = "same person" if d.match else "different people"
-    if face_policy != "all":
+    if face_policy != "all" or aligned:
         emit(f"{verdict}: score {d.score:.4f} (threshold {d.threshold:.4f})")
         return
     emit(f"{verdict} (best of {len(pairs)} face pair(s)): score {d.score:.4f} (threshold {d.threshold:.4f})")
@@ -182,15 +265,8 @@ def verify_cmd(
         emit(f"  {'match' if r.match else 'no match':<8} {r.score:.4f}  box {_box(x)} vs box {_box(y)}")
 
 
-@click.command("enroll")
-@click.option("--name", required=True, help="Identity to add the templates to (created if new).")
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@pipeline_options
-@gallery_option
-@enroll_gate
-def enroll_cmd(
-    name: str,
-    images: tuple[str, ...],
+def _verify_pairs(
+    pairs_file: str,
     model: str,
     detector: str | None,
     face_policy: str,
@@ -198,23 +274,85 @@ def enroll_cmd(
     threads: int | None,
     flip: bool,
     no_refine: bool,
+    aligned: bool,
+    threshold: float | None,
+) -> None:
+    from tqdm.auto import tqdm
+
+    from edgeface.runtime.batch import read_pair_list, verify_pair_list
+    from edgeface.runtime.pipeline import require_threshold
+
+    pairs = read_pair_list(pairs_file)  # every image checked before the artifact loads
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned)
+    pipe.warn = _warn_above_bar
+    require_threshold(pipe, threshold)
+    failed = 0
+    results = verify_pair_list(pipe, pairs, threshold, lambda faces: check_faces(faces, "verify"), _face_json)
+    for r in tqdm(results, total=len(pairs), desc="verify", unit="pair", disable=len(pairs) < 5):
+        failed += "error" in r
+        emit(dumps_json(r, lines=True))  # JSON lines: one compact object per pair
+    if failed:
+        click.echo(f"warning: {failed} of {len(pairs)} pair(s) have an image without a usable face", err=True)
+
+
+@click.command("enroll")
+@click.option("--name", default=None, help="Identity to add the templates to (created if new).")
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option(
+    "--from-dir",
+    "from_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Enroll DIR/<identity>/<image>: identity = folder name, one transaction per identity; images "
+    "without a usable face are skipped and listed.",
+)
+@pipeline_options
+@gallery_option
+@enroll_gate
+def enroll_cmd(
+    name: str | None,
+    images: tuple[str, ...],
+    from_dir: str | None,
+    model: str,
+    detector: str | None,
+    face_policy: str,
+    strict_single_face: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    aligned: bool,
     as_json: bool,
     gallery_path: str | None,
 ) -> None:
     """Add one template per IMAGE to identity NAME. All images are checked first, then written in one
-    transaction: a bad image or a crash leaves the gallery as it was."""
+    transaction: a bad image or a crash leaves the gallery as it was.
+
+    With --from-dir DIR, every folder of DIR is an identity: its images are embedded (those without a
+    usable face, or refused by the quality gate, are skipped and listed) and written in one transaction
+    per identity."""
     from tqdm.auto import tqdm
 
     from edgeface.errors import EdgefaceError
     from edgeface.runtime.gallery import Gallery, ModelTag, check_new_name
 
-    name = check_new_name(name)  # before anything is loaded: the one normalisation of names
     if face_policy == "all":
         raise EdgefaceError(
             "enroll adds one template per photo: --face all is for verify and identify; choose auto, "
             "largest, center or highest-score"
         )
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
+    if from_dir is not None:
+        if name is not None or images:
+            raise EdgefaceError("give either --from-dir DIR or --name NAME IMAGE..., not both")
+        _enroll_from_dir(from_dir, model, detector, face_policy, strict_single_face, threads, flip, no_refine,
+                         aligned, as_json, gallery_path)  # fmt: skip
+        return
+    if name is None or not images:
+        raise EdgefaceError(
+            "give --name NAME and at least one IMAGE, or a folder of identities with --from-dir"
+        )
+    name = check_new_name(name)  # before anything is loaded: the one normalisation of names
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned)
+    pipe.warn = _warn_above_bar
     tag = ModelTag.of(pipe.spec, model)
     with Gallery(gallery_path) as g:
         g.check_model(tag)  # fail before the (slow) embedding of every image
@@ -240,6 +378,105 @@ def enroll_cmd(
     emit(f"enrolled {added} template(s) for '{name}' ({total} in total) in {printable(path)}")
 
 
+def _enroll_from_dir(
+    root: str,
+    model: str,
+    detector: str | None,
+    face_policy: str,
+    strict_single_face: bool,
+    threads: int | None,
+    flip: bool,
+    no_refine: bool,
+    aligned: bool,
+    as_json: bool,
+    gallery_path: str | None,
+) -> None:
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    from edgeface.errors import EdgefaceError
+    from edgeface.runtime.batch import embed_identity, plan_enrollment
+    from edgeface.runtime.gallery import Gallery, ModelTag, check_new_name
+
+    plan = plan_enrollment(root)  # layout errors before the artifact loads
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned)
+    pipe.warn = _warn_above_bar
+    tag = ModelTag.of(pipe.spec, model)
+    done: list[dict[str, Any]] = []
+    skipped = [{"image": printable(p), "reason": "not in an identity folder"} for p in plan.loose]
+    skipped_identities: list[dict[str, str]] = []
+    with Gallery(gallery_path) as g:
+        g.check_model(tag)  # fail before the (slow) embedding of every image
+        bar = tqdm(total=plan.images, desc="enroll", unit="img")
+        try:
+            for folder, paths in plan.identities:
+                bar.set_postfix_str(printable(folder)[:30])
+                try:
+                    name = check_new_name(folder)
+                except EdgefaceError as e:
+                    skipped_identities.append({"identity": printable(folder), "reason": str(e)})
+                    skipped += [{"image": printable(p), "reason": "identity name refused"} for p in paths]
+                    bar.update(len(paths))
+                    continue
+                kept, lost = embed_identity(
+                    pipe, paths, lambda faces: check_faces(faces, "enroll"), lambda: bar.update(1)
+                )
+                skipped += [{"image": printable(p), "reason": printable(why)} for p, why in lost]
+                if not kept:
+                    skipped_identities.append(
+                        {
+                            "identity": printable(name),
+                            "reason": f"none of its {len(paths)} image(s) could be enrolled",
+                        }
+                    )
+                    continue
+                added = g.enroll(name, [e.embedding for e in kept], tag, sources=[str(e.path) for e in kept])
+                done.append({"name": name, "added": added, "templates": g.templates_of(name)})
+        finally:
+            bar.close()
+        path = g.path
+    if as_json:
+        _echo_json(
+            {
+                "gallery": printable(path),
+                "face_policy": None if aligned else face_policy,
+                "aligned": aligned,
+                "identities": done,
+                "templates_added": sum(d["added"] for d in done),
+                "skipped": skipped,
+                "skipped_identities": skipped_identities,
+            }
+        )
+        return
+    total = sum(d["added"] for d in done)
+    emit(f"enrolled {total} template(s) for {len(done)} identities in {printable(path)}")
+    if skipped:
+        reasons = Counter(_reason_kind(s["reason"]) for s in skipped)
+        emit(f"skipped {len(skipped)} image(s): " + ", ".join(f"{n} {k}" for k, n in reasons.most_common()))
+        for s in skipped:
+            emit(f"  {s['image']}: {s['reason']}")
+    for s in skipped_identities:
+        emit(f"  identity {printable(s['identity'])} not enrolled: {s['reason']}")
+
+
+def _reason_kind(reason: str) -> str:
+    """A short label for the skip summary ('3 no face, 1 poor quality')."""
+    for key, label in (
+        ("no face", "no face"),
+        ("no usable face", "no usable face"),
+        ("poor face quality", "poor quality"),
+        ("faces found", "several faces"),
+        ("cannot decode", "unreadable"),
+        ("too large", "too large"),
+        ("identity folder", "outside identity folders"),
+        ("name refused", "bad identity name"),
+    ):
+        if key in reason:
+            return label
+    return "other"
+
+
 @click.command("identify")
 @click.argument("image", type=click.Path())
 @pipeline_options
@@ -255,6 +492,7 @@ def identify_cmd(
     threads: int | None,
     flip: bool,
     no_refine: bool,
+    aligned: bool,
     as_json: bool,
     gallery_path: str | None,
     top_k: int,
@@ -267,7 +505,7 @@ def identify_cmd(
     from edgeface.runtime.gallery import Gallery, ModelTag
     from edgeface.runtime.pipeline import Timings
 
-    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy)
+    pipe = _pipeline(model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned)
     tag = ModelTag.of(pipe.spec, model)
     thr = threshold if threshold is not None else pipe.spec.threshold
     t = Timings()
@@ -307,7 +545,7 @@ def identify_cmd(
         return
     for (e, matches), r in zip(found, results, strict=True):
         who = printable(r["identity"]) if r["identity"] is not None else "unknown"
-        where = f" (face at box {_box(e)})" if face_policy == "all" else ""
+        where = f" (face at box {_box(e)})" if face_policy == "all" and not aligned else ""
         emit(
             f"{who}{where}"
             + (f" (threshold {thr:.4f})" if thr is not None else " (no threshold: ranking only)")
@@ -362,7 +600,8 @@ def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
 
 
 @click.command("profile")
-@click.argument("artifact", type=click.Path(dir_okay=False))
+@click.argument("artifact", type=click.Path(), callback=resolve_model)
+@artifact_name_option
 @click.option(
     "--image",
     type=click.Path(dir_okay=False),
@@ -407,7 +646,8 @@ def profile_cmd(
     gallery_path: str | None,
     as_json: bool,
 ) -> None:
-    """Latency of ARTIFACT and of the whole pipeline (benchmark_model / onnxruntime_perf_test style)."""
+    """Latency of ARTIFACT (an artifact file or a pack) and of the whole pipeline (benchmark_model /
+    onnxruntime_perf_test style)."""
     from edgeface.runtime.profile import profile_artifact
 
     r = profile_artifact(

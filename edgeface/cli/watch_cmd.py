@@ -57,7 +57,9 @@ from edgeface.cli.runtime_cmd import artifact_option
     show_default=True,
     help="Frames larger than this are detected downscaled to it (cheaper on a Pi).",
 )
-@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
+@click.option(
+    "--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file (default: the pack's)."
+)
 @threads_option
 @click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time).")
 @click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled before embedding.")
@@ -121,7 +123,7 @@ def watch_cmd(
                 raise EdgefaceError(f"gallery {printable(g.path)} is empty; enroll someone first")
     watcher = Watcher(
         artifact,
-        YuNetDetector(detector, max_side=detect_side),
+        YuNetDetector(detector or artifact.detector_path, max_side=detect_side),  # else the pack's
         gallery=index,
         threshold=threshold,
         config=config,
