@@ -11,8 +11,9 @@ deciding how much of the spread moves into the consumer's weights: a depthwise c
 input channel on its own scale, so it takes all of it (alpha 1); a dense consumer shares one weight scale
 per output channel across its input channels, so it takes half (alpha 0.5).
 
-Both formats use the same scales (`channel_scales`): the ONNX graph after onnx_float.prelu_as_max here,
-the PyTorch module before TFLite conversion in torch_rewrite.
+Applied to the ONNX integer export (export._build_onnx), after onnx_float.prelu_as_max and before
+calibration, unless the checkpoint brings learned scales (they belong to the unscaled channels). Not applied
+to TFLite. Measured effect: docs/export_hybrid.md.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-MAX_SPREAD = 64.0  # d_c is kept within [1/64, 64] x the layer's geometric mean (dead channels)
+MAX_SPREAD = 64.0  # d_c is kept within [1/64, 64] x the layer's geometric mean
+DEAD = 1e-3  # a channel whose range is below this fraction of the widest is scaled as if it had this one
 
 
 def channel_scales(
@@ -31,11 +33,13 @@ def channel_scales(
 ) -> np.ndarray:
     """d_c > 0 for each channel: lo/hi are the channel's range over both the PReLU input and output,
     `weight_cols` the largest |weight| reading each channel in the consumers (None: depthwise only)."""
-    r = np.maximum(hi - lo, 1e-12)
+    r = hi - lo
+    r = np.maximum(r, DEAD * max(float(r.max()), 1e-30))  # dead channels (r = 0) must not set the mean
     if weight_cols is None or alpha >= 1.0:
         d = 1.0 / r
     else:
-        d = np.maximum(weight_cols, 1e-12) ** (1.0 - alpha) / r**alpha
+        w = np.maximum(weight_cols, DEAD * max(float(weight_cols.max()), 1e-30))
+        d = w ** (1.0 - alpha) / r**alpha
     logd = np.log(d)
     logd -= logd.mean()  # the layer's overall scale stays where it was
     return np.exp(np.clip(logd, -np.log(MAX_SPREAD), np.log(MAX_SPREAD)))
@@ -80,7 +84,10 @@ def _sites(proto: Any) -> list[_Site]:
             or y in outs
             or not users_y
             or any(
-                c.op_type != "Conv" or c.input[0] != y or list(c.input).count(y) != 1 or c.input[1] not in inits
+                c.op_type != "Conv"
+                or c.input[0] != y
+                or list(c.input).count(y) != 1
+                or c.input[1] not in inits
                 for c in users_y
             )
         ):

@@ -336,10 +336,14 @@ def _build_onnx(
     float_proto = _ONNX_CACHE["float"]
     onnx_plan = plan.get("onnx") if plan else None
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
+        from edgeface.converters.equalize import equalize_prelu
         from edgeface.converters.onnx_float import prelu_as_max
         from edgeface.converters.sensitivity import fragile_tensors
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
+        if not onnx_plan:  # learned activation ranges and weight scales belong to the unscaled channels
+            graph, _ = equalize_prelu(graph, _batches(x_cal))
+        _ONNX_CACHE["quantized_from"] = graph
         stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
         fragile: list[tuple[str, float]] = []
         if not onnx_plan:  # learned scales are the checkpoint's decision, not ours
@@ -355,7 +359,7 @@ def _build_onnx(
     stats = _ONNX_CACHE.get("stats")
     fragile = _ONNX_CACHE.get("fragile", [])
     b = onnx_conv.build_onnx(
-        float_proto,
+        float_proto if prec == "fp32" else _ONNX_CACHE["quantized_from"],
         spec.replace(layout="NCHW"),
         prec,
         stats,
