@@ -2,12 +2,15 @@
 `edgeface export --precision fp32,int8 --format onnx,tflite`: parity, and int8 speed-up over fp32 in
 ONNX Runtime and LiteRT (batch 1, one thread, interleaved rounds: bench_timing.interleaved_ms).
 
-max(x, a*x) is PReLU only for slopes in [0, 1]; every layer with another slope gets the exact
-a*x + (1 - a)*relu(x) form (onnx_float.prelu_as_max, torch_rewrite.prelu_as_max). The built-in models have
-random weights; the slopes are set before export and saved as a checkpoint the CLI loads.
+In ONNX every PReLU whose channels can be negated and rescaled in its neighbouring convs becomes one
+Max(x, a*x) on one grid, with the channels' ranges equalized (onnx_float.prelu_as_max, equalize.py); the
+others, and TFLite for slopes outside [0, 1], get the exact a*x + (1 - a)*relu(x) form
+(torch_rewrite.prelu_as_max). The built-in models have random weights; the slopes are set before export and
+saved as a checkpoint the CLI loads.
 
     python benchmarks/prelu_any_slope.py --model mbf --out /tmp/bench/prelu_mbf
     python benchmarks/prelu_any_slope.py --model iresnet18 --out /tmp/bench/prelu_ir18
+    python benchmarks/prelu_any_slope.py --model mbf --out /tmp/bench/prelu_mbf_onnx --format onnx
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ def _build_onnx(
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
         if not onnx_plan:  # learned activation ranges and weight scales belong to the unscaled channels
-            graph, _ = equalize_prelu(graph, _batches(x_cal))
+            graph, _ONNX_CACHE["equalized"] = equalize_prelu(graph, _batches(x_cal))
         _ONNX_CACHE["quantized_from"] = graph
         stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
         fragile: list[tuple[str, float]] = []
@@ -384,6 +384,8 @@ def _build_onnx(
         extra["float_ops"] = floats
     if fragile:
         extra["kept_float_tensors"] = {t: round(c, 4) for t, c in fragile}
+    if prec != "fp32" and _ONNX_CACHE.get("equalized"):
+        extra["prelu_layers_equalized"] = _ONNX_CACHE["equalized"]
     return Build(b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, extra)
 
 

@@ -167,6 +167,9 @@ def test_prelu_view_112x96_exports_int8_in_both_formats(awkward_export: tuple[in
         assert spec.crop_box() == (8.0, 0.0, 96.0, 112.0)  # the central 96 columns, not a squeeze
     proto = onnx.load(str(out / f"{PV}_int8.onnx"))
     assert "PRelu" not in {n.op_type for n in proto.graph.node}  # every slope has its integer form
+    by_format = {Path(r["path"]).suffix: r for r in reports}
+    assert by_format[".onnx"].get("prelu_layers_equalized") == 4  # equalize.py, ONNX only
+    assert "prelu_layers_equalized" not in by_format[".tflite"]
 
 
 def test_multi_format_keeps_what_passes(calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
