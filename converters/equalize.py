@@ -9,7 +9,7 @@ channels' ranges can be made alike. This is cross-layer equalization (Nagel et a
 2019) with data-driven activation ranges, SmoothQuant's migration strength `alpha` (Xiao et al., 2022)
 deciding how much of the spread moves into the consumer's weights: a depthwise consumer quantizes each
 input channel on its own scale, so it takes all of it (alpha 1); a dense consumer shares one weight scale
-per output channel across its input channels, so it takes half (alpha 0.5).
+per output channel across its input channels, so it takes half (alpha 0.5, a choice, not tuned).
 
 Applied to the ONNX integer export (export._build_onnx), after onnx_float.prelu_as_max and before
 calibration, unless the checkpoint brings learned scales (they belong to the unscaled channels). Not applied
