@@ -336,26 +336,30 @@ def _build_onnx(
     float_proto = _ONNX_CACHE["float"]
     onnx_plan = plan.get("onnx") if plan else None
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
+        from edgeface.converters.equalize import equalize_prelu
         from edgeface.converters.onnx_float import prelu_as_max
         from edgeface.converters.sensitivity import fragile_tensors
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
-        stats = qdq.collect_stats(graph, qdq.quant_points(graph, keep_float), _batches(x_cal))
+        if not onnx_plan:  # learned activation ranges and weight scales belong to the unscaled channels
+            graph, _ONNX_CACHE["equalized"] = equalize_prelu(graph, _batches(x_cal))
+        _ONNX_CACHE["quantized_from"] = graph
+        stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
         fragile: list[tuple[str, float]] = []
         if not onnx_plan:  # learned scales are the checkpoint's decision, not ours
             points = qdq.quant_points(graph, keep_float)
-            act = qdq.activation_plan(graph, {p: stats.range(p, "mse", 8) for p in points}, 8, "uint8")
+            act = qdq.activation_plan(graph, qdq.calibrated_ranges(graph, points, stats), 8, "uint8")
             fragile, _ = fragile_tensors(graph, act, points, x_cal[:SENSITIVITY_IMAGES])
             if fragile:  # keeping tensors float moves some quantizers: calibrate the new points too
                 kept = [t for t, _ in fragile]
-                new = [p for p in qdq.quant_points(graph, keep_float, kept) if p not in stats.lo]
+                new = [p for p in qdq.calibration_points(graph, keep_float, kept) if p not in stats.lo]
                 if new:
                     qdq.collect_stats(graph, new, _batches(x_cal), into=stats)
         _ONNX_CACHE["stats"], _ONNX_CACHE["fragile"] = stats, fragile
     stats = _ONNX_CACHE.get("stats")
     fragile = _ONNX_CACHE.get("fragile", [])
     b = onnx_conv.build_onnx(
-        float_proto,
+        float_proto if prec == "fp32" else _ONNX_CACHE["quantized_from"],
         spec.replace(layout="NCHW"),
         prec,
         stats,
@@ -380,6 +384,8 @@ def _build_onnx(
         extra["float_ops"] = floats
     if fragile:
         extra["kept_float_tensors"] = {t: round(c, 4) for t, c in fragile}
+    if prec != "fp32" and _ONNX_CACHE.get("equalized"):
+        extra["prelu_layers_equalized"] = _ONNX_CACHE["equalized"]
     return Build(b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, extra)
 
 

@@ -68,11 +68,11 @@ def build_onnx(
     gplan = qdq.plan_graph(float_proto, [*keep_float, *float_convs], float_tensors)
     points = gplan.points
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
-    for p in points:
-        if p not in ranges:
-            if stats is None:
-                raise ValueError(f"no calibration statistics for {p}, which the plan does not cover")
-            ranges[p] = stats.range(p, method, bits)
+    missing = [p for p in points if p not in ranges]
+    if missing and stats is None:
+        raise ValueError(f"no calibration statistics for {missing[0]}, which the plan does not cover")
+    if missing:
+        ranges.update(qdq.calibrated_ranges(float_proto, missing, stats, method, bits))
     act_bits = dict((plan or {}).get("activation_bits", {}))
     act = qdq.activation_plan(
         float_proto,

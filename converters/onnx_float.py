@@ -435,14 +435,20 @@ PRELU_RELU = "/prelu_relu"  # the Relu of the any-slope form, which runs on its 
 def prelu_as_max(proto: Any, any_slope: bool = False) -> Any:
     """Rewrite PRelu(x, a) into forms an integer runtime runs, exact in float, chosen per layer.
 
-    - slopes all in [0, 1]: Max(x, DepthwiseConv1x1(x, a)). Exact (x > 0: x >= a x; x < 0: a x >= x), and
-      a x stays inside x's range, so the slope conv is quantized onto x's own grid, becomes a QLinearConv,
-      and the Max runs directly on uint8 (max commutes with a monotone quantization). Two integer passes
-      replace three float ones. Used in every precision (ORT's fp32 PRelu kernel is slower too).
-    - any other slope (trained PReLUs reach about -4 and +2.2), with `any_slope`: a x + (1 - a) relu(x)
-      as DepthwiseConv1x1(x, a) + DepthwiseConv1x1(relu(x), 1 - a), exact for every slope. relu(x) runs on
-      x's codes (an integer Max with the zero point), the two convs are QLinearConvs and the sum a QLinearAdd.
-      Not used in fp32 graphs, where one PRelu is cheaper than four ops.
+    - every slope <= 1 (negative ones included): Max(x, DepthwiseConv1x1(x, a)). Exact (a <= 1: x > 0 gives
+      a x <= x, x < 0 gives a x >= x). In the integer graph x, a x and the Max share one grid that covers
+      both x's range and the PReLU's output range (qdq.prelu_ranges), so the slope conv is a QLinearConv
+      that requantizes once onto it and the Max runs directly on uint8 (max commutes with a monotone
+      quantization): one rounding, as for a plain activation.
+    - slopes above 1 on some channels: min(y, a y) is PReLU there, and -max(-y, a (-y)) = min(y, a y). When
+      x comes from a Conv read by nothing else and y is read only by Convs, those channels are negated in the
+      producing conv's weights and bias and again in the consumers' input weights (`_flip_channels`), so the
+      single Max form holds for the whole layer. Exact in float, nothing added at run time.
+    - otherwise, with `any_slope`: a x + (1 - a) relu(x) as DepthwiseConv1x1(x, a) +
+      DepthwiseConv1x1(relu(x), 1 - a), exact for every slope but three quantization steps. Without
+      `any_slope` (fp32 graphs) such a layer keeps PRelu, one op being cheaper there.
+    The Max form is used in every precision (ORT's fp32 PRelu kernel is slower, docs/speed.md), so int8
+    speed-ups are measured against the faster fp32 graph.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -467,7 +473,7 @@ def prelu_as_max(proto: Any, any_slope: bool = False) -> Any:
             continue
         slope = slope.reshape(-1).astype(np.float64)
         x, y = n.input[0], n.output[0]
-        if slope.min() >= 0 and slope.max() <= 1:
+        if slope.max() <= 1 or _flip_channels(m, inits, n, slope > 1):
             nodes.append(slope_conv(x, slope, n.name + "/slope_conv", y + "_slope"))
             nodes.append(helper.make_node("Max", [x, y + "_slope"], [y], name=n.name + PRELU_MAX))
         elif any_slope:
@@ -479,4 +485,64 @@ def prelu_as_max(proto: Any, any_slope: bool = False) -> Any:
             nodes.append(n)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    kept = [t for t in m.graph.initializer if t.name in used]  # weights a channel flip replaced
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
     return m
+
+
+def _flip_channels(m: Any, inits: dict[str, np.ndarray], prelu: Any, flip: np.ndarray) -> bool:
+    """Negate the `flip` channels of a PRelu's input at its producing Conv and of its output at every
+    consuming Conv (new initializers, the originals may be shared). False, and nothing changed, unless the
+    producer is a Conv with constant weights read only by this PRelu, and every reader of the output is a
+    Conv with constant weights reading it as its data input (neither tensor a graph output)."""
+    from onnx import helper, numpy_helper
+
+    graph = m.graph
+    x, y = prelu.input[0], prelu.output[0]
+    outs = {o.name for o in graph.output}
+    producer = next((n for n in graph.node if x in n.output), None)
+    readers_x = [n for n in graph.node if x in n.input]
+    readers_y = [n for n in graph.node if y in n.input]
+    convs = [producer, *readers_y]
+    if (
+        x in outs
+        or y in outs
+        or producer is None
+        or len(readers_x) != 1
+        or not readers_y
+        or any(c.op_type != "Conv" or len(c.input) < 2 or c.input[1] not in inits for c in convs)
+        or any(list(c.input).index(y) != 0 or list(c.input).count(y) != 1 for c in readers_y)
+        or any(len(c.input) > 2 and c.input[2] and c.input[2] not in inits for c in convs)
+    ):
+        return False
+    sign = np.where(flip, -1.0, 1.0)
+
+    def replace(node: Any, k: int, value: np.ndarray) -> None:
+        name = f"{node.input[k]}_flip_{prelu.name.strip('/').replace('/', '.')}"
+        inits[name] = value.astype(np.float32)
+        graph.initializer.append(numpy_helper.from_array(inits[name], name))
+        node.input[k] = name
+
+    w = inits[producer.input[1]]
+    if w.shape[0] != flip.size:
+        return False
+    for c in readers_y:
+        wc = inits[c.input[1]]
+        group = next((helper.get_attribute_value(a) for a in c.attribute if a.name == "group"), 1)
+        if wc.shape[1] * group != flip.size:
+            return False
+    replace(producer, 1, w * sign.reshape((-1,) + (1,) * (w.ndim - 1)))
+    if len(producer.input) > 2 and producer.input[2]:
+        replace(producer, 2, inits[producer.input[2]] * sign)
+    for c in readers_y:
+        wc = inits[c.input[1]]
+        group = next((helper.get_attribute_value(a) for a in c.attribute if a.name == "group"), 1)
+        per_in, per_out = wc.shape[1], wc.shape[0] // group
+        col = np.ones((wc.shape[0], per_in))
+        for ch in np.flatnonzero(flip):  # input channel ch: group ch // per_in, column ch % per_in
+            g = ch // per_in
+            col[g * per_out : (g + 1) * per_out, ch % per_in] = -1.0
+        replace(c, 1, wc * col.reshape(col.shape + (1,) * (wc.ndim - 2)))
+    return True

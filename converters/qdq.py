@@ -260,6 +260,44 @@ def quant_points(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iter
     return plan_graph(proto, keep_float, float_tensors).points
 
 
+def calibration_points(
+    proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()
+) -> list[str]:
+    """The tensors whose statistics calibration needs: the quant points, and the output of every
+    PReLU-as-Max, whose range widens its input's grid (prelu_ranges)."""
+    points = quant_points(proto, keep_float, float_tensors)
+    extra = [n.output[0] for n in proto.graph.node if is_prelu_max(n) and n.input[0] in points]
+    return list(dict.fromkeys([*points, *extra]))
+
+
+def calibrated_ranges(
+    proto: Any, points: Iterable[str], stats: RangeCollector, method: str = "mse", bits: int = 8
+) -> dict[str, tuple[float, float]]:
+    """Each point's range from the calibration statistics, PReLU inputs widened by prelu_ranges."""
+    return prelu_ranges(proto, {p: stats.range(p, method, bits) for p in points}, stats, method, bits)
+
+
+def prelu_ranges(
+    proto: Any,
+    ranges: Mapping[str, tuple[float, float]],
+    stats: RangeCollector,
+    method: str = "mse",
+    bits: int = 8,
+) -> dict[str, tuple[float, float]]:
+    """A PReLU-as-Max keeps x, a x and its output on x's grid (activation_plan). With negative slopes (or
+    slopes above 1 on flipped channels) the output reaches beyond x's range, so that grid spans both:
+    the slope conv's values below it lose the Max anyway (they are below x), and none lie above the
+    output's top. The union costs a fraction of a bit against the output's own range, and the layer
+    still rounds once."""
+    out = dict(ranges)
+    for node in proto.graph.node:
+        x, y = node.input[0] if node.input else "", node.output[0]
+        if is_prelu_max(node) and x in out and y in stats.lo:
+            lo, hi = stats.range(y, method, bits)
+            out[x] = (min(out[x][0], lo), max(out[x][1], hi))
+    return out
+
+
 class RangeCollector:
     """Statistics of each quant point over calibration batches: min/max plus a bounded random sample, from
     which a range is chosen per method and bit width (6 bits needs tighter ranges than 8)."""

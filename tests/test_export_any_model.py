@@ -64,6 +64,58 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+def _channel_widths(proto: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel max - min of each tensor over the images in x (run one by one: static batch 1)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for t in tensors:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    sess = _session(probe)
+    outs = [sess.run(tensors, {"input": x[i : i + 1]}) for i in range(len(x))]
+    return {
+        t: np.concatenate([o[k] for o in outs]).max(axis=(0, 2, 3))
+        - np.concatenate([o[k] for o in outs]).min(axis=(0, 2, 3))
+        for k, t in enumerate(tensors)
+    }
+
+
+def test_prelu_equalization_keeps_the_float_function_and_evens_the_channels(calib: Path) -> None:
+    from edgeface.converters.equalize import equalize_prelu, layer_names
+    from edgeface.converters.export import load_inputs
+
+    from edgeface.data.folders import compression_images
+    from edgeface.models.loading import load_model
+
+    loaded = load_model(PV, None)
+    net = loaded.model
+    with torch.no_grad():  # a dead channel (always 0) and a constant one in the stem
+        net.stem[0].weight[:2] = 0.0
+        net.stem[1].weight[0], net.stem[1].bias[0] = 0.0, 0.0
+        net.stem[1].bias[1] = 0.7
+    slopes = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, torch.nn.PReLU)])
+    assert slopes.min() < -1 and slopes.max() > 1  # negative slopes and slopes above 1
+    paths = compression_images(calib)
+    x_cal, x = load_inputs(paths[:16], loaded.spec), load_inputs(paths[-8:], loaded.spec)
+    graph = prelu_as_max(export_float_onnx(net, (112, 96)), any_slope=True)
+    sites = layer_names(graph)
+    assert len(sites) == 4  # pw and res feed the residual Add: left alone
+    eq, changed = equalize_prelu(graph, [x_cal])
+    assert changed == len(sites)
+    for t in eq.graph.initializer:
+        assert np.isfinite(onnx.numpy_helper.to_array(t)).all(), t.name
+    a = np.concatenate([_session(graph).run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    b = np.concatenate([_session(eq).run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()  # exact in float
+    # what it is for: the per-tensor grid of the PReLU's input/output is set by its widest channel
+    outs = [n.output[0] for n in graph.graph.node if n.name in sites]
+    before, after = _channel_widths(graph, outs, x_cal), _channel_widths(eq, outs, x_cal)
+    for t in outs:  # widest channel / median live channel
+        live = before[t] > 1e-3 * before[t].max()
+        s0, s1 = (w.max() / np.median(w[live]) for w in (before[t], after[t]))
+        # measured 4.7 -> 1.5 (depthwise reader), 2.4 -> 1.8, 3.0 -> 1.5, 5.7 -> 2.3 (dense readers: half)
+        assert s1 < 0.8 * s0, (t, s0, s1)
+
+
 def test_shape_arithmetic_folds_and_only_float_tensors_get_quantizers() -> None:
     proto = export_float_onnx(tiny_hybrid(), (112, 112))
     ops = {n.op_type for n in proto.graph.node}
@@ -115,6 +167,9 @@ def test_prelu_view_112x96_exports_int8_in_both_formats(awkward_export: tuple[in
         assert spec.crop_box() == (8.0, 0.0, 96.0, 112.0)  # the central 96 columns, not a squeeze
     proto = onnx.load(str(out / f"{PV}_int8.onnx"))
     assert "PRelu" not in {n.op_type for n in proto.graph.node}  # every slope has its integer form
+    by_format = {Path(r["path"]).suffix: r for r in reports}
+    assert by_format[".onnx"].get("prelu_layers_equalized") == 4  # equalize.py, ONNX only
+    assert "prelu_layers_equalized" not in by_format[".tflite"]
 
 
 def test_multi_format_keeps_what_passes(calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
