@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgeface.runtime.pack import safe_name
 
 from edgeface.errors import EdgefaceError, ModelError, ParityError
 from edgeface.spec import ModelSpec, spec_path_for, write_spec_json
@@ -152,7 +153,9 @@ def export(
         for fmt, prec in jobs:
             bar.set_postfix_str(f"{fmt} {prec}")
             t0 = time.perf_counter()
-            name = f"{spec.name}_{prec}{SUFFIX[fmt]}"
+            # a module:factory name holds a colon: the file gets the pack's safe form of it, so the
+            # folder's pack lists the files the export wrote rather than renamed copies
+            name = safe_name(f"{spec.name}_{prec}{SUFFIX[fmt]}")
             path = stage / name
             try:
                 build = _build(

@@ -159,13 +159,14 @@ def test_prelu_view_112x96_exports_int8_in_both_formats(awkward_export: tuple[in
     assert code == 0, err
     assert "Traceback" not in err
     names = sorted(Path(r["path"]).name for r in reports)
-    assert names == [f"{PV}_int8.onnx", f"{PV}_int8.tflite"]
+    stem = PV.replace(":", "_")  # a module:factory name gives files without the colon
+    assert names == [f"{stem}_int8.onnx", f"{stem}_int8.tflite"]
     for r in reports:
         assert r["parity"]["mean_cosine"] >= 0.99, r
         spec = read_spec_json(spec_path_for(Path(r["path"])))
         assert spec.input_size == (112, 96)
         assert spec.crop_box() == (8.0, 0.0, 96.0, 112.0)  # the central 96 columns, not a squeeze
-    proto = onnx.load(str(out / f"{PV}_int8.onnx"))
+    proto = onnx.load(str(out / f"{PV.replace(':', '_')}_int8.onnx"))
     assert "PRelu" not in {n.op_type for n in proto.graph.node}  # every slope has its integer form
     by_format = {Path(r["path"]).suffix: r for r in reports}
     assert by_format[".onnx"].get("prelu_layers_equalized") == 4  # equalize.py, ONNX only
@@ -187,7 +188,7 @@ def test_multi_format_keeps_what_passes(calib: Path, tmp_path: Path, capsys: pyt
     code = main([*args, "--min-cosine", "0.99999"])
     err = capsys.readouterr().err
     assert code == 3, err
-    name = "tests._awkward_models:tiny_hybrid"
+    name = "tests._awkward_models_tiny_hybrid"  # the factory's colon is not kept in file names
     written = sorted(p.name for p in out.iterdir() if p.name.startswith(name))
     assert written == [f"{name}_fp32.onnx", f"{name}_fp32.onnx.json"]
     # the output folder is a pack of what passed, and only of that
