@@ -112,18 +112,24 @@ class _SignalGuard:
         self.stage = stage
         self.received: int | None = None
         self.quiet = False  # set for the final moves and the cleanup, which must not be cut short
+        self.deferring = 0  # > 0 inside native_section(): the interrupt is raised when it ends
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _SignalGuard:
+        global _ACTIVE
         if threading.current_thread() is threading.main_thread():
             for s in _SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
+            _ACTIVE = self
         return self
 
     def __exit__(self, *exc: object) -> None:
+        global _ACTIVE
         self.stop_retrying()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if _ACTIVE is self:
+            _ACTIVE = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.quiet:
@@ -133,6 +139,8 @@ class _SignalGuard:
             os.write(2, b"\nerror: interrupted again; stopped at once, nothing written\n")
             os._exit(128 + signum)
         self.received = signum
+        if self.deferring:
+            return  # raised when the native section ends (native_section)
         if _RETRY is not None and self._previous:  # SIGALRM is borrowed only once interrupted
             self._previous.setdefault(_RETRY, signal.signal(_RETRY, self._retry))
             signal.setitimer(signal.ITIMER_REAL, RETRY_S / 5, RETRY_S)
@@ -140,6 +148,8 @@ class _SignalGuard:
             raise Interrupted(signal.Signals(signum).name)
 
     def _retry(self, signum: int, frame: FrameType | None) -> None:
+        if self.deferring:
+            return
         if self.received is not None and not self.quiet and not _swallowed_here(frame):
             raise Interrupted(signal.Signals(self.received).name)
 
@@ -164,6 +174,28 @@ def _swallowed_here(frame: FrameType | None) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+_ACTIVE: _SignalGuard | None = None
+
+
+@contextmanager
+def native_section() -> Iterator[None]:
+    """A stretch of native code (the TFLite converter, quantizer and interpreter) that an exception raised
+    from a signal handler must not unwind: under load a Ctrl-C landing inside litert-torch's conversion
+    crashed the process (SIGSEGV, nothing printed, the staging folder left). Inside it an interrupt is only
+    recorded and raised as `Interrupted` once the section returns; a second one still stops at once."""
+    guard = _ACTIVE
+    if guard is None:
+        yield
+        return
+    guard.deferring += 1
+    try:
+        yield
+    finally:
+        guard.deferring -= 1
+    if not guard.deferring and guard.received is not None and not guard.quiet:
+        raise Interrupted(signal.Signals(guard.received).name)
 
 
 @contextmanager

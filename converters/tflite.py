@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from edgeface.converters import qdq
+from edgeface.converters.staging import native_section
 
 from edgeface.errors import EdgefaceError
 from edgeface.quiet import native_quiet
@@ -40,7 +41,7 @@ def float_tflite(net: Any, spec: ModelSpec) -> bytes:
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
     # litert-torch prints its progress on stdout, which belongs to `--json`, and its converter logs through
     # absl on fd 2: both only with `edgeface -v` (native_quiet replays them if the conversion fails)
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), native_quiet():
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), native_section(), native_quiet():
         try:
             edge = litert_torch.convert(wrapped, (torch.zeros(1, h, w, 3),))
         except (RuntimeError, ValueError) as e:
@@ -74,7 +75,7 @@ def _ContiguousNCHW(net: Any) -> Any:  # noqa: N802 - a class built lazily (no t
 def _interpreter(data: bytes, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    with native_quiet():  # the XNNPACK delegate banner on fd 2
+    with native_section(), native_quiet():  # the XNNPACK delegate banner on fd 2
         interp = Interpreter(model_content=data, num_threads=1, experimental_preserve_all_tensors=preserve)
         interp.allocate_tensors()
     return interp
@@ -152,7 +153,7 @@ def build_tflite(
             "max": np.array(hi, np.float32).reshape(1, 1, 1, 1),
         }
     q = quantizer.Quantizer(data, recipe.static_wi8_ai8())
-    with contextlib.redirect_stdout(sys.stderr), native_quiet():  # its tqdm bars and absl lines
+    with contextlib.redirect_stdout(sys.stderr), native_section(), native_quiet():  # its bars, absl lines
         result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     if learned is not None:
         scales = [(s, min(b, 8)) for s, b in learned.weights]

@@ -108,7 +108,7 @@ ARTIFACT_CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "onnx-truncated": (lambda d: _write(d / "m.onnx", artifact().read_bytes()[:5000]), "cannot load ONNX"),
     "tflite-of-junk": (lambda d: _write(d / "m.tflite", b"\xff" * 64), "TFLite"),
     "unknown-suffix": (lambda d: _write(d / "m.pt", b"x"), "unknown artifact type"),
-    "folder": (lambda d: _mkdir(d / "m.onnx"), "is a directory"),
+    "folder": (lambda d: _mkdir(d / "m.onnx"), "is a folder but not an edgeface pack"),
     "missing": (lambda d: d / "none.onnx", "artifact not found"),
 }
 
