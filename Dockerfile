@@ -6,8 +6,12 @@
 #   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/../shared:/shared:ro" \
 #       -v "$PWD/artifacts:/app/artifacts" edgeface:full
 #       runs the README quick start; ../shared is mounted at /shared, which is ../shared seen from /app
-#   docker run --rm -v "$PWD/../shared:/shared:ro" -v "$PWD/artifacts:/app/artifacts:ro" \
-#       -v "$PWD/faces:/faces:ro" edgeface:runtime verify artifacts/mobilefacenet_int8.tflite /faces/a.jpg /faces/b.jpg
+#       (the export's output folder is a pack: artifacts, specs, the face detector, licences, manifest)
+#   docker run --rm -v "$PWD/artifacts:/pack:ro" -v "$PWD/faces:/faces:ro" edgeface:runtime \
+#       verify /faces/a.jpg /faces/b.jpg
+#       the runtime image reads the pack mounted at /pack ($EDGEFACE_MODEL): its default artifact and its
+#       detector, checked against the pack's manifest; no ../shared. `--artifact NAME` picks another
+#       artifact of the pack; an archived pack (.tar.gz, .zip) is mounted as a file and named with --model.
 #
 # The install steps are the README's and CI's commands (pip install '.[extra]'), so CI exercises them;
 # tests/test_deploy_dockerfile.py keeps them in step. Versions come from pyproject.toml's pins. The base
@@ -16,18 +20,19 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS base
-# EDGEFACE_YUNET: the face detector, found in ../shared when it is mounted at /shared.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    EDGEFACE_YUNET=/shared/models/face_detection_yunet_2026may.onnx
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 # A fixed uid (used numerically by USER below) so files written to mounted volumes have a known owner.
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin edgeface
 WORKDIR /app
 
 # ---- runtime: numpy, OpenCV, ONNX Runtime and LiteRT; edgeface verify / enroll / identify / profile ----
 FROM base AS runtime
+# EDGEFACE_MODEL: the pack (edgeface.runtime.pack) every runtime verb uses unless --model says otherwise;
+# mount one there. Its detector comes with it, so no EDGEFACE_YUNET and no ../shared.
+ENV EDGEFACE_MODEL=/pack
 COPY pyproject.toml README.md ./
 COPY edgeface/ edgeface/
 COPY converters/ converters/
@@ -42,6 +47,8 @@ CMD ["--help"]
 
 # ---- full: the toolkit (compress, export, eval) with CPU-only torch ----
 FROM base AS full
+# EDGEFACE_YUNET: the face detector an export puts in its pack, found in ../shared mounted at /shared.
+ENV EDGEFACE_YUNET=/shared/models/face_detection_yunet_2026may.onnx
 # torch==2.13.0 is pinned in pyproject.toml; inside the image it comes from the PyTorch CPU wheel index,
 # whose +cpu build satisfies that pin and leaves out the CUDA libraries the default index's wheel pulls in.
 # (On the development machine the same version is preinstalled from a local wheel.)

@@ -11,6 +11,7 @@ models with it did not fit in the time available; fp32 and compressed rows alway
     python benchmarks/compress_table.py --rows w8a8_ptq,w6a6_ptq --qat-minutes 30
 
 Outputs land in --work (checkpoints, per-row report JSON) and --doc. Anything in --doc from the line
+"## Quantization: CNN-transformer hybrids" (benchmarks/quantize_hybrid.py) or, without it, from
 "## Pruning" on is kept (the pruning section is written by benchmarks of `edgeface prune`).
 """
 
@@ -186,8 +187,10 @@ def write_doc(names: list[str], work: Path, doc: Path) -> None:
     keep = ""
     if doc.is_file():
         text = doc.read_text()
-        if "\n## Pruning" in text:
-            keep = text[text.index("\n## Pruning") + 1 :]
+        for marker in ("\n## Quantization: CNN-transformer hybrids", "\n## Pruning"):
+            if marker in text:
+                keep = text[text.index(marker) + 1 :]
+                break
     lines = [
         "# Compression",
         "",
@@ -200,9 +203,14 @@ def write_doc(names: list[str], work: Path, doc: Path) -> None:
         "- **Fake quantization, own modules** (not torch.ao: deprecated, and its FX int8 convert is wrong "
         "for PReLU nets). Values sit exactly on the integer grid; int6 is the 6-bit grid stored in int8.",
         "- **Weights** symmetric per output channel (narrow range, zero point 0); **activations** affine per "
-        "tensor, on the model input, after every conv/linear (after its fused ReLU/ReLU6/PReLU) and after "
-        "every residual add, i.e. everywhere an int8 runtime holds an integer tensor "
-        "(`quant_plan` lists them).",
+        "tensor, wherever an int8 runtime holds an integer tensor (`quant_plan` lists them). Placement is "
+        "decided per operator from one table (`edgeface/quant_ops.py`, TORCH_OPS) and from one traced "
+        "forward pass: only floating-point tensors computed from the input are ever quantized (never "
+        "shapes, `H * W`, indices or constants); an op runs in int8 when the table has an integer kernel "
+        "for it and, for kernels that must write integers (conv, add, concat, pooling), when an integer op "
+        "reads its output; every float input of an int8 op is quantized on the way in, every int8 output "
+        "after its fused ReLU/ReLU6/PReLU. On a CNN this is the model input, every conv/linear output and "
+        "every residual add; on a hybrid, see the hybrid section below.",
         "- **BatchNorm** folded before quantizing: conv->BN into the conv, BN2d->flatten->linear and "
         "linear->BN1d into the linear (IResNet's bn2 and `features`); a BN *before* a zero-padded conv "
         "(IResNet's bn1) is not foldable exactly and becomes an explicit, quantized 1x1 depthwise conv.",
@@ -231,6 +239,11 @@ def write_doc(names: list[str], work: Path, doc: Path) -> None:
         "torchrun --nproc-per-node 2 -m edgeface.cli.main quantize ... --method qat ...",
         "# mixed precision for a size budget (bytes, or a ratio of the fp32 size), with overrides",
         "edgeface quantize ... --bits mixed --size-budget 0.2 --layer-bits conv1.0=8",
+        "# any PyTorch model as module:factory (here EdgeFace-XS, a CNN-transformer hybrid); a layer, a",
+        "# graph node or an op type can be left float by name (repeatable), e.g. when an error suggests it",
+        "PYTHONPATH=../shared/models/edgeface_xs edgeface quantize -m edgeface_xs:edgeface_xs \\",
+        "    -w ../shared/models/edgeface_xs/edgeface_xs.pt --calib ../shared/data/lfw -o xs_w8a8.pt \\",
+        "    --keep-float model.head.fc   # also: --smooth auto|off|ALPHA, --fallback 4 (0 = off)",
         "# the result is a checkpoint every command takes",
         "edgeface eval -m mobilefacenet -w mfn_w8a8.pt --pairs ../shared/data/lfw/pairs.txt \\",
         "    --images ../shared/data/lfw/aligned112 --flip",

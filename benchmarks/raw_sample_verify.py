@@ -2,10 +2,11 @@
 every same-identity and different-identity pair of the raw LFW photos in ../shared/data/lfw/raw_sample,
 at the artifact's own calibrated threshold. Acceptance for issue 5: >= 99 % correct decisions.
 
-    python benchmarks/raw_sample_verify.py --model ARTIFACT [--json]
+    python benchmarks/raw_sample_verify.py --model ARTIFACT [--face POLICY] [--json]
 
-Each photo is embedded once (largest face, as `edgeface verify` does), then all C(60, 2) pairs are scored:
-the same decisions `edgeface verify` would print for each pair, without re-running the network per pair.
+Each photo is embedded once (the face `--face` picks, `auto` by default, as `edgeface verify` does), then
+all C(60, 2) pairs are scored: the same decisions `edgeface verify` would print for each pair, without
+re-running the network per pair. benchmarks/face_selection.py compares the policies.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ import numpy as np
 from edgeface.runtime.backends import load_artifact
 from edgeface.runtime.match import verify
 from edgeface.runtime.pipeline import Pipeline
+from edgeface.runtime.select import POLICIES
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw" / "raw_sample"
 
 
 def run(
-    model: str, raw: Path = RAW, threshold: float | None = None, flip: bool = False, refine: bool = True
+    model: str,
+    raw: Path = RAW,
+    threshold: float | None = None,
+    flip: bool = False,
+    refine: bool = True,
+    face: str = "auto",
 ) -> dict:
     artifact = load_artifact(model)
     warnings: list[str] = []
-    pipe = Pipeline(artifact, warn=warnings.append, flip=flip, refine_landmarks=refine)
+    pipe = Pipeline(artifact, warn=warnings.append, flip=flip, refine_landmarks=refine, face=face)
     photos = sorted(raw.rglob("*.jpg"))
     emb = {p: pipe.embed_image(p).embedding for p in photos}
     thr = threshold if threshold is not None else artifact.spec.threshold
@@ -59,6 +66,7 @@ def run(
         "threshold": thr,
         "flip": flip,
         "refine_landmarks": refine,
+        "face_policy": face,
         "photos": len(photos),
         "pairs": total,
         "same_pairs": same,
@@ -77,15 +85,17 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=None, help="override the artifact's threshold")
     ap.add_argument("--flip", action="store_true", help="add the mirrored face's embedding")
     ap.add_argument("--no-refine", action="store_true", help="YuNet landmarks without re-detection")
+    ap.add_argument("--face", default="auto", choices=POLICIES[:-1], help="face policy (default auto)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    r = run(a.model, threshold=a.threshold, flip=a.flip, refine=not a.no_refine)
+    r = run(a.model, threshold=a.threshold, flip=a.flip, refine=not a.no_refine, face=a.face)
     if a.json:
         print(json.dumps(r, indent=2))
         return
     print(
         f"{r['model']} ({r['precision']}, {r['backend']}) threshold {r['threshold']:.4f}"
         f"{', flip' if r['flip'] else ''}{'' if r['refine_landmarks'] else ', no landmark refinement'}"
+        f", --face {r['face_policy']}"
     )
     print(
         f"{r['pairs']} pairs ({r['same_pairs']} same, {r['different_pairs']} different) "
@@ -101,7 +111,7 @@ def main() -> None:
             f"  wrong: {e['left']} vs {e['right']} score {e['score']} "
             f"({'same' if e['same'] else 'different'})"
         )
-    print(f"photos with several faces (largest taken): {r['multi_face_photos']}")
+    print(f"photos with several faces ({r['face_policy']} policy): {r['multi_face_photos']}")
 
 
 if __name__ == "__main__":

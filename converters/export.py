@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError, ParityError
+from edgeface.errors import EdgefaceError, ModelError, ParityError
 from edgeface.spec import ModelSpec, spec_path_for, write_spec_json
 
 FORMATS = ("onnx", "tflite")
@@ -33,7 +33,7 @@ class ArtifactReport:
     precision: str
     size_bytes: int
     parity: Any  # converters.parity.Parity
-    threshold: float
+    threshold: float | None  # None: the calibration images could not give one (see extra["threshold_unset"])
     per_channel_layers: int = 0
     packed_size_bytes: int | None = None
     seconds: float = 0.0
@@ -111,8 +111,14 @@ def export(
     parity_images: int = 128,
     far: float = 1e-3,
     progress: bool = True,
+    keep_float: Sequence[str] = (),
 ) -> list[ArtifactReport]:
-    """Export every (format, precision) pair; raise ParityError (nothing written) if one drifts too far."""
+    """Export every (format, precision) pair and write the ones that pass.
+
+    An artifact that misses parity or that we fail to build is reported and not written; the others are.
+    If any failed, the error raised (ParityError, or ModelError when a build failed) lists them all and
+    carries the written artifacts' reports in its `reports` attribute, so the CLI still prints them.
+    """
     import torch
     from edgeface.converters.staging import check_writable_dir, staged
     from tqdm.auto import tqdm
@@ -139,32 +145,135 @@ def export(
     _clear_tflite_cache()
     reports: list[ArtifactReport] = []
     failures: list[str] = []
+    build_failed = False
     jobs = [(f, p) for f in fmts for p in precs]
     bar = tqdm(total=len(jobs), desc="export", unit="artifact", disable=not progress)
     with staged(out) as stage:
         for fmt, prec in jobs:
             bar.set_postfix_str(f"{fmt} {prec}")
             t0 = time.perf_counter()
-            build = _build(fmt, prec, export_net, spec, x_cal, plan_source, model, weights)
             name = f"{spec.name}_{prec}{SUFFIX[fmt]}"
             path = stage / name
-            report = _finish(build, fmt, prec, path, x_cal, cal_paths, x_hold, ref_hold, far)
+            try:
+                build = _build(
+                    fmt, prec, export_net, spec, x_cal, plan_source, model, weights, tuple(keep_float)
+                )
+                report = _finish(build, fmt, prec, path, x_cal, cal_paths, x_hold, ref_hold, far)
+                if prec != "fp32":
+                    _speed_check(report, build, fmt, export_net, spec, path)
+            except Exception as e:  # our failure on this model: this artifact is lost, the others go on
+                _discard(path)
+                if isinstance(e, EdgefaceError) and not isinstance(e, ModelError):
+                    raise  # the user's mistake (e.g. --w6a6 on an 8-bit checkpoint): nothing is written
+                build_failed = True
+                failures.append(f"{name}: {_model_failure(e, fmt, prec)}")
+                bar.update(1)
+                continue
             report.seconds = time.perf_counter() - t0
             report.path = out / name
-            reports.append(report)
             if report.parity.mean_cosine < min_cosine:
                 where = f"; most drift at {report.parity.drift_layer}" if report.parity.drift_layer else ""
                 failures.append(
                     f"{name} mean cosine {report.parity.mean_cosine:.4f} < {min_cosine} "
-                    f"(min {report.parity.min_cosine:.4f} on {report.parity.images} held-out images{where})"
+                    f"(min {report.parity.min_cosine:.4f} on {report.parity.images} held-out images{where}); "
+                    "not written"
                 )
+                _discard(path)
+            else:
+                reports.append(report)
             bar.update(1)
         bar.close()
         _ONNX_CACHE.clear()
         _clear_tflite_cache()
-        if failures:
-            raise ParityError("parity check failed, nothing written: " + "; ".join(failures))
+    if failures:
+        written = ", ".join(r.path.name for r in reports) or "nothing"
+        msg = f"wrote {written}; failed: " + "; ".join(failures)
+        err: EdgefaceError = ModelError(msg) if build_failed else ParityError(msg)
+        err.reports = reports  # type: ignore[attr-defined]
+        raise err
     return reports
+
+
+def _discard(path: Path) -> None:
+    for p in (path, spec_path_for(path)):
+        p.unlink(missing_ok=True)
+
+
+def _model_failure(e: BaseException, fmt: str, prec: str) -> str:
+    """One line naming what failed and what to try (the traceback is shown with `edgeface --debug`)."""
+    import traceback
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    node = getattr(e, "node", None)
+    where = f" at {node}" if node else ""
+    hint = (
+        "try --keep-float LAYER for the layer named, or another --format"
+        if prec != "fp32"
+        else "check that the model exports with torch.onnx / litert-torch"
+    )
+    frames = traceback.extract_tb(e.__traceback__)
+    origin = next((f"{Path(f.filename).name}:{f.name}" for f in reversed(frames)), "")
+    return f"{fmt} {prec} export failed{where} ({type(e).__name__}: {text}; in {origin}); {hint}"
+
+
+SPEED_ROUNDS = 5
+
+
+def _speed_check(
+    report: ArtifactReport, build: Build, fmt: str, net: Any, spec: ModelSpec, path: Path
+) -> None:
+    """Time the integer artifact against its fp32 twin through the runtime (batch 1, one thread,
+    interleaved rounds) and warn when it is not faster, naming the float ops left in it."""
+    from edgeface.runtime.backends import load_artifact
+
+    twin = path.with_name(path.stem + ".fp32twin" + path.suffix)
+    try:
+        data = _fp32_twin(fmt, net, spec)
+        _write(twin, data)
+        arts = [load_artifact(p, num_threads=1) for p in (twin, path)]
+        h, w = spec.input_size
+        face = np.full((h, w, 3), 128, np.uint8)
+        xs = [a.native_input([face]) for a in arts]
+        times: list[list[float]] = [[], []]
+        for _ in range(SPEED_ROUNDS):
+            for k, (a, x) in enumerate(zip(arts, xs, strict=True)):
+                a.invoke(x)
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    a.invoke(x)
+                times[k].append(time.perf_counter() - t0)
+    finally:
+        _discard(twin)
+    ratio = float(np.median(np.array(times[0]) / np.array(times[1])))
+    report.extra["speedup_vs_fp32"] = round(ratio, 2)
+    if ratio < 1.0:
+        floats = build.extra.get("float_ops", {})
+        left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items())
+        why = (
+            f"float ops left in it: {left}"
+            if left
+            else "no float ops are left, so this CPU's int8 kernels are the cause (docs/speed.md); "
+            "time it on the device with `edgeface profile`"
+        )
+        report.extra.setdefault("warnings", []).append(
+            f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); {why}"
+        )
+
+
+def _fp32_twin(fmt: str, net: Any, spec: ModelSpec) -> bytes:
+    from edgeface.converters import metadata
+
+    if fmt == "onnx":
+        from edgeface.converters import onnx as onnx_conv
+
+        if "float" not in _ONNX_CACHE:
+            _ONNX_CACHE["float"] = onnx_conv.float_graph(net, spec)
+        b = onnx_conv.build_onnx(_ONNX_CACHE["float"], spec.replace(layout="NCHW"), "fp32")
+        return metadata.embed_onnx_spec(b.proto, b.spec).SerializeToString()
+    from edgeface.converters.tflite import build_tflite
+
+    data, new_spec, _ = build_tflite(net, spec, "fp32", [])
+    return metadata.embed_tflite_spec(data, new_spec)
 
 
 @dataclass
@@ -186,6 +295,7 @@ def _build(
     plan: Any,
     model: str,
     weights: str | None,
+    keep_float: tuple[str, ...] = (),
 ) -> Build:
     provenance = {
         **spec.provenance,
@@ -198,17 +308,25 @@ def _build(
     }
     base = spec.replace(provenance=provenance, threshold=None, threshold_far=None)
     if fmt == "onnx":
-        return _build_onnx(prec, net, base, x_cal, plan)
+        return _build_onnx(prec, net, base, x_cal, plan, keep_float)
     from edgeface.converters.tflite import build_tflite
 
     data, new_spec, info = build_tflite(net, base, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
+    floats = info.pop("float_ops", [])
+    if floats:
+        info["float_ops"] = {
+            op: {"count": floats.count(op), "why": "ai-edge-quantizer has no int8 kernel for it"}
+            for op in sorted(set(floats))
+        }
     return Build(data, new_spec, info["per_channel_layers"], info.get("int8_weight_bytes", 0), None, info)
 
 
 _ONNX_CACHE: dict[str, Any] = {}  # one float export and one calibration pass serve every precision of a run
 
 
-def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: Any) -> Build:
+def _build_onnx(
+    prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: Any, keep_float: tuple[str, ...] = ()
+) -> Build:
     from edgeface.converters import onnx as onnx_conv
     from edgeface.converters import qdq
     from edgeface.converters.parity import onnx_layer_drift
@@ -216,14 +334,35 @@ def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: A
     if "float" not in _ONNX_CACHE:
         _ONNX_CACHE["float"] = onnx_conv.float_graph(net, spec)
     float_proto = _ONNX_CACHE["float"]
+    onnx_plan = plan.get("onnx") if plan else None
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.onnx_float import prelu_as_max
+        from edgeface.converters.sensitivity import fragile_tensors
 
-        graph = prelu_as_max(float_proto)  # the graph build_onnx quantizes
-        _ONNX_CACHE["stats"] = qdq.collect_stats(graph, qdq.quant_points(graph), _batches(x_cal))
+        graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
+        stats = qdq.collect_stats(graph, qdq.quant_points(graph, keep_float), _batches(x_cal))
+        fragile: list[tuple[str, float]] = []
+        if not onnx_plan:  # learned scales are the checkpoint's decision, not ours
+            points = qdq.quant_points(graph, keep_float)
+            act = qdq.activation_plan(graph, {p: stats.range(p, "mse", 8) for p in points}, 8, "uint8")
+            fragile, _ = fragile_tensors(graph, act, points, x_cal[:SENSITIVITY_IMAGES])
+            if fragile:  # keeping tensors float moves some quantizers: calibrate the new points too
+                kept = [t for t, _ in fragile]
+                new = [p for p in qdq.quant_points(graph, keep_float, kept) if p not in stats.lo]
+                if new:
+                    qdq.collect_stats(graph, new, _batches(x_cal), into=stats)
+        _ONNX_CACHE["stats"], _ONNX_CACHE["fragile"] = stats, fragile
     stats = _ONNX_CACHE.get("stats")
-    onnx_plan = plan.get("onnx") if plan else None
-    b = onnx_conv.build_onnx(float_proto, spec.replace(layout="NCHW"), prec, stats, onnx_plan)
+    fragile = _ONNX_CACHE.get("fragile", [])
+    b = onnx_conv.build_onnx(
+        float_proto,
+        spec.replace(layout="NCHW"),
+        prec,
+        stats,
+        onnx_plan,
+        keep_float=keep_float,
+        float_tensors=tuple(t for t, _ in fragile),
+    )
     b.spec = b.spec.replace(provenance={**b.spec.provenance, "opset": onnx_conv.OPSET})
     per_channel = onnx_conv.per_channel_weight_scales(b.proto)
     int8_bytes = onnx_conv.int8_weight_bytes(b.proto, 31 if prec == "w6a6" else 127)
@@ -233,9 +372,18 @@ def _build_onnx(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: A
             return None
         return onnx_layer_drift(b.float_proto, b.drift_proto, b.points, x, b.spec.input_quant)
 
-    return Build(
-        b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, {"opset": onnx_conv.OPSET}
-    )
+    extra: dict[str, Any] = {"opset": onnx_conv.OPSET}
+    floats: dict[str, dict[str, Any]] = {}
+    for _, op, why in b.float_ops:
+        floats.setdefault(op, {"count": 0, "why": why})["count"] += 1
+    if floats:
+        extra["float_ops"] = floats
+    if fragile:
+        extra["kept_float_tensors"] = {t: round(c, 4) for t, c in fragile}
+    return Build(b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, extra)
+
+
+SENSITIVITY_IMAGES = 8  # calibration images for the per-tensor sensitivity pass (sensitivity.py)
 
 
 def _embed(fmt: str, data: bytes, spec: ModelSpec) -> bytes:
@@ -269,7 +417,7 @@ def _finish(
 ) -> ArtifactReport:
     """Write, run through the runtime, set the threshold, write again with the complete spec."""
     from edgeface.converters.parity import parity
-    from edgeface.converters.threshold import threshold_at_far
+    from edgeface.converters.threshold import calibrate_threshold
     from edgeface.runtime.backends import load_artifact
 
     _write(path, _embed(fmt, build.data, build.spec))
@@ -284,11 +432,19 @@ def _finish(
         if found is not None:
             par = type(par)(par.mean_cosine, par.min_cosine, par.images, found[0], found[1])
     emb_cal = np.concatenate([artifact.run(_to_layout(b, layout)) for b in _batches(x_cal, size)])
-    threshold = threshold_at_far(emb_cal, cal_paths, far)
+    # Unlabelled calibration images (a flat folder) give no impostor pairs: ship without a threshold and
+    # say why (the CLI points to `edgeface threshold`) rather than fail or guess one.
+    threshold, unset = calibrate_threshold(emb_cal, cal_paths, far)
+    provenance = {**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)}
+    if unset is not None:
+        provenance["threshold_unset"] = unset
     spec = build.spec.replace(
         threshold=threshold,
-        threshold_far=far,
-        provenance={**build.spec.provenance, "parity": par.to_dict(), "threshold_images": len(cal_paths)},
+        threshold_far=far if threshold is not None else None,
+        provenance={
+            **provenance,
+            **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
+        },
     )
     data = _embed(fmt, build.data, spec)
     _write(path, data)
@@ -296,8 +452,9 @@ def _finish(
     packed = None
     if prec == "w6a6":
         packed = len(data) - build.int8_weight_bytes + (build.int8_weight_bytes * 6 + 7) // 8
+    extra = {**build.extra, **({"threshold_unset": unset} if unset is not None else {})}
     return ArtifactReport(
-        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=dict(build.extra)
+        path, fmt, prec, len(data), par, threshold, build.per_channel_layers, packed, extra=extra
     )
 
 

@@ -10,7 +10,7 @@ compute the stem conv through SpaceToDepth (onnx_layout.py), which ORT runs fast
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ class OnnxBuild:
     float_proto: Any  # the clean float graph it was quantized from (for layer drift)
     points: list[str]
     drift_proto: Any = None  # the QDQ graph before the input-side layout rewrites (same input as float_proto)
+    float_ops: list[tuple[str, str, str]] = field(default_factory=list)  # (node, op type, why) left float
 
 
 def float_graph(model: Any, spec: ModelSpec) -> Any:
@@ -48,6 +49,8 @@ def build_onnx(
     stats: qdq.RangeCollector | None = None,
     plan: Mapping[str, Any] | None = None,
     method: str = "mse",
+    keep_float: tuple[str, ...] = (),
+    float_tensors: tuple[str, ...] = (),
 ) -> OnnxBuild:
     """Quantize `float_proto` to `precision`.
 
@@ -58,10 +61,12 @@ def build_onnx(
     bits = PRECISION_BITS[precision]
     # PReLU as Max(x, a*x) is exact and faster in float too (ORT's fp32 PRelu kernel is slow: mbf 2x,
     # iresnet18 1.1x, docs/speed.md), so every precision ships it and speed-ups compare like with like
-    float_proto = prelu_as_max(float_proto)
+    float_proto = prelu_as_max(float_proto, any_slope=bits is not None)
     if bits is None:
         return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
-    points = qdq.quant_points(float_proto)
+    float_convs = grouped_convs(float_proto)
+    gplan = qdq.plan_graph(float_proto, [*keep_float, *float_convs], float_tensors)
+    points = gplan.points
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
     for p in points:
         if p not in ranges:
@@ -69,29 +74,50 @@ def build_onnx(
                 raise ValueError(f"no calibration statistics for {p}, which the plan does not cover")
             ranges[p] = stats.range(p, method, bits)
     act_bits = dict((plan or {}).get("activation_bits", {}))
-    act = qdq.activation_plan(float_proto, {p: ranges[p] for p in points}, bits, "uint8", act_bits)
+    act = qdq.activation_plan(
+        float_proto,
+        {p: ranges[p] for p in points},
+        bits,
+        "uint8",
+        act_bits,
+        [*keep_float, *float_convs],
+        float_tensors,
+    )
     # the graph's ends stay 8-bit in w6a6: the input is an 8-bit image and the embedding is the product
-    inp, out = float_proto.graph.input[0].name, _output_source(float_proto)
+    out_name = float_proto.graph.output[0].name
+    inp, out = float_proto.graph.input[0].name, gplan.shared.get(out_name, out_name)
     for end in (inp, out):
         if end in act and act[end].narrowed:
             r = stats.range(end, method, 8) if stats is not None and end in stats.lo else ranges[end]
             act[end] = qdq.activation_qparams(*r, bits=8, dtype="uint8")
+            for shared_out, src in gplan.shared.items():
+                if src == end:
+                    act[shared_out] = act[end]
     import onnx
 
-    float_convs = grouped_convs(float_proto)
+    weight_scales, weight_bits = gemm_safe_weights(
+        float_proto, bits, (plan or {}).get("weights"), (plan or {}).get("weight_bits")
+    )
     qdq_proto, in_q, out_q = qdq.build_qdq(
         float_proto,
         act,
         bits,
-        (plan or {}).get("weights"),
+        weight_scales,
         float_convs=float_convs,
-        weight_bits_override=(plan or {}).get("weight_bits"),
+        weight_bits_override=weight_bits,
+        keep_float=keep_float,
+        float_tensors=float_tensors,
     )
     proto = onnx.ModelProto()
     proto.CopyFrom(qdq_proto)
     stem_space_to_depth(proto)
     nhwc_input(proto)
     weights_desc = f"int{bits} symmetric per-channel (axis 0, output channels)"
+    narrowed = sum(b == GEMM_SAFE_BITS for b in weight_bits.values())
+    if narrowed:
+        weights_desc += (
+            f"; {narrowed} convs that run as GEMM on the 7-bit grid [-63, 63] (exact on x86 without VNNI)"
+        )
     if bits < 8:
         weights_desc = (
             f"{bits}-bit grid [-{2 ** (bits - 1) - 1}, {2 ** (bits - 1) - 1}] in int8 storage, "
@@ -108,7 +134,46 @@ def build_onnx(
         weight_quant=weights_desc,
         layout="NHWC",
     )
-    return OnnxBuild(proto, new_spec, float_proto, points, qdq_proto)
+    return OnnxBuild(proto, new_spec, float_proto, points, qdq_proto, gplan.float_ops)
+
+
+GEMM_SAFE_BITS = 7
+
+
+def gemm_safe_weights(
+    proto: Any,
+    bits: int,
+    scales: Mapping[str, np.ndarray] | None,
+    layer_bits: Mapping[str, int] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """8-bit weights of convs that ORT runs as a GEMM go on the 7-bit grid [-63, 63].
+
+    ORT's u8s8 GEMM on x86 CPUs without VNNI (AVX2: every AMD Zen 3 and older, Intel before Ice Lake /
+    Alder Lake) multiplies with vpmaddubsw, which adds two uint8 x int8 products in int16 and saturates:
+    255 * 127 * 2 > 32767. Measured on an AMD EPYC (Zen 3): mobilefacenet int8 parity 0.986 mean / 0.950
+    min with 8-bit weights against 0.995 / 0.990 for the same QDQ graph run without integer kernels
+    (`python benchmarks/ort_saturation.py`). With |w| <= 63 no pair can saturate, so the artifact computes
+    the same integers on every CPU, VNNI or not, x86 or ARM; this is ORT's own `reduce_range` advice.
+    Depthwise convs keep 8 bits: their kernel accumulates in int32 (exact, measured). Learned 8-bit scales
+    (a checkpoint of `edgeface quantize`) are widened to keep their range on the coarser grid.
+    """
+    from onnx import helper, numpy_helper
+
+    out_scales = {k: np.asarray(v, np.float32) for k, v in (scales or {}).items()}
+    out_bits = dict(layer_bits or {})
+    inits = {t.name: t for t in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w_shape = numpy_helper.to_array(inits[n.input[1]]).shape
+        group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
+        depthwise = group > 1 and w_shape[1] == 1
+        if depthwise or out_bits.get(n.name, bits) != 8:
+            continue
+        out_bits[n.name] = GEMM_SAFE_BITS
+        if n.name in out_scales:
+            out_scales[n.name] = out_scales[n.name] * np.float32(127 / 63)
+    return out_scales, out_bits
 
 
 def grouped_convs(proto: Any) -> list[str]:
@@ -124,22 +189,13 @@ def grouped_convs(proto: Any) -> list[str]:
     inits = {t.name: t for t in proto.graph.initializer}
     found = []
     for n in proto.graph.node:
-        if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
             continue
         group = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
         per_group = numpy_helper.to_array(inits[n.input[1]]).shape[1]  # input channels per group
         if group > 1 and per_group > 1:
             found.append(n.name)
     return found
-
-
-def _output_source(proto: Any) -> str:
-    """The tensor whose quantization the graph output carries (through a trailing Flatten)."""
-    name = proto.graph.output[0].name
-    for n in proto.graph.node:
-        if name in n.output and n.op_type in qdq.SHAPE_OPS:
-            return n.input[0]
-    return name
 
 
 def per_channel_weight_scales(proto: Any) -> dict[str, int]:

@@ -10,6 +10,7 @@ kernels treat like every other pointwise conv, and the Flatten moves to the very
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Any
 
 import numpy as np
@@ -17,15 +18,36 @@ import numpy as np
 OPSET = 17
 
 
+SHAPE_SOURCES = ("Shape", "Size")  # ops that read a tensor's shape, not its values
+FOLD_MAX_ELEMENTS = 1 << 22  # a folded constant larger than this (an Expand, say) stays a node
+
+
 def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSET) -> Any:
-    """An eval-mode nn.Module as an in-memory ModelProto (NCHW float input 'input', output 'embedding')."""
+    """An eval-mode nn.Module as an in-memory ModelProto (NCHW float input 'input', output 'embedding').
+
+    The batch axis is dynamic unless the model's forward does arithmetic on its input's shape
+    (`x.view(x.size(0), -1)`, `B, C, H, W = x.shape`): then the graph is exported for a static batch of 1
+    and every shape computation is folded to a constant (`fold_constants`), which leaves no integer
+    subgraph for the quantizer to trip on and nothing for the runtime to recompute per call.
+    """
+    proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
+    if any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
+        proto = _torch_to_onnx(model, input_size, opset, dynamic=False)
+    return normalize_graph(proto)
+
+
+def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic: bool) -> Any:
     import onnx
     import torch
 
     h, w = input_size
     buf = io.BytesIO()
     model.eval()
-    with torch.no_grad():
+    # The TorchScript exporter is deprecated, but it is the one that folds Conv+BN and names every node after
+    # its module (what a quantization plan keyed by module name needs; module docstring); its deprecation
+    # warning is about our choice, not the user's model, so it is not shown to them.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
             (torch.zeros(1, 3, h, w),),
@@ -35,10 +57,57 @@ def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSE
             input_names=["input"],
             output_names=["embedding"],
             do_constant_folding=True,
-            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+            dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic else None,
         )
-    proto = onnx.load_from_string(buf.getvalue())
-    return normalize_graph(proto)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def static_batch(proto: Any) -> bool:
+    """True when the graph was exported for a fixed batch of 1 (see export_float_onnx)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
+
+
+def fold_constants(nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> list[Any]:
+    """Evaluate every node whose inputs are all constants, and every Shape/Size of a tensor whose shape is
+    static, into initializers (in graph order, so whole chains fold in one pass).
+
+    What remains computes on the input's values only. Random ops and results above FOLD_MAX_ELEMENTS are
+    kept as nodes.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    out = []
+    for node in nodes:
+        value = None
+        if node.op_type in SHAPE_SOURCES and node.domain in ("", "ai.onnx"):
+            dims = shapes.get(node.input[0])
+            if dims and min(dims) >= 1:
+                attrs = {a.name: a.i for a in node.attribute}
+                if node.op_type == "Size":
+                    value = np.array(int(np.prod(dims)), np.int64)
+                else:
+                    value = np.array(dims[attrs.get("start", 0) : attrs.get("end", len(dims))], np.int64)
+        elif (
+            node.domain in ("", "ai.onnx")
+            and "Random" not in node.op_type
+            and all((not i) or i in inits for i in node.input)
+            and node.input
+        ):
+            try:
+                feeds = {i: inits[i] for i in node.input if i}
+                results = ReferenceEvaluator(node).run(None, feeds)
+            except Exception:  # an op the reference evaluator lacks: leave it to the runtime
+                results = None
+            if results is not None and all(np.asarray(r).size <= FOLD_MAX_ELEMENTS for r in results):
+                for name, r in zip(node.output, results, strict=True):
+                    inits[name] = np.asarray(r)
+                continue
+        if value is not None:
+            inits[node.output[0]] = value
+            continue
+        out.append(node)
+    return out
 
 
 def _initializers(graph: Any) -> dict[str, np.ndarray]:
@@ -71,8 +140,11 @@ def normalize_graph(proto: Any) -> Any:
             for n in nodes:
                 n.output[:] = [out.name if o == src else o for o in n.output]
                 n.input[:] = [out.name if i == src else i for i in n.input]
-    shapes = _static_shapes(proto)
+    nodes = _fold_all(proto, nodes, inits)
+    shapes = _static_shapes(_rebuilt(proto, nodes, inits))
     nodes = _linear_head_to_conv(nodes, inits, shapes)
+    nodes = linear_to_gemm(nodes, inits, shapes)
+    nodes = fold_channel_scale(nodes, inits)
     nodes = _fold_batchnorm(nodes, inits)
     nodes = _batchnorm_to_conv(nodes, inits)
     used = {i for n in nodes for i in n.input}
@@ -81,12 +153,38 @@ def normalize_graph(proto: Any) -> Any:
         graph.name,
         list(graph.input),
         list(graph.output),
-        [numpy_helper.from_array(v, k) for k, v in inits.items() if k in used],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items() if k in used],
     )
     out = helper.make_model(new_graph, opset_imports=list(proto.opset_import), producer_name="edgeface")
     out.ir_version = proto.ir_version
     onnx.checker.check_model(out)
     return out
+
+
+def _rebuilt(proto: Any, nodes: list[Any], inits: dict[str, np.ndarray]) -> Any:
+    from onnx import helper, numpy_helper
+
+    used = {i for n in nodes for i in n.input}
+    graph = helper.make_graph(
+        nodes,
+        proto.graph.name,
+        list(proto.graph.input),
+        list(proto.graph.output),
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items() if k in used],
+    )
+    model = helper.make_model(graph, opset_imports=list(proto.opset_import), producer_name="edgeface")
+    model.ir_version = proto.ir_version
+    return model
+
+
+def _fold_all(proto: Any, nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
+    """fold_constants until nothing changes (shape inference sees more once shapes become constants)."""
+    for _ in range(4):
+        before = len(nodes)
+        nodes = fold_constants(nodes, inits, _static_shapes(_rebuilt(proto, nodes, inits)))
+        if len(nodes) == before:
+            break
+    return nodes
 
 
 def _consumers(nodes: list[Any], name: str) -> list[Any]:
@@ -97,11 +195,11 @@ def _static_shapes(proto: Any) -> dict[str, list[int]]:
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:  # shapes are an optimisation aid here, never a requirement
         return {}
     shapes = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
         shapes[vi.name] = dims
     return shapes
@@ -118,11 +216,15 @@ def _linear_head_to_conv(
     from onnx import helper
 
     out: list[Any] = list(nodes)
-    for flat in [n for n in nodes if n.op_type == "Flatten"]:
+    for flat in [n for n in nodes if n.op_type in ("Flatten", "Reshape")]:
         users = _consumers(out, flat.output[0])
         dims = shapes.get(flat.input[0], [])
         if len(users) != 1 or len(dims) != 4 or min(dims[1:]) < 1:
             continue
+        if flat.op_type == "Reshape":  # x.view(x.size(0), -1) of a static-batch graph: a flatten too
+            target = shapes.get(flat.output[0], [])
+            if len(target) != 2 or target[1] != dims[1] * dims[2] * dims[3]:
+                continue
         c, h, w = dims[1:]
         lin = users[0]
         if lin.op_type == "MatMul" and lin.input[1] in inits:
@@ -162,6 +264,115 @@ def _linear_head_to_conv(
                 new_flat.output[0] = final
                 out.remove(bn)
                 out.insert(out.index(new_flat), bn)
+    return out
+
+
+def linear_to_gemm(nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> list[Any]:
+    """`MatMul(x[..., K], W[K, M]) [+ b]` (a Linear on channels-last tokens) becomes
+    `Reshape(x, [-1, K]) -> Gemm(W^T, b, transB=1) -> Reshape(back)`, the form ORT itself fuses in float.
+
+    In the integer graph that is one QGemm with per-output-channel weight scales (axis 0, like a conv)
+    and an int32 bias, where a MatMul keeps its bias as a separate float Add (measured in docs/export.md).
+    Needs the static shape of x; without it the MatMul stays (and is quantized per column).
+    """
+    from onnx import helper
+
+    out = list(nodes)
+    for mm in [n for n in nodes if n.op_type == "MatMul"]:
+        if mm.input[1] not in inits or inits[mm.input[1]].ndim != 2:
+            continue
+        dims = shapes.get(mm.input[0], [])
+        w = inits[mm.input[1]]
+        if not dims or min(dims) < 1 or dims[-1] != w.shape[0]:
+            continue
+        base = mm.name.strip("/").replace("/", ".")
+        users = _consumers(out, mm.output[0])
+        add = users[0] if len(users) == 1 and users[0].op_type == "Add" else None
+        bias = None
+        if add is not None:
+            other = add.input[1] if add.input[0] == mm.output[0] else add.input[0]
+            b = inits.get(other)
+            if b is not None and b.size == w.shape[1] and b.shape[-1] == w.shape[1]:
+                bias = b.reshape(-1)
+            else:
+                add = None
+        final = add.output[0] if add is not None else mm.output[0]
+        inits[base + ".gemm_weight"] = np.ascontiguousarray(w.T.astype(np.float32))
+        inits[base + ".in_shape"] = np.array([-1, w.shape[0]], np.int64)
+        inits[base + ".out_shape"] = np.array([*dims[:-1], w.shape[1]], np.int64)
+        gemm_in = [mm.output[0] + "_2d_in", base + ".gemm_weight"]
+        if bias is not None:
+            inits[base + ".gemm_bias"] = bias.astype(np.float32)
+            gemm_in.append(base + ".gemm_bias")
+        flat = dims[:-1] == [] or len(dims) == 2
+        new = []
+        if flat:
+            gemm_in[0] = mm.input[0]
+            new.append(helper.make_node("Gemm", gemm_in, [final], name=mm.name, transB=1))
+        else:
+            new.append(
+                helper.make_node(
+                    "Reshape",
+                    [mm.input[0], base + ".in_shape"],
+                    [gemm_in[0]],
+                    name=mm.name + "/to_2d",
+                )
+            )
+            new.append(helper.make_node("Gemm", gemm_in, [mm.output[0] + "_2d"], name=mm.name, transB=1))
+            new.append(
+                helper.make_node(
+                    "Reshape",
+                    [mm.output[0] + "_2d", base + ".out_shape"],
+                    [final],
+                    name=mm.name + "/from_2d",
+                )
+            )
+        i = out.index(mm)
+        out[i : i + 1] = new
+        if add is not None:
+            out.remove(add)
+    return out
+
+
+def fold_channel_scale(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
+    """A Mul by a constant per-channel vector right after a Gemm/Conv (layer-scale `gamma` of ConvNeXt and
+    EdgeNeXt blocks, through the Gemm's back-reshape) is folded into that layer's weights and bias: exact,
+    and one elementwise pass fewer on the integer graph."""
+    producers = {o: n for n in nodes for o in n.output}
+    out = list(nodes)
+    for mul in [n for n in nodes if n.op_type == "Mul"]:
+        const = [i for i in mul.input if i in inits]
+        act = [i for i in mul.input if i not in inits]
+        if len(const) != 1 or len(act) != 1:
+            continue
+        g = inits[const[0]]
+        src = producers.get(act[0])
+        via = None
+        if src is not None and src.op_type == "Reshape" and src.name.endswith("/from_2d"):
+            via, src = src, producers.get(src.input[0])
+        if src is None or src.op_type not in ("Gemm", "Conv") or src.input[1] not in inits:
+            continue
+        if len(_consumers(out, src.output[0])) != 1 or (via and len(_consumers(out, via.output[0])) != 1):
+            continue
+        w = inits[src.input[1]]
+        m = w.shape[0]
+        if src.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i == 1 for a in src.attribute)
+            if not trans_b or g.size != m or g.shape[-1] != m:
+                continue  # not a per-output-channel vector on the last axis
+        elif g.size != m or g.ndim < 3 or g.reshape(-1).shape[0] != g.shape[-3]:
+            continue  # conv: a [C, 1, 1] vector
+        gv = g.reshape(-1).astype(np.float64)
+        wname = src.input[1] + "_scaled"
+        inits[wname] = (w * gv.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        src.input[1] = wname
+        if len(src.input) > 2 and src.input[2]:
+            bname = src.input[2] + "_scaled"
+            inits[bname] = (inits[src.input[2]] * gv).astype(np.float32)
+            src.input[2] = bname
+        last = via if via is not None else src
+        last.output[0] = mul.output[0]
+        out.remove(mul)
     return out
 
 
@@ -218,16 +429,20 @@ def _fold_batchnorm(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]
 
 
 PRELU_MAX = "/prelu_max"  # name suffix of the Max that replaces a PRelu (qdq.py keys on it)
+PRELU_RELU = "/prelu_relu"  # the Relu of the any-slope form, which runs on its input's codes
 
 
-def prelu_as_max(proto: Any) -> Any:
-    """PRelu(x, a) -> Max(x, DepthwiseConv1x1(x, a)) for layers whose slopes all lie in [0, 1].
+def prelu_as_max(proto: Any, any_slope: bool = False) -> Any:
+    """Rewrite PRelu(x, a) into forms an integer runtime runs, exact in float, chosen per layer.
 
-    Exact in float (x > 0: x >= a x; x < 0: a x >= x). Its point is the integer graph: ORT has no int8 PRelu,
-    so DQ -> PRelu -> Q runs in float around every layer, while the slope conv quantized onto x's own grid
-    becomes a QLinearConv and the Max runs directly on uint8 (same scale and zero point on both inputs, and
-    the mapping to integers is monotone, so max commutes with it). Two integer passes replace three float
-    ones.
+    - slopes all in [0, 1]: Max(x, DepthwiseConv1x1(x, a)). Exact (x > 0: x >= a x; x < 0: a x >= x), and
+      a x stays inside x's range, so the slope conv is quantized onto x's own grid, becomes a QLinearConv,
+      and the Max runs directly on uint8 (max commutes with a monotone quantization). Two integer passes
+      replace three float ones. Used in every precision (ORT's fp32 PRelu kernel is slower too).
+    - any other slope (trained PReLUs reach about -4 and +2.2), with `any_slope`: a x + (1 - a) relu(x)
+      as DepthwiseConv1x1(x, a) + DepthwiseConv1x1(relu(x), 1 - a), exact for every slope. relu(x) runs on
+      x's codes (an integer Max with the zero point), the two convs are QLinearConvs and the sum a QLinearAdd.
+      Not used in fp32 graphs, where one PRelu is cheaper than four ops.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -236,21 +451,32 @@ def prelu_as_max(proto: Any) -> Any:
     m.CopyFrom(proto)
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
     nodes = []
+
+    def slope_conv(src: str, weights: np.ndarray, name: str, out: str) -> Any:
+        c = weights.size
+        wname = name.strip("/").replace("/", ".") + ".weight"
+        m.graph.initializer.append(
+            numpy_helper.from_array(weights.reshape(c, 1, 1, 1).astype(np.float32), wname)
+        )
+        return helper.make_node("Conv", [src, wname], [out], name=name, group=c)
+
     for n in m.graph.node:
         slope = inits.get(n.input[1]) if n.op_type == "PRelu" and len(n.input) > 1 else None
-        if slope is None or slope.size < 1 or slope.min() < 0 or slope.max() > 1:
+        if slope is None or slope.size < 2:
             nodes.append(n)
             continue
-        c = slope.size
-        wname = n.name.strip("/").replace("/", ".") + ".slope_weight"
-        m.graph.initializer.append(
-            numpy_helper.from_array(slope.reshape(c, 1, 1, 1).astype(np.float32), wname)
-        )
-        ax = n.output[0] + "_slope"
-        nodes.append(
-            helper.make_node("Conv", [n.input[0], wname], [ax], name=n.name + "/slope_conv", group=c)
-        )
-        nodes.append(helper.make_node("Max", [n.input[0], ax], list(n.output), name=n.name + PRELU_MAX))
+        slope = slope.reshape(-1).astype(np.float64)
+        x, y = n.input[0], n.output[0]
+        if slope.min() >= 0 and slope.max() <= 1:
+            nodes.append(slope_conv(x, slope, n.name + "/slope_conv", y + "_slope"))
+            nodes.append(helper.make_node("Max", [x, y + "_slope"], [y], name=n.name + PRELU_MAX))
+        elif any_slope:
+            nodes.append(slope_conv(x, slope, n.name + "/slope_conv", y + "_ax"))
+            nodes.append(helper.make_node("Relu", [x], [y + "_relu"], name=n.name + PRELU_RELU))
+            nodes.append(slope_conv(y + "_relu", 1.0 - slope, n.name + "/relu_conv", y + "_brelu"))
+            nodes.append(helper.make_node("Add", [y + "_ax", y + "_brelu"], [y], name=n.name + "/prelu_add"))
+        else:
+            nodes.append(n)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     return m

@@ -75,9 +75,11 @@ def onnx_layer_drift(
         return None
     fsess = onnx_session(with_outputs(float_proto, [p for p, _ in pairs]).SerializeToString())
     qsess = onnx_session(with_outputs(qdq_proto, [q for _, q in pairs]).SerializeToString())
-    f_out = fsess.run(None, {fsess.get_inputs()[0].name: x})
+    from edgeface.converters.qdq import run_batched
+
+    f_out = run_batched(fsess, x)[0]
     q_in = input_quant.quantize(x) if input_quant is not None else x
-    q_out = qsess.run(None, {qsess.get_inputs()[0].name: q_in})
+    q_out = run_batched(qsess, q_in)[0]
     producers = {o: n.name for n in float_proto.graph.node for o in n.output}
     best: tuple[str, float] | None = None
     worst_drop, prev = -1.0, 1.0

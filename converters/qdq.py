@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 ACTIVATIONS = ("Relu", "Clip")  # absorbed into the producing conv's output range
-SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 @dataclass(frozen=True)
@@ -75,24 +74,190 @@ def quantize_weight(weight: np.ndarray, scales: np.ndarray, bits: int = 8) -> np
     return np.clip(np.round(weight / scales.reshape(shape)), -qmax, qmax).astype(np.int8)
 
 
-def quant_points(proto: Any) -> list[str]:
-    """The tensors that carry Q/DQ: the graph input and every op output except a conv output that only feeds
-    ReLU/Clip (that activation's output is quantized instead) and shape ops (they pass int8 through)."""
+@dataclass
+class GraphPlan:
+    """Which nodes of a float graph run on integers, decided by the per-operator table (edgeface.quant_ops).
+
+    - `integer`: nodes that run as integer kernels (weighted and compute ops) or pass integer codes through
+      (same-grid ops);
+    - `points`: tensors that get a QuantizeLinear with their own calibrated grid (the graph input, integer
+      op outputs, and float-op outputs read by an integer op);
+    - `shared`: same-grid outputs -> the tensor whose grid they keep;
+    - `float_ops`: (node name, op type, why) of every node left in float (shape arithmetic excluded).
+    """
+
+    integer: set[str]
+    points: list[str]
+    shared: dict[str, str]
+    float_ops: list[tuple[str, str, str]]
+
+
+def _float_tensors(proto: Any) -> set[str]:
+    """Names of the float32 tensors of the graph (inputs, op outputs), from ONNX shape/type inference."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # no types: fall back to "every op output is float" for ops that produce floats
+        inferred = proto
+    found = set()
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            found.add(vi.name)
+    return found
+
+
+def _matches(node: Any, patterns: Iterable[str]) -> bool:
+    """A node named by --keep-float: the pattern equals its name or one of its module-path segments."""
+    name = node.name
+    flat = name.strip("/").replace("/", ".")
+    return any(
+        p and (p == name or p == flat or flat.startswith(p + ".") or f".{p}." in f".{flat}.")
+        for p in patterns
+    )
+
+
+def plan_graph(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()) -> GraphPlan:
+    """Walk the graph in order and decide each node from its OpRule (see edgeface/quant_ops.py).
+
+    Only float tensors are ever quantized. A weighted op (a constant weight) always runs on integers; a
+    compute op only when every activation it reads is already on an integer grid (so a float island, a
+    GELU say, is not chopped into Q/DQ pieces); a same-grid op passes its input's codes through; shape
+    ops and unknown ops stay float. A float tensor read by an integer op gets its own quantizer; where it
+    reaches the integer op through same-grid ops (a reshape after a LayerNorm), the quantizer moves up to
+    the float op's output so the same-grid ops run on codes too.
+
+    `float_tensors` are never quantized (sensitivity.fragile_tensors finds them): their producer writes
+    float (a Gemm still runs on integers, QGemm with a float output) and every op that reads them, a
+    weighted one included, runs in float.
+    """
+    from edgeface.quant_ops import onnx_rule
+
+    keep = tuple(keep_float)
+    no_q = set(float_tensors)
     graph = proto.graph
+    inits = {t.name for t in graph.initializer}
+    floats = _float_tensors(proto) | {graph.input[0].name}
+    producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[Any]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    points = [i.name for i in graph.input]
-    for n in graph.node:
-        if n.op_type in SHAPE_OPS:
+
+    def acts(node: Any) -> list[str]:
+        return [i for i in node.input if i and i not in inits and i in floats]
+
+    integer: set[str] = set()
+    on_grid: set[str] = {graph.input[0].name}  # tensors available as integer codes
+    points: list[str] = [graph.input[0].name]
+    shared: dict[str, str] = {}
+    float_ops: list[tuple[str, str, str]] = []
+
+    def reachable(t: str) -> bool:
+        """Can tensor t be put on a grid (it is not kept float, nor moved from a kept-float tensor)?"""
+        while True:
+            if t in on_grid:
+                return True
+            if t in no_q:
+                return False
+            p = producers.get(t)
+            if p is None or _kind(p) != "same_grid" or len(acts(p)) != 1:
+                return True
+            t = acts(p)[0]
+
+    def need(t: str) -> None:
+        """Make tensor t available on a grid (a quantizer at t, or further up a same-grid chain)."""
+        if t in on_grid:
+            return
+        chain = []
+        cur = t
+        while True:
+            p = producers.get(cur)
+            if (
+                p is None
+                or cur in no_q
+                or p.name in keep_names
+                or _kind(p) != "same_grid"
+                or len(acts(p)) != 1
+                or len(consumers.get(acts(p)[0], [])) != 1
+            ):
+                break
+            chain.append(p)
+            cur = acts(p)[0]
+        points.append(cur)
+        on_grid.add(cur)
+        for p in reversed(chain):
+            integer.add(p.name)
+            for o in p.output:
+                if o in floats:
+                    shared[o] = shared.get(acts(p)[0], acts(p)[0])
+                    on_grid.add(o)
+            float_ops[:] = [f for f in float_ops if f[0] != p.name]
+
+    def _kind(node: Any) -> str:
+        if is_prelu_relu(node):
+            return "same_grid"  # relu on x's own codes: an integer Max with x's zero point
+        return _kind_of(node, inits) if node.domain in ("", "ai.onnx") else "float"
+
+    keep_names = {n.name for n in graph.node if _matches(n, keep)}
+    for node in graph.node:
+        rule = onnx_rule(node.op_type)
+        kind = _kind(node)
+        outs = [o for o in node.output if o in floats]
+        if node.name in keep_names and kind != "shape":
+            float_ops.append((node.name, node.op_type, "kept float by --keep-float"))
             continue
-        out = n.output[0]
-        users = consumers.get(out, [])
-        if n.op_type == "Conv" and len(users) == 1 and users[0].op_type in ACTIVATIONS:
+        if kind == "shape" or not outs or not acts(node) and kind != "weighted":
+            continue  # shape arithmetic, integer outputs, constants: never quantized
+        readable = all(reachable(a) for a in acts(node))
+        if (kind == "weighted" and readable) or (
+            kind == "compute" and all(a in on_grid for a in acts(node)) and not set(outs) & no_q
+        ):
+            for a in acts(node):
+                need(a)
+            integer.add(node.name)
+            for o in outs:
+                if o in no_q:
+                    continue  # kept float by sensitivity: written in float (QGemm has a float output)
+                users = consumers.get(o, [])
+                if (
+                    node.op_type in ("Conv", "Gemm")
+                    and len(users) == 1
+                    and users[0].op_type in ACTIVATIONS
+                    and users[0].name not in keep_names
+                ):
+                    on_grid.add(o)  # the activation's output is quantized instead (ReLU absorbed)
+                    continue
+                points.append(o)
+                on_grid.add(o)
             continue
-        points.append(out)
-    return points
+        if kind == "same_grid" and len(acts(node)) == 1 and acts(node)[0] in on_grid and not set(outs) & no_q:
+            integer.add(node.name)
+            for o in outs:
+                shared[o] = shared.get(acts(node)[0], acts(node)[0])
+                on_grid.add(o)
+            continue
+        why = (
+            rule.why
+            if rule is not None and kind == "float"
+            else (
+                "no integer kernel for it in this position (it reads a float tensor)"
+                if rule is not None
+                else "not in the operator table (edgeface/quant_ops.py): unknown ops stay float"
+            )
+        )
+        if kind == "weighted":
+            why = "reads a tensor kept float (quantizing it alone drops the embedding cosine, measured)"
+        elif set(outs) & no_q or any(a in no_q for a in acts(node)):
+            why = "reads or writes a tensor kept float (quantizing it alone drops the embedding cosine)"
+        float_ops.append((node.name, node.op_type, why))
+    # the graph output: through trailing same-grid ops the int8 result leaves the graph as codes
+    return GraphPlan(integer, list(dict.fromkeys(points)), shared, float_ops)
+
+
+def quant_points(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()) -> list[str]:
+    """The tensors that get their own calibrated grid (see plan_graph)."""
+    return plan_graph(proto, keep_float, float_tensors).points
 
 
 class RangeCollector:
@@ -142,7 +307,9 @@ def _mse_range(v: np.ndarray, lo: float, hi: float, bits: int, steps: int = 40) 
     return best
 
 
-def collect_stats(proto: Any, points: list[str], batches: Iterable[np.ndarray]) -> RangeCollector:
+def collect_stats(
+    proto: Any, points: list[str], batches: Iterable[np.ndarray], into: RangeCollector | None = None
+) -> RangeCollector:
     """Run the float graph with every quant point exposed as an output and gather each one's statistics."""
     import onnx
     import onnxruntime as ort
@@ -159,15 +326,25 @@ def collect_stats(proto: Any, points: list[str], batches: Iterable[np.ndarray]) 
     input_name = sess.get_inputs()[0].name
     out_names = [o.name for o in sess.get_outputs()]
     wanted = set(points)
-    collector = RangeCollector()
+    collector = into if into is not None else RangeCollector()
     for batch in batches:
-        outs = sess.run(None, {input_name: batch})
-        if input_name in wanted:
-            collector.update(input_name, batch)
-        for name, value in zip(out_names, outs, strict=True):
-            if name in wanted:
-                collector.update(name, value)
+        for outs in run_batched(sess, batch):  # one list of outputs per call
+            if input_name in wanted:
+                collector.update(input_name, batch)
+            for name, value in zip(out_names, outs, strict=True):
+                if name in wanted:
+                    collector.update(name, value)
     return collector
+
+
+def run_batched(sess: Any, batch: np.ndarray) -> list[list[np.ndarray]]:
+    """sess.run on a batch, image by image when the graph has a static batch of 1 (shape arithmetic
+    folded, onnx_float.export_float_onnx); outputs concatenated back along the batch axis."""
+    inp = sess.get_inputs()[0]
+    if inp.shape[0] != 1 or len(batch) == 1:
+        return [sess.run(None, {inp.name: batch})]
+    parts = [sess.run(None, {inp.name: batch[i : i + 1]}) for i in range(len(batch))]
+    return [[np.concatenate(vals) for vals in zip(*parts, strict=True)]]
 
 
 def activation_plan(
@@ -176,8 +353,11 @@ def activation_plan(
     bits: int = 8,
     dtype: str = "uint8",
     bits_override: Mapping[str, int] | None = None,
+    keep_float: Iterable[str] = (),
+    float_tensors: Iterable[str] = (),
 ) -> dict[str, QParams]:
-    """Ranges -> QParams, clamping a ReLU6 output's range to [0, 6] so ORT can drop the Clip.
+    """Ranges -> QParams, clamping a ReLU6 output's range to [0, 6] so ORT can drop the Clip; same-grid
+    outputs (reshape, transpose, ...) take their source's grid.
 
     `bits_override` gives some tensors their own grid (a checkpoint's 8-bit ends in a w6a6 model)."""
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -192,7 +372,14 @@ def activation_plan(
     for node in proto.graph.node:  # a PReLU-as-Max lives on its input's grid (see onnx_float.prelu_as_max)
         if is_prelu_max(node) and node.input[0] in plan:
             plan[node.input[1]] = plan[node.output[0]] = plan[node.input[0]]
+    for out, src in plan_graph(proto, keep_float, float_tensors).shared.items():
+        if src in plan:
+            plan[out] = plan[src]
     return plan
+
+
+def is_prelu_relu(node: Any) -> bool:
+    return node.op_type == "Relu" and node.name.endswith("/prelu_relu")
 
 
 def is_prelu_max(node: Any) -> bool:
@@ -208,6 +395,19 @@ def _clip_max(node: Any, proto: Any) -> float:
     return float("inf")
 
 
+def _weight_axis(node: Any) -> int:
+    """Output-channel axis of a weighted node's constant weight (input 1)."""
+    from onnx import helper
+
+    from edgeface.quant_ops import onnx_rule
+
+    if node.op_type == "Gemm":
+        trans_b = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    rule = onnx_rule(node.op_type)
+    return 0 if rule is None or rule.weight_axis is None else rule.weight_axis
+
+
 def build_qdq(
     proto: Any,
     act: Mapping[str, QParams],
@@ -216,13 +416,15 @@ def build_qdq(
     quantize_io: bool = True,
     float_convs: Iterable[str] = (),
     weight_bits_override: Mapping[str, int] | None = None,
+    keep_float: Iterable[str] = (),
+    float_tensors: Iterable[str] = (),
 ) -> tuple[Any, QParams | None, QParams | None]:
-    """Insert Q/DQ (and Clip for narrowed grids) around every quant point and quantize conv weights.
+    """Insert Q/DQ (and Clip for narrowed grids) as plan_graph decides and quantize the weights.
 
-    `weight_scale_override` maps a Conv node name to per-channel scales learned elsewhere (a QAT/PTQ plan);
-    other convs get max-abs scales; `weight_bits_override` gives a conv its own bit width (a checkpoint's
-    per-layer bits). Convs named in `float_convs` stay float (their output is still quantized
-    for the next layer): for a 3-channel stem conv ORT's float kernel is faster than its int8 one.
+    `weight_scale_override` maps a weighted node name to per-channel scales learned elsewhere (a QAT/PTQ
+    plan); other layers get max-abs scales; `weight_bits_override` gives a layer its own bit width (a
+    checkpoint's per-layer bits). Convs named in `float_convs` stay float, as do the nodes `keep_float`
+    names (their inputs are dequantized, their output quantized for the next integer op).
     Returns (model, input qparams, output qparams); the latter two are None
     where the graph keeps a float input/output.
     """
@@ -230,30 +432,41 @@ def build_qdq(
     from onnx import helper, numpy_helper
 
     graph = proto.graph
+    float_convs = set(float_convs)
+    gplan = plan_graph(proto, [*keep_float, *float_convs], float_tensors)
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     new_inits: list[Any] = []
+    added: set[str] = set()
     nodes: list[Any] = []
     overrides = dict(weight_scale_override or {})
     input_name = graph.input[0].name
     output_name = graph.output[0].name
-    producers = {o: n for n in graph.node for o in n.output}
-    float_convs = set(float_convs)
-    int_output_allowed = quantize_io
     if any(n.name in float_convs and input_name in n.input for n in graph.node):
         quantize_io = False  # a float stem reads the float image: no integer graph input
         act = {k: v for k, v in act.items() if k != input_name}
 
     def const(name: str, value: np.ndarray) -> str:
-        new_inits.append(numpy_helper.from_array(value, name))
+        if name not in added:
+            new_inits.append(numpy_helper.from_array(value, name))
+            added.add(name)
         return name
 
-    # where each quant point's consumers read from: tensor -> (q tensor, qparams)
+    def keep_init(name: str) -> None:
+        if name in inits and name not in added:
+            const(name, inits[name])
+
+    # where each quantized tensor's codes live: tensor -> integer tensor name
     qtensor: dict[str, str] = {}
+
+    def qparams_consts(name: str) -> None:
+        p = act[name]
+        const(f"{name}_scale", np.array(p.scale, np.float32))
+        const(f"{name}_zp", np.array(p.zero_point, p.np_dtype))
 
     def emit_quant(name: str, q_out: str | None = None, source: str | None = None) -> None:
         p = act[name]
-        s = const(f"{name}_scale", np.array(p.scale, np.float32))
-        z = const(f"{name}_zp", np.array(p.zero_point, p.np_dtype))
+        qparams_consts(name)
+        s, z = f"{name}_scale", f"{name}_zp"
         q = q_out or f"{name}_q"
         if p.narrowed:
             nodes.append(
@@ -263,16 +476,18 @@ def build_qdq(
             hi = const(f"{name}_qmax", np.array(p.qmax, p.np_dtype))
             nodes.append(helper.make_node("Clip", [q + "_wide", lo, hi], [q], name=f"{name}_QClip"))
         else:
-            nodes.append(helper.make_node("QuantizeLinear", [name, s, z], [q], name=f"{name}_Q"))
+            nodes.append(helper.make_node("QuantizeLinear", [source or name, s, z], [q], name=f"{name}_Q"))
         qtensor[name] = q
 
     dq_count: dict[str, int] = {}
+    float_dq: dict[str, str] = {}
 
     def dq_for(name: str) -> str:
         """A fresh DequantizeLinear per consumer: ORT's node-unit matching wants DQs it can own."""
         k = dq_count.get(name, 0)
         dq_count[name] = k + 1
         out = f"{name}_dq{k}"
+        qparams_consts(name)
         nodes.append(
             helper.make_node(
                 "DequantizeLinear",
@@ -283,64 +498,80 @@ def build_qdq(
         )
         return out
 
+    def const_dq(name: str) -> str:
+        """A float constant read by an integer op (the other side of an Add, say): its own uint8 grid."""
+        v = np.asarray(inits[name], np.float32)
+        p = activation_qparams(float(v.min(initial=0.0)), float(v.max(initial=0.0)), 8, "uint8")
+        q = np.clip(np.round(v / p.scale) + p.zero_point, 0, 255).astype(np.uint8)
+        qn = const(f"{name}_cq", q)
+        sn = const(f"{name}_cscale", np.array(p.scale, np.float32))
+        zn = const(f"{name}_czp", np.array(p.zero_point, np.uint8))
+        out = f"{name}_cdq"
+        if out not in added:
+            added.add(out)
+            nodes.append(helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=f"{name}_cDQ"))
+        return out
+
     in_q = out_q = None
     if quantize_io and input_name in act:
         in_q = act[input_name]
-        const(f"{input_name}_scale", np.array(in_q.scale, np.float32))
-        const(f"{input_name}_zp", np.array(in_q.zero_point, in_q.np_dtype))
+        qparams_consts(input_name)
         qtensor[input_name] = input_name  # the graph input itself becomes the integer tensor
     elif input_name in act:
         emit_quant(input_name)
 
-    # the graph output: a shape op fed by a quant point runs on the quantized tensor
-    out_node = producers.get(output_name)
-    int_output = (
-        int_output_allowed
-        and out_node is not None
-        and out_node.op_type in SHAPE_OPS
-        and out_node.input[0] in act
-    )
-
     for node in graph.node:
-        if node.op_type in SHAPE_OPS and node is out_node and int_output:
+        inputs = list(node.input)
+        integer = node.name in gplan.integer
+        rule_kind = _kind_of(node, inits)
+        if integer and is_prelu_relu(node):
+            x = inputs[0]
+            q_out = f"{node.output[0]}_q"
+            nodes.append(helper.make_node("Max", [qtensor[x], f"{x}_zp"], [q_out], name=node.name))
+            qtensor[node.output[0]] = q_out
+            continue
+        if integer and rule_kind == "same_grid":
+            # runs on the codes: same values moved, same grid (ORT would drop a DQ/Q pair around it anyway)
+            for i in inputs:
+                keep_init(i)
             new = helper.make_node(
                 node.op_type,
-                [qtensor[node.input[0]]] + list(node.input[1:]),
-                list(node.output),
+                [qtensor.get(i, i) for i in inputs],
+                [f"{o}_q" for o in node.output],
                 name=node.name,
             )
             new.attribute.extend(node.attribute)
             nodes.append(new)
-            out_q = act[node.input[0]]
+            for o in node.output:
+                qtensor[o] = f"{o}_q"
             continue
-        inputs = list(node.input)
-        if node.op_type == "Conv" and node.name in float_convs:
-            for j, name in enumerate(inputs):
-                if name in qtensor and name in act:
-                    inputs[j] = dq_for(name)
-                elif name in inits and name not in {t.name for t in new_inits}:
-                    new_inits.append(numpy_helper.from_array(inits[name], name))
-        elif node.op_type == "Conv":
+        if integer and rule_kind == "weighted":
             x = inputs[0]
             w = inits[inputs[1]]
+            axis = _weight_axis(node)
             wbits = (weight_bits_override or {}).get(node.name, weight_bits)
             scales = overrides.get(node.name)
-            scales = weight_scales(w, wbits) if scales is None else np.asarray(scales, np.float32)
-            qw = quantize_weight(w, scales, wbits)
-            wq = const(f"{node.name}.weight_quantized", qw)
+            wt = np.moveaxis(w, axis, 0)
+            scales = weight_scales(wt, wbits) if scales is None else np.asarray(scales, np.float32)
+            qw = np.moveaxis(quantize_weight(wt, scales, wbits), 0, axis)
+            wq = const(f"{node.name}.weight_quantized", np.ascontiguousarray(qw))
             ws = const(f"{node.name}.weight_scale", scales)
             wz = const(f"{node.name}.weight_zp", np.zeros_like(scales, dtype=np.int8))
             w_dq = f"{node.name}.weight_dq"
             nodes.append(
-                helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{node.name}_wDQ", axis=0)
+                helper.make_node("DequantizeLinear", [wq, ws, wz], [w_dq], name=f"{node.name}_wDQ", axis=axis)
             )
-            src = _quant_source(x, producers, act)
-            inputs[0] = dq_for(src) if src in qtensor else x
+            if x not in qtensor:
+                raise KeyError(f"input {x} of {node.name} has no quantization parameters")
+            src = x
+            inputs[0] = dq_for(src)
             inputs[1] = w_dq
             if len(inputs) > 2 and inputs[2]:
                 b = inits[inputs[2]]
                 bscale = (act[src].scale * scales).astype(np.float32)
-                qb = np.clip(np.round(b / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+                with np.errstate(divide="ignore", invalid="ignore"):  # a dead channel: zero scale and bias
+                    qb = np.nan_to_num(np.round(b / bscale), nan=0.0)
+                qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)
                 bq = const(f"{node.name}.bias_quantized", qb)
                 bs = const(f"{node.name}.bias_scale", bscale)
                 bz = const(f"{node.name}.bias_zp", np.zeros_like(qb))
@@ -351,24 +582,33 @@ def build_qdq(
                     )
                 )
                 inputs[2] = b_dq
-        else:
+        elif integer:
             for j, name in enumerate(inputs):
-                if name in qtensor and name in act:
+                if name in qtensor:
                     inputs[j] = dq_for(name)
-                elif name in inits and name not in {t.name for t in new_inits}:
-                    new_inits.append(numpy_helper.from_array(inits[name], name))
-        if is_prelu_max(node) and all(i in qtensor for i in node.input) and node.output[0] in act:
+                elif name in inits and inits[name].dtype == np.float32 and node.op_type not in ("Clip",):
+                    inputs[j] = const_dq(name)
+                else:
+                    keep_init(name)
+        else:  # a float op: one shared DQ per tensor, so float fusions (GELU, LayerNorm) still match
+            for j, name in enumerate(inputs):
+                if name in qtensor:
+                    if name not in float_dq:
+                        float_dq[name] = dq_for(name)
+                    inputs[j] = float_dq[name]
+                else:
+                    keep_init(name)
+        if integer and is_prelu_max(node) and all(i in qtensor for i in node.input) and node.output[0] in act:
             # integer Max straight on the two uint8 tensors, which share one grid: no DQ, no Q
             nodes = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] in inputs)]
             q_out = node.output[0] + "_q"
             nodes.append(helper.make_node("Max", [qtensor[i] for i in node.input], [q_out], name=node.name))
             qtensor[node.output[0]] = q_out
-            p = act[node.output[0]]
-            const(f"{node.output[0]}_scale", np.array(p.scale, np.float32))
-            const(f"{node.output[0]}_zp", np.array(p.zero_point, p.np_dtype))
+            qparams_consts(node.output[0])
             continue
         if (
-            node.op_type in ACTIVATIONS
+            integer
+            and node.op_type in ACTIVATIONS
             and node.output[0] in act
             and _grid_clamps(node, act[node.output[0]], inits)
         ):
@@ -379,23 +619,47 @@ def build_qdq(
         new = helper.make_node(node.op_type, inputs, list(node.output), name=node.name, domain=node.domain)
         new.attribute.extend(node.attribute)
         nodes.append(new)
-        if node.output[0] in act:
-            emit_quant(node.output[0])
+        for o in node.output:
+            if o in act and o in gplan.points:
+                emit_quant(o)
 
     graph_inputs = list(graph.input)
     if in_q is not None:
         shape = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
         graph_inputs = [helper.make_tensor_value_info(input_name, _onnx_dtype(in_q), shape)]
     graph_outputs = list(graph.output)
-    if out_q is not None:
-        shape = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
-        graph_outputs = [helper.make_tensor_value_info(output_name, _onnx_dtype(out_q), shape)]
+    if output_name in qtensor:
+        codes = qtensor[output_name]
+        if quantize_io:  # the embedding leaves the graph as codes; the runtime dequantizes it
+            for n in nodes:  # the float tensor of that name (a Gemm's output before its Q) is renamed
+                n.output[:] = [f"{output_name}_float" if o == output_name else o for o in n.output]
+                n.input[:] = [f"{output_name}_float" if i == output_name else i for i in n.input]
+            for n in nodes:
+                n.output[:] = [output_name if o == codes else o for o in n.output]
+                n.input[:] = [output_name if i == codes else i for i in n.input]
+            out_q = act[output_name]
+            shape = [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+            graph_outputs = [helper.make_tensor_value_info(output_name, _onnx_dtype(out_q), shape)]
+        elif not any(output_name in n.output for n in nodes):
+            qtensor_out = dq_for(output_name)
+            nodes.append(helper.make_node("Identity", [qtensor_out], [output_name], name="output_float"))
     new_graph = helper.make_graph(nodes, graph.name, graph_inputs, graph_outputs, new_inits)
     model = helper.make_model(new_graph, opset_imports=list(proto.opset_import), producer_name="edgeface")
     model.ir_version = proto.ir_version
     _prune_unused(model)
     onnx.checker.check_model(model)
     return model, in_q, out_q
+
+
+def _kind_of(node: Any, inits: Mapping[str, Any]) -> str:
+    from edgeface.quant_ops import onnx_rule
+
+    rule = onnx_rule(node.op_type)
+    if rule is None:
+        return "float"
+    if rule.kind == "weighted" and (len(node.input) < 2 or node.input[1] not in inits):
+        return rule.activation_kind or "float"
+    return rule.kind
 
 
 def _grid_clamps(node: Any, p: QParams, inits: Mapping[str, np.ndarray]) -> bool:
@@ -408,13 +672,6 @@ def _grid_clamps(node: Any, p: QParams, inits: Mapping[str, np.ndarray]) -> bool
     lo = float(inits[node.input[1]]) if len(node.input) > 1 and node.input[1] in inits else -np.inf
     hi = float(inits[node.input[2]]) if len(node.input) > 2 and node.input[2] in inits else np.inf
     return lo == 0.0 and p.scale * (p.qmax - p.zero_point) <= hi * (1 + 1e-6)
-
-
-def _quant_source(x: str, producers: Mapping[str, Any], act: Mapping[str, QParams]) -> str:
-    """The quant point a conv reads: its input tensor itself (every op output is a quant point)."""
-    if x in act:
-        return x
-    raise KeyError(f"conv input {x} has no quantization parameters")
 
 
 def _onnx_dtype(p: QParams) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 from edgeface.converters import qdq
 
 from edgeface.errors import EdgefaceError
+from edgeface.quiet import native_quiet
 from edgeface.spec import ModelSpec, TensorQuant
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -37,17 +38,45 @@ def float_tflite(net: Any, spec: ModelSpec) -> bytes:
     h, w = spec.input_size
     net, _ = prelu_as_max(net)
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
-    # litert-torch prints its progress on stdout, which belongs to `--json`
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-        edge = litert_torch.convert(wrapped, (torch.zeros(1, h, w, 3),))
+    # litert-torch prints its progress on stdout, which belongs to `--json`, and its converter logs through
+    # absl on fd 2: both only with `edgeface -v` (native_quiet replays them if the conversion fails)
+    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), native_quiet():
+        try:
+            edge = litert_torch.convert(wrapped, (torch.zeros(1, h, w, 3),))
+        except (RuntimeError, ValueError) as e:
+            if "view" not in str(e):
+                raise
+            # `x.view(x.size(0), -1)` on a tensor litert-torch keeps channels-last cannot be a view; feeding
+            # the model a contiguous NCHW copy of the NHWC input (one TRANSPOSE in the graph) keeps every
+            # tensor contiguous, as the model's author assumed
+            edge = litert_torch.convert(_ContiguousNCHW(net).eval(), (torch.zeros(1, h, w, 3),))
         return bytes(edge.model_content())
+
+
+def _contiguous_nchw_class() -> Any:
+    import torch
+
+    class ContiguousNCHW(torch.nn.Module):
+        def __init__(self, net: Any) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x.permute(0, 3, 1, 2).contiguous())
+
+    return ContiguousNCHW
+
+
+def _ContiguousNCHW(net: Any) -> Any:  # noqa: N802 - a class built lazily (no torch at import)
+    return _contiguous_nchw_class()(net)
 
 
 def _interpreter(data: bytes, preserve: bool = False) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_content=data, num_threads=1, experimental_preserve_all_tensors=preserve)
-    interp.allocate_tensors()
+    with native_quiet():  # the XNNPACK delegate banner on fd 2
+        interp = Interpreter(model_content=data, num_threads=1, experimental_preserve_all_tensors=preserve)
+        interp.allocate_tensors()
     return interp
 
 
@@ -123,7 +152,7 @@ def build_tflite(
             "max": np.array(hi, np.float32).reshape(1, 1, 1, 1),
         }
     q = quantizer.Quantizer(data, recipe.static_wi8_ai8())
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), native_quiet():  # its tqdm bars and absl lines
         result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     if learned is not None:
         scales = [(s, min(b, 8)) for s, b in learned.weights]
@@ -140,8 +169,6 @@ def build_tflite(
             f"(first: {off[0]})"
         )
     info = inspect_tflite(out)
-    if info["float_ops"]:
-        raise EdgefaceError(f"{precision} TFLite still has float operators: {', '.join(info['float_ops'])}")
     weight_quant = (
         "int8 symmetric per-channel (CONV_2D axis 0, DEPTHWISE_CONV_2D axis 3, FULLY_CONNECTED axis 0)"
     )
@@ -163,6 +190,7 @@ def build_tflite(
         "per_channel_layers": info["per_channel_layers"],
         "quantizer": "ai-edge-quantizer" + (" + learned scales" if learned is not None else ""),
         "int8_weight_bytes": info["int8_weight_bytes"],
+        "float_ops": info["float_op_list"],  # export.py reports them, and warns when int8 is not faster
     }
     if learned is not None:  # how much of the graph the checkpoint's scales cover (the rest: calibrated)
         build_info["learned_activation_tensors"] = len(learned.activations)
@@ -211,7 +239,8 @@ def activation_targets(
         ins = [name[i] for i in op.inputs if i >= 0 and name[i] in targets]
         out = name[op.outputs[0]]
         if kind in tl.SAME_AS_INPUT and ins:
-            targets[out] = targets[ins[0]]
+            for o in op.outputs:  # SPLIT / UNPACK: every output keeps the input's grid
+                targets[name[o]] = targets[ins[0]]
         elif kind == "MAXIMUM" and len(ins) == 2:
             targets[out] = targets[ins[1]] = targets[ins[0]]
         else:
@@ -245,6 +274,7 @@ def inspect_tflite(data: bytes) -> dict[str, Any]:
         "per_channel_layers": per_channel,
         "int8_weight_bytes": weight_bytes,
         "float_ops": sorted(set(float_ops)),
+        "float_op_list": float_ops,
         "input_quant": tq(interp.get_input_details()[0]),
         "output_quant": tq(interp.get_output_details()[0]),
     }

@@ -31,7 +31,24 @@ from edgeface.errors import EdgefaceError
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # ops whose output keeps its input's grid and codes (PAD adds the zero point, which lies on the grid)
-SAME_AS_INPUT = ("PAD", "PADV2", "RESHAPE", "SQUEEZE", "MAX_POOL_2D", "TRANSPOSE")
+SAME_AS_INPUT = (
+    "PAD",
+    "PADV2",
+    "RESHAPE",
+    "SQUEEZE",
+    "EXPAND_DIMS",
+    "MAX_POOL_2D",
+    "TRANSPOSE",
+    "SPLIT",
+    "SPLIT_V",
+    "SLICE",
+    "STRIDED_SLICE",
+    "GATHER",
+    "UNPACK",
+    "BROADCAST_TO",
+)
+# int8 kernels whose output grid is fixed by the kernel (scale 1/256 or 1/128), not by calibration
+FIXED_OUTPUT_GRID = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
 TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
 CLAMP_SUFFIX = "/grid6"  # the tensors an inserted clamp writes
 FUSED_LOWER = {1: 0.0, 2: -1.0, 3: 0.0}  # RELU, RELU_N1_TO_1, RELU6: the real value they clamp below at
@@ -113,14 +130,19 @@ def _consumers(graph: Any) -> dict[int, list[int]]:
     return users
 
 
-def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
-    """The bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max: its output only feeds (through a w6a6
-    clamp, if any) a MAXIMUM that also reads the conv's own input."""
-    op = graph.operators[k]
+def _dw1x1(model: Any, op: Any, graph: Any) -> bool:
     if op_name(model, op) != "DEPTHWISE_CONV_2D":
         return False
-    w = graph.tensors[op.inputs[1]]
-    if tuple(w.shape[1:3]) != (1, 1):
+    return tuple(graph.tensors[op.inputs[1]].shape[1:3]) == (1, 1)
+
+
+def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
+    """A bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max. Max form: its output only feeds
+    (through a w6a6 clamp, if any) a MAXIMUM that also reads the conv's own input. Any-slope form
+    a*x + (1-a)*relu(x): it feeds an ADD whose other input is the other 1x1 depthwise conv of the pair,
+    one of the two reading RELU(the other's input)."""
+    op = graph.operators[k]
+    if not _dw1x1(model, op, graph):
         return False
     nxt = users.get(int(op.outputs[0]), [])
     if len(nxt) == 1 and tensor_name(graph.tensors[graph.operators[nxt[0]].outputs[0]]).endswith(
@@ -130,7 +152,20 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     if len(nxt) != 1:
         return False
     m = graph.operators[nxt[0]]
-    return op_name(model, m) == "MAXIMUM" and int(op.inputs[0]) in [int(i) for i in m.inputs]
+    if op_name(model, m) == "MAXIMUM":
+        return int(op.inputs[0]) in [int(i) for i in m.inputs]
+    if op_name(model, m) != "ADD":
+        return False
+    producers = {int(o.outputs[0]): o for o in graph.operators}
+    others = [producers.get(int(i)) for i in m.inputs if int(i) != int(op.outputs[0])]
+    if len(others) != 1 or others[0] is None or not _dw1x1(model, others[0], graph):
+        return False
+    a, b = int(op.inputs[0]), int(others[0].inputs[0])
+    for relu_out, src in ((a, b), (b, a)):
+        r = producers.get(relu_out)
+        if r is not None and op_name(model, r) == "RELU" and int(r.inputs[0]) == src:
+            return True
+    return False
 
 
 def weighted_ops(model: Any) -> tuple[list[int], list[int]]:
@@ -153,7 +188,7 @@ def out_channels(model: Any, k: int) -> int:
 
 def activation_output(model: Any, k: int) -> str:
     """The tensor holding a weighted op's activated output: its own (ReLU/ReLU6 are fused) or, for a
-    PReLU-as-max, the MAXIMUM after it."""
+    rewritten PReLU, the MAXIMUM or ADD after its slope conv."""
     graph = model.subgraphs[0]
     users = _consumers(graph)
     out = int(graph.operators[k].outputs[0])
@@ -409,10 +444,18 @@ def _set_buffer(model: Any, tensor: Any, value: np.ndarray, users: dict[int, int
 def check_targets(quant_data: bytes, targets: Mapping[str, Target]) -> list[str]:
     """Tensors whose scale or zero point in the quantized graph is not the one asked for."""
     model = read(quant_data)
-    by_name = {tensor_name(t): t for t in model.subgraphs[0].tensors}
+    graph = model.subgraphs[0]
+    by_name = {tensor_name(t): t for t in graph.tensors}
+    fixed = {
+        tensor_name(graph.tensors[op.outputs[0]])
+        for op in graph.operators
+        if op_name(model, op) in FIXED_OUTPUT_GRID
+    }
     bad = []
     for name, tgt in targets.items():
         t = by_name.get(name)
+        if t is not None and (t.type == 0 or name in fixed):
+            continue  # left float by the quantizer (reported as a float op), or a kernel-fixed grid
         qp = None if t is None else t.quantization
         if qp is None or qp.scale is None or len(qp.scale) != 1:
             bad.append(name)

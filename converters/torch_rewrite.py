@@ -34,11 +34,34 @@ def _max_prelu(prelu: Any) -> Any:
     return MaxPReLU(prelu.weight)
 
 
-def prelu_as_max(net: Any) -> tuple[Any, int]:
-    """(copy of `net` with every per-channel PReLU whose slopes lie in [0, 1] rewritten, number rewritten).
+def _any_slope_prelu(prelu: Any) -> Any:
+    import torch
+    from torch import nn
 
-    Single-slope PReLUs and slopes outside [0, 1] (where max(x, a*x) is not PReLU) are left alone. The input
-    module is not modified.
+    class AffineReluPReLU(nn.Module):
+        """a*x + (1 - a)*relu(x), exact for every slope: two bias-free 1x1 depthwise convs, a RELU and an
+        ADD, all of which XNNPACK runs in int8 in one partition."""
+
+        def __init__(self, slopes: torch.Tensor) -> None:
+            super().__init__()
+            c = slopes.numel()
+            self.slope = nn.Conv2d(c, c, 1, groups=c, bias=False)
+            self.rest = nn.Conv2d(c, c, 1, groups=c, bias=False)
+            self.slope.weight.data.copy_(slopes.detach().reshape(c, 1, 1, 1))
+            self.rest.weight.data.copy_(1.0 - slopes.detach().reshape(c, 1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.slope(x) + self.rest(torch.relu(x))
+
+    return AffineReluPReLU(prelu.weight)
+
+
+def prelu_as_max(net: Any) -> tuple[Any, int]:
+    """(copy of `net` with every per-channel PReLU rewritten, number rewritten).
+
+    Slopes all in [0, 1]: max(x, a*x). Any other slope (trained PReLUs reach about -4 and +2.2, where
+    max(x, a*x) is not PReLU): a*x + (1 - a)*relu(x). Single-slope PReLUs are left alone. The input module
+    is not modified.
     """
     from torch import nn
 
@@ -49,8 +72,7 @@ def prelu_as_max(net: Any) -> tuple[Any, int]:
             if not isinstance(child, nn.PReLU) or child.weight.numel() < 2:
                 continue
             w = child.weight.detach()
-            if float(w.min()) < 0.0 or float(w.max()) > 1.0:
-                continue
-            setattr(module, child_name, _max_prelu(child))
+            exact_max = float(w.min()) >= 0.0 and float(w.max()) <= 1.0
+            setattr(module, child_name, _max_prelu(child) if exact_max else _any_slope_prelu(child))
             count += 1
     return out, count

@@ -13,6 +13,7 @@ takes integers: `q = round(x / scale) + zero_point` clipped to the dtype's range
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -45,7 +46,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "minLength": 1},
         "input_size": {
             "type": "array",
-            "items": {"type": "integer", "minimum": 1},
+            "items": {"type": "integer", "minimum": 8, "maximum": 4096},
             "minItems": 2,
             "maxItems": 2,
             "description": "[height, width] of the aligned face",
@@ -59,12 +60,27 @@ JSON_SCHEMA: dict[str, Any] = {
             "minItems": 3,
             "maxItems": 3,
         },
-        "embedding_dim": {"type": "integer", "minimum": 1},
+        "embedding_dim": {"type": "integer", "minimum": 1, "maximum": 65536},
+        "face_crop": {
+            "type": ["array", "null"],
+            "items": {"type": "number"},
+            "minItems": 4,
+            "maxItems": 4,
+            "description": "[x, y, width, height] of the region of the ArcFace-aligned 112x112 face that the "
+            "network sees, scaled uniformly to input_size; null = the largest centred region of that face "
+            "with input_size's aspect ratio (the whole face for square inputs, the central 96 columns for "
+            "112x96)",
+        },
         "threshold": {
             "type": ["number", "null"],
             "description": "cosine-similarity threshold for 1:1 verification",
         },
-        "threshold_far": {"type": ["number", "null"], "description": "FAR the threshold was set at"},
+        "threshold_far": {
+            "type": ["number", "null"],
+            "exclusiveMinimum": 0,
+            "exclusiveMaximum": 1,
+            "description": "FAR the threshold was set at",
+        },
         "precision": {"enum": ["fp32", "w8a8", "w6a6", "mixed"]},
         "quantization": {
             "type": "object",
@@ -83,13 +99,15 @@ JSON_SCHEMA: dict[str, Any] = {
             "required": ["scale", "zero_point", "dtype"],
             "properties": {
                 "scale": {"type": "number", "exclusiveMinimum": 0},
-                "zero_point": {"type": "integer"},
+                "zero_point": {"type": "integer", "minimum": -128, "maximum": 255},
                 "dtype": {"enum": ["int8", "uint8"]},
             },
         }
     },
 }
 
+MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
+ALIGNED_SIDE = 112.0  # the ArcFace template's frame, in which face_crop is expressed
 _LAYOUTS = ("NCHW", "NHWC")
 _ORDERS = ("RGB", "BGR")
 _PRECISIONS = ("fp32", "w8a8", "w6a6", "mixed")
@@ -125,6 +143,7 @@ class ModelSpec:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     embedding_dim: int = 512
+    face_crop: tuple[float, float, float, float] | None = None
     threshold: float | None = None
     threshold_far: float | None = None
     precision: str = "fp32"
@@ -136,6 +155,19 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         validate(self.to_dict())
+
+    def crop_box(self) -> tuple[float, float, float, float]:
+        """[x, y, w, h] of the ArcFace 112x112 frame that becomes the network input (see `face_crop`).
+
+        Models trained on non-square faces (SphereFace/CosFace-style 112x96) see the central columns of the
+        aligned face, not the whole face squeezed: the default is the largest centred region with the
+        input's aspect ratio, so a 112x96 model gets columns 8..104 of the 112x112 crop.
+        """
+        if self.face_crop is not None:
+            return self.face_crop
+        h, w = self.input_size
+        cw, ch = (ALIGNED_SIDE, ALIGNED_SIDE * h / w) if w >= h else (ALIGNED_SIDE * w / h, ALIGNED_SIDE)
+        return ((ALIGNED_SIDE - cw) / 2, (ALIGNED_SIDE - ch) / 2, cw, ch)
 
     def replace(self, **changes: Any) -> ModelSpec:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -152,6 +184,7 @@ class ModelSpec:
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
             "embedding_dim": int(self.embedding_dim),
+            "face_crop": None if self.face_crop is None else [float(v) for v in self.face_crop],
             "threshold": self.threshold,
             "threshold_far": self.threshold_far,
             "precision": self.precision,
@@ -179,11 +212,12 @@ class ModelSpec:
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
             embedding_dim=int(data["embedding_dim"]),
-            threshold=data.get("threshold"),
-            threshold_far=data.get("threshold_far"),
+            face_crop=None if data.get("face_crop") is None else tuple(float(v) for v in data["face_crop"]),  # type: ignore[arg-type]
+            threshold=None if data.get("threshold") is None else float(data["threshold"]),
+            threshold_far=None if data.get("threshold_far") is None else float(data["threshold_far"]),
             precision=data.get("precision", "fp32"),
-            input_quant=TensorQuant(**q["input"]) if q.get("input") else None,
-            output_quant=TensorQuant(**q["output"]) if q.get("output") else None,
+            input_quant=_tensor_quant(q.get("input")),
+            output_quant=_tensor_quant(q.get("output")),
             weight_quant=q.get("weights"),
             layer_bits=q.get("layer_bits"),
             provenance=dict(data.get("provenance") or {}),
@@ -192,9 +226,13 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> ModelSpec:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError as e:
+            if not isinstance(e, json.JSONDecodeError):
+                raise EdgefaceError(f"{source}: {e}") from None
             raise EdgefaceError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        except RecursionError:
+            raise EdgefaceError(f"{source}: not valid JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise EdgefaceError(f"{source}: a spec must be a JSON object")
         try:
@@ -207,42 +245,82 @@ def _fail(msg: str) -> None:
     raise EdgefaceError(f"invalid model spec: {msg}")
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"not valid JSON ({name} is not a number JSON allows)")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _numbers(data: dict[str, Any], key: str, n: int) -> list[float]:
+    """Exactly `n` finite numbers: NaN or Infinity in a spec silently breaks every comparison downstream."""
     v = data.get(key)
-    if (
-        not isinstance(v, list | tuple)
-        or len(v) != n
-        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
-    ):
-        _fail(f"'{key}' must be a list of {n} numbers, got {v!r}")
+    if not isinstance(v, list | tuple) or len(v) != n or not all(_is_number(x) for x in v):
+        _fail(f"'{key}' must be a list of {n} finite numbers, got {v!r}")
     return list(v)  # type: ignore[arg-type]
 
 
+def _tensor_quant(d: Any) -> TensorQuant | None:
+    return (
+        None
+        if not d
+        else TensorQuant(scale=float(d["scale"]), zero_point=int(d["zero_point"]), dtype=d["dtype"])
+    )
+
+
 def validate(data: dict[str, Any]) -> None:
-    """Check a spec dict against JSON_SCHEMA; raise EdgefaceError naming the first bad field."""
+    """Check a spec dict against JSON_SCHEMA; raise EdgefaceError naming the first bad field.
+
+    Every number is checked finite and in range where it enters: a NaN mean or scale would make every
+    embedding NaN, and NaN similarities compare in ways that let two strangers "match".
+    """
+    if not isinstance(data, dict):
+        _fail("a spec must be a JSON object")
     if data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         _fail(f"schema_version {data.get('schema_version')!r} is not supported (expected {SCHEMA_VERSION})")
     for key in JSON_SCHEMA["required"]:
         if key not in data:
             _fail(f"missing required field '{key}'")
-    if not isinstance(data["name"], str) or not data["name"]:
-        _fail("'name' must be a non-empty string")
+    if not isinstance(data["name"], str) or not data["name"] or len(data["name"]) > 512:
+        _fail("'name' must be a non-empty string (at most 512 characters)")
     size = _numbers(data, "input_size", 2)
-    if any(int(s) != s or s < 1 for s in size):
-        _fail(f"'input_size' must be two positive integers, got {size}")
+    if any(not _is_int(s) or not 8 <= s <= 4096 for s in size):
+        _fail(f"'input_size' must be two integers in [8, 4096], got {size}")
     if data["layout"] not in _LAYOUTS:
         _fail(f"'layout' must be one of {_LAYOUTS}, got {data['layout']!r}")
     if data["channel_order"] not in _ORDERS:
         _fail(f"'channel_order' must be one of {_ORDERS}, got {data['channel_order']!r}")
-    _numbers(data, "mean", 3)
-    if any(s <= 0 for s in _numbers(data, "std", 3)):
-        _fail("'std' values must be > 0")
+    if any(abs(m) > 255 for m in _numbers(data, "mean", 3)):
+        _fail("'mean' values must lie in [-255, 255] (mean is in units of pixel / 255)")
+    if any(not 1e-6 <= s <= 1e6 for s in _numbers(data, "std", 3)):
+        _fail("'std' values must be > 0 (and within [1e-6, 1e6])")
     dim = data["embedding_dim"]
-    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-        _fail(f"'embedding_dim' must be a positive integer, got {dim!r}")
+    if not _is_int(dim) or not 1 <= dim <= 65536:
+        _fail(f"'embedding_dim' must be an integer in [1, 65536], got {dim!r}")
+    crop = data.get("face_crop")
+    if crop is not None:
+        x, y, w, h = _numbers(data, "face_crop", 4)
+        if not (0 < w <= 3 * ALIGNED_SIDE and 0 < h <= 3 * ALIGNED_SIDE):
+            _fail(f"'face_crop' width and height must lie in (0, {3 * ALIGNED_SIDE:g}], got {crop}")
+        if not (-ALIGNED_SIDE <= x <= ALIGNED_SIDE and -ALIGNED_SIDE <= y <= ALIGNED_SIDE):
+            _fail(f"'face_crop' x and y must lie in [-{ALIGNED_SIDE:g}, {ALIGNED_SIDE:g}], got {crop}")
+        ih, iw = size
+        if abs((w / h) / (iw / ih) - 1) > 0.01:
+            _fail(
+                f"'face_crop' {w:g}x{h:g} (w x h) does not have the aspect ratio of input_size {ih}x{iw} "
+                "(h x w): faces are never resized to another aspect ratio"
+            )
     thr = data.get("threshold")
-    if thr is not None and (not isinstance(thr, int | float) or not -1.0 <= thr <= 1.0):
+    if thr is not None and (not _is_number(thr) or not -1.0 <= thr <= 1.0):
         _fail(f"'threshold' must be a cosine similarity in [-1, 1] or null, got {thr!r}")
+    far = data.get("threshold_far")
+    if far is not None and (not _is_number(far) or not 0.0 < far < 1.0):
+        _fail(f"'threshold_far' must be a rate in (0, 1) or null, got {far!r}")
     if data.get("precision", "fp32") not in _PRECISIONS:
         _fail(f"'precision' must be one of {_PRECISIONS}, got {data.get('precision')!r}")
     q = data.get("quantization") or {}
@@ -254,10 +332,27 @@ def validate(data: dict[str, Any]) -> None:
             continue
         if not isinstance(tq, dict) or {"scale", "zero_point", "dtype"} - set(tq):
             _fail(f"'quantization.{side}' needs scale, zero_point and dtype")
-        if not isinstance(tq["scale"], int | float) or tq["scale"] <= 0:
-            _fail(f"'quantization.{side}.scale' must be > 0")
         if tq["dtype"] not in ("int8", "uint8"):
             _fail(f"'quantization.{side}.dtype' must be int8 or uint8")
+        if not _is_number(tq["scale"]) or not 0 < tq["scale"] <= 1e6:
+            _fail(f"'quantization.{side}.scale' must be > 0 and finite, got {tq['scale']!r}")
+        lo, hi = (-128, 127) if tq["dtype"] == "int8" else (0, 255)
+        if not _is_int(tq["zero_point"]) or not lo <= tq["zero_point"] <= hi:
+            _fail(
+                f"'quantization.{side}.zero_point' must be an integer in [{lo}, {hi}], "
+                f"got {tq['zero_point']!r}"
+            )
+    bits = q.get("layer_bits")
+    if bits is not None and (
+        not isinstance(bits, dict)
+        or not all(isinstance(k, str) and _is_int(v) and 2 <= v <= 16 for k, v in bits.items())
+    ):
+        _fail("'quantization.layer_bits' must map layer names to integer bit widths in [2, 16]")
+    weights = q.get("weights")
+    if weights is not None and not isinstance(weights, str):
+        _fail("'quantization.weights' must be a string or null")
+    if not isinstance(data.get("provenance") or {}, dict):
+        _fail("'provenance' must be an object")
 
 
 def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
@@ -270,9 +365,13 @@ def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
 def read_spec_json(path: str | os.PathLike[str]) -> ModelSpec:
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise EdgefaceError(f"spec {path} is larger than {MAX_SPEC_BYTES // 1024} KB; not a model spec")
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise EdgefaceError(f"cannot read spec {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EdgefaceError(f"spec {path} is not UTF-8 JSON text") from None
     return ModelSpec.from_json(text, source=str(path))
 
 

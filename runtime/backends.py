@@ -9,18 +9,24 @@ device does) and get float embeddings back, whatever the artifact.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from edgeface.runtime.preprocess import apply_table, input_table, read_image
 
 from edgeface.errors import EdgefaceError
+from edgeface.quiet import native_quiet
 from edgeface.spec import METADATA_KEY, ModelSpec, TensorQuant, read_spec_json, spec_path_for
+
+if TYPE_CHECKING:
+    from edgeface.runtime.pack import Pack
 
 SUFFIXES = (".onnx", ".tflite")
 # onnxruntime session config that keeps an artifact's float layers float (see OnnxArtifact._make_session)
@@ -36,6 +42,12 @@ class Artifact:
     backend: str
     num_threads: int | None
     init_ms: float  # session creation time, reported by `edgeface profile`
+    pack: Pack | None = None  # the pack it was loaded from (load_artifact): its detector comes with it
+
+    @property
+    def detector_path(self) -> Path | None:
+        """The pack's face detector, checked against its manifest; None outside a pack."""
+        return self.pack.detector_path if self.pack is not None else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -113,6 +125,11 @@ class Artifact:
                 f"{self.path}: the artifact returns {y.shape[1]} values per face, its spec says "
                 f"embedding_dim={self.spec.embedding_dim}"
             )
+        if not np.isfinite(y).all():  # a NaN embedding scores "no match" against everyone, silently
+            raise EdgefaceError(
+                f"{self.path}: the artifact returned NaN or infinite embedding values; the artifact or its "
+                "spec (mean/std, quantization) is broken"
+            )
         return y
 
     def _check_input_shape(self, shape: Sequence[Any]) -> None:
@@ -155,7 +172,8 @@ class OnnxArtifact(Artifact):
         self._input_dtype = _ort_dtype(inp.type)
         self._output_dtype = _ort_dtype(out.type)
         self._check_input_shape(inp.shape)
-        self._setup_quant(None, None)
+        with spec_errors(path):
+            self._setup_quant(None, None)
         self._ort = ort
 
     def _make_session(self, num_threads: int | None, profile: bool, prefix: str = "") -> Any:
@@ -219,14 +237,19 @@ class TfliteArtifact(Artifact):
             raise EdgefaceError(f"cannot read {path}: {e.strerror}") from None
         try:
             embedded = tflite_metadata(content).get(METADATA_KEY)
-        except (struct.error, IndexError, ValueError):
+        except (struct.error, IndexError, ValueError):  # UnicodeDecodeError is a ValueError
             raise EdgefaceError(f"{path}: not a valid TFLite flatbuffer") from None
-        self.spec = resolve_spec(path, embedded.decode("utf-8") if embedded is not None else None)
+        try:
+            text = embedded.decode("utf-8") if embedded is not None else None
+        except UnicodeDecodeError:
+            raise EdgefaceError(f"{path}: its embedded spec is not UTF-8 text") from None
+        self.spec = resolve_spec(path, text)
         interpreter_cls, self.backend = _tflite_interpreter()
         t0 = time.perf_counter()
         try:
-            self._interp = interpreter_cls(model_content=content, num_threads=num_threads)
-            self._interp.allocate_tensors()
+            with native_quiet():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+                self._interp = interpreter_cls(model_content=content, num_threads=num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise EdgefaceError(f"cannot load TFLite artifact {path}: {str(e).splitlines()[0]}") from None
         self.init_ms = (time.perf_counter() - t0) * 1e3
@@ -235,7 +258,8 @@ class TfliteArtifact(Artifact):
         self._input_dtype, self._output_dtype = np.dtype(inp["dtype"]), np.dtype(out["dtype"])
         self._check_input_shape([int(v) for v in inp["shape"]])
         self._batch = int(inp["shape"][0])
-        self._setup_quant(_tflite_quant(inp), _tflite_quant(out))
+        with spec_errors(path):
+            self._setup_quant(_tflite_quant(inp, path), _tflite_quant(out, path))
 
     def invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:
@@ -254,20 +278,50 @@ class TfliteArtifact(Artifact):
         self._fixed_batch_one = len(signature) > 0 and int(signature[0]) != -1 and int(shape[0]) == 1
 
 
-def load_artifact(path: str | os.PathLike[str], num_threads: int | None = None) -> Artifact:
-    """Pick the runtime by extension; the spec comes from the artifact, else its sidecar JSON."""
-    path = Path(path)
+def load_artifact(
+    path: str | os.PathLike[str], num_threads: int | None = None, artifact: str | None = None
+) -> Artifact:
+    """Pick the runtime by extension; the spec comes from the artifact, else its sidecar JSON.
+
+    `path` may be a pack (folder or archive, `edgeface.runtime.pack`): its default artifact, or the one
+    named `artifact`, is loaded after its hashes are checked, and `Artifact.pack` then gives the pipeline
+    the pack's detector. An artifact file inside a pack folder is checked the same way."""
+    from edgeface.runtime.pack import resolve
+
+    resolved = resolve(path, artifact)
+    path = resolved.path
     if not path.is_file():
         raise EdgefaceError(f"artifact not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxArtifact(path, num_threads)
-    if suffix == ".tflite":
-        return TfliteArtifact(path, num_threads)
-    raise EdgefaceError(f"{path}: unknown artifact type '{suffix}' (expected one of {', '.join(SUFFIXES)})")
+        loaded: Artifact = OnnxArtifact(path, num_threads)
+    elif suffix == ".tflite":
+        loaded = TfliteArtifact(path, num_threads)
+    else:
+        raise EdgefaceError(
+            f"{path}: unknown artifact type '{suffix}' (expected one of {', '.join(SUFFIXES)}, or a pack)"
+        )
+    loaded.pack = resolved.pack
+    return loaded
+
+
+@contextmanager
+def spec_errors(path: Path) -> Iterator[None]:
+    """A spec or quantization block that parses but holds the wrong types (a zero_point of "abc", a scale
+    that is a list) fails in numpy or a constructor: one line naming the artifact, never a traceback."""
+    try:
+        yield
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise EdgefaceError(f"{path}: malformed spec or quantization parameters ({reason})") from None
 
 
 def resolve_spec(path: Path, embedded: str | None) -> ModelSpec:
+    with spec_errors(path):  # edgeface.spec validates every field; this catches what slips past as a type
+        return _read_spec(path, embedded)
+
+
+def _read_spec(path: Path, embedded: str | None) -> ModelSpec:
     if embedded is not None:
         return ModelSpec.from_json(embedded, source=f"{path} (embedded spec)")
     sidecar = spec_path_for(path)
@@ -323,12 +377,38 @@ def _ort_dtype(name: str) -> np.dtype:
     return np.dtype(_ORT_DTYPES[name])
 
 
-def _tflite_quant(details: dict[str, Any]) -> TensorQuant | None:
+def _tflite_quant(details: dict[str, Any], path: Path) -> TensorQuant | None:
     scale, zero = details.get("quantization", (0.0, 0))
     dtype = np.dtype(details["dtype"])
     if not scale or dtype not in (np.int8, np.uint8):
         return None
-    return TensorQuant(scale=float(scale), zero_point=int(zero), dtype=dtype.name)
+    return _check_quant(
+        TensorQuant(scale=float(scale), zero_point=int(zero), dtype=dtype.name),
+        f"{path}: tensor {details.get('name', '?')!r}",
+    )
+
+
+_QUANT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _check_quant(q: TensorQuant, where: str) -> TensorQuant:
+    """A TFLite tensor's own quantization parameters (used when the spec has none) are numbers read from
+    the file like the spec's (which edgeface.spec validates): finite scale > 0, an integer zero point inside
+    the dtype's range. Anything else would quantize every input to one code, silently."""
+    if q.dtype not in _QUANT_RANGE:
+        raise EdgefaceError(f"{where}: dtype {q.dtype!r} is not int8 or uint8")
+    scale, zero = q.scale, q.zero_point
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise EdgefaceError(f"{where}: scale {scale!r} is not a finite number > 0")
+    lo, hi = _QUANT_RANGE[q.dtype]
+    if isinstance(zero, bool) or not isinstance(zero, int | np.integer) or not lo <= int(zero) <= hi:
+        raise EdgefaceError(f"{where}: zero_point {zero!r} is not an integer in [{lo}, {hi}] ({q.dtype})")
+    return q
 
 
 def _tflite_interpreter() -> tuple[Any, str]:

@@ -2,11 +2,13 @@
 
 YuNet is small (tens of kB of weights), runs in OpenCV's own DNN module (no extra runtime on a Pi), and
 returns the same five landmarks the ArcFace template uses, in the same order. The model file is never
-downloaded: it is a path the user gives, defaulting to the repository's shared models folder.
+downloaded: it is the one in the artifact's pack (edgeface.runtime.pack), or a path the user gives, or
+the repository's shared models folder.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ DEFAULT_YUNET = (
 REFINE_FACE_SIZE = 256  # px: smaller faces get their landmarks re-detected upscaled to this size
 REFINE_CONTEXT = 1.5  # crop side / box side around a face being refined
 MAX_SIDE = 640  # px: larger photos are detected downscaled (refine then works at full resolution)
+MIN_SIDE = 64  # px: narrower inputs are padded; at <= 32 px YuNet returns uninitialised rows
+MIRROR = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip: eyes and mouth corners swap
 YUNET_ENV = "EDGEFACE_YUNET"  # lets an installed package (no ../shared) find the detector
 
 
@@ -35,6 +39,40 @@ class Face:
     @property
     def area(self) -> float:
         return max(self.box[2], 0.0) * max(self.box[3], 0.0)
+
+
+def degenerate(face: Face, width: int, height: int) -> str | None:
+    """Why `face` cannot be used (None if it can): alignment needs finite, distinct landmarks inside the
+    photo; a box of zero area or entirely outside the frame is not a face in this photo."""
+    box = np.asarray(face.box, np.float64)
+    lm = np.asarray(face.landmarks, np.float64)
+    if box.shape != (4,) or lm.shape != (5, 2):
+        return "malformed detection"
+    if not (np.isfinite(box).all() and np.isfinite(lm).all() and math.isfinite(face.score)):
+        return "non-finite box, landmarks or score"
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        return "zero-area box"
+    if x + w <= 0 or y + h <= 0 or x >= width or y >= height:
+        return "box outside the frame"
+    cx, cy = lm.mean(0)
+    if not (0 <= cx < width and 0 <= cy < height):
+        return "landmarks outside the frame"
+    if float(np.ptp(lm, axis=0).max()) < 1.0:
+        return "landmarks collapsed to one point"
+    return None
+
+
+def usable(faces: list[Face], width: int, height: int) -> tuple[list[Face], list[str]]:
+    """(the faces that pass `degenerate`, in order; why each of the others was dropped)."""
+    kept, rejected = [], []
+    for f in faces:
+        why = degenerate(f, width, height)
+        if why is None:
+            kept.append(f)
+        else:
+            rejected.append(why)
+    return kept, rejected
 
 
 def default_detector_path() -> Path:
@@ -56,8 +94,8 @@ class YuNetDetector:
         path = Path(model_path) if model_path else default_detector_path()
         if not path.is_file():
             raise EdgefaceError(
-                f"face detector model not found: {path} (pass --detector PATH or set {YUNET_ENV}; "
-                "nothing is downloaded)"
+                f"face detector model not found: {path} (use a pack, which holds its detector, or pass "
+                f"--detector PATH or set {YUNET_ENV}; nothing is downloaded)"
             )
         try:
             self._net = cv2.FaceDetectorYN.create(
@@ -70,23 +108,29 @@ class YuNetDetector:
         self.path = path
         self.max_side = max_side
 
-    def detect(self, image_bgr: np.ndarray) -> list[Face]:
-        """Faces in `image_bgr` coordinates, largest first.
+    def detect(self, image_bgr: np.ndarray, rejected: list[str] | None = None) -> list[Face]:
+        """Usable faces in `image_bgr` coordinates, largest first; why any others were dropped is appended
+        to `rejected` when given.
 
         Photos larger than `max_side` are detected on a downscaled copy: YuNet's cost grows with the pixel
         count (a 12 MP phone photo would take seconds on a Pi) while faces worth recognising stay
         detectable at 640 px; `refine` then recovers landmark precision from the full-resolution image.
+        Inputs narrower than `MIN_SIDE` are padded (bottom/right, so coordinates do not move): on them YuNet
+        returns rows of uninitialised memory (infinite or 1e27 px boxes with score 1.0, depending on what
+        ran before), and every row still goes through `degenerate` before it can be used.
         """
         h, w = image_bgr.shape[:2]
         s = min(1.0, self.max_side / max(h, w))
         small = (
-            image_bgr if s == 1.0 else cv2.resize(image_bgr, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            image_bgr
+            if s == 1.0
+            else cv2.resize(
+                image_bgr,
+                (max(1, round(w * s)), max(1, round(h * s))),
+                interpolation=cv2.INTER_AREA,
+            )
         )
-        sh, sw = small.shape[:2]
-        self._net.setInputSize((sw, sh))
-        _, rows = self._net.detect(small)
-        if rows is None:
-            return []
+        rows = self._run(small)
         faces = [
             Face(
                 box=tuple(float(v) / s for v in r[:4]),  # type: ignore[arg-type]
@@ -96,7 +140,22 @@ class YuNetDetector:
             )
             for r in rows
         ]
-        return sorted(faces, key=lambda f: f.area, reverse=True)
+        kept, why = usable(faces, w, h)
+        if rejected is not None:
+            rejected.extend(why)
+        return sorted(kept, key=lambda f: f.area, reverse=True)
+
+    def _run(self, image_bgr: np.ndarray) -> np.ndarray:
+        """YuNet's raw (N, 15) rows for one image, padded to at least MIN_SIDE px per side."""
+        h, w = image_bgr.shape[:2]
+        if h < MIN_SIDE or w < MIN_SIDE:
+            image_bgr = cv2.copyMakeBorder(
+                image_bgr, 0, max(0, MIN_SIDE - h), 0, max(0, MIN_SIDE - w), cv2.BORDER_CONSTANT, value=0
+            )
+        ph, pw = image_bgr.shape[:2]
+        self._net.setInputSize((pw, ph))
+        _, rows = self._net.detect(image_bgr)
+        return np.empty((0, 15), np.float32) if rows is None else rows
 
     def refine(
         self,
@@ -124,14 +183,27 @@ class YuNetDetector:
         m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
         n = int(round(side * scale))
         crop = cv2.warpAffine(image_bgr, m, (n, n), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        self._net.setInputSize((n, n))
-        _, rows = self._net.detect(crop)
-        found = [np.asarray(r[4:14], np.float64).reshape(5, 2) for r in (rows if rows is not None else [])]
+        # The crop and its mirror image: averaging the two estimates (the mirror's mapped back, left and
+        # right swapped) cancels YuNet's left/right-asymmetric landmark errors.
+        found = [
+            [lm / scale + np.array([x0, y0]) for lm in self._landmarks(c)] for c in (crop, cv2.flip(crop, 1))
+        ]
+        found[1] = [np.c_[2 * x0 + (n - 1) / scale - lm[:, 0], lm[:, 1]][MIRROR] for lm in found[1]]
         # The same face, not a neighbour: the re-detected landmarks must stay within a quarter of the
         # inter-ocular distance of the first ones on average (refinement moves them by ~0.1 IOD).
         iod = float(np.linalg.norm(face.landmarks[0] - face.landmarks[1])) or size / 3
-        candidates = [lm / scale + np.array([x0, y0]) for lm in found]
-        moved = [float(np.linalg.norm(c - face.landmarks, axis=1).mean()) for c in candidates]
-        if not candidates or min(moved) > 0.25 * iod:
+        same = []
+        for candidates in found:
+            moved = [float(np.linalg.norm(c - face.landmarks, axis=1).mean()) for c in candidates]
+            if candidates and min(moved) <= 0.25 * iod:
+                same.append(candidates[int(np.argmin(moved))])
+        if not same:
             return face
-        return Face(face.box, candidates[int(np.argmin(moved))], face.score, detected_size=face_size)
+        return Face(face.box, np.mean(same, axis=0), face.score, detected_size=face_size)
+
+    def _landmarks(self, image_bgr: np.ndarray) -> list[np.ndarray]:
+        return [
+            np.asarray(r[4:14], np.float64).reshape(5, 2)
+            for r in self._run(image_bgr)
+            if np.isfinite(r).all()
+        ]

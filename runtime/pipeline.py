@@ -1,7 +1,12 @@
-"""The on-device pipeline: decode -> detect -> align -> embed -> match, each stage timed.
+"""The on-device pipeline: decode -> detect -> select -> align -> embed -> match, each stage timed.
 
 One object holds the loaded artifact and detector so a device pays their start-up once; every CLI verb
-(verify, enroll, identify, profile) goes through `Pipeline.embed_image`, so what is profiled is what runs.
+(verify, enroll, identify, profile) goes through `Pipeline.embed_faces`, so what is profiled is what runs.
+Which face of a photo is used is the `face` policy (`edgeface.runtime.select`), the same for every verb.
+
+`aligned=True` is for inputs that are already aligned face crops (a dataset's crops, a thumbnail from
+another system): no detector is loaded or run, and the crop becomes the network's input through
+`align.crop_aligned`, the spec's face crop with the aspect ratio kept, never squeezed.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from edgeface.runtime.align import align_face
+from edgeface.runtime.align import ARCFACE_TEMPLATE, align_face, crop_aligned
 from edgeface.runtime.backends import Artifact
 from edgeface.runtime.detect import Face, YuNetDetector
 from edgeface.runtime.match import Decision, verify
 from edgeface.runtime.preprocess import read_image
+from edgeface.runtime.select import DEFAULT_POLICY, check_policy, select, visible_fraction
 
 from edgeface.errors import EdgefaceError
+from edgeface.io import printable
+from edgeface.spec import ALIGNED_SIDE, ModelSpec
 
 STAGES = ("decode", "detect", "align", "embed", "match")
 
@@ -51,17 +59,54 @@ class FaceEmbedding:
     path: Path
     embedding: np.ndarray  # (D,) float32, not normalised
     face: Face
-    faces_found: int
+    faces_found: int  # usable faces in the photo
+    visible: float = 1.0  # fraction of the face inside the photo (select.visible_fraction)
+    aligned: bool = False  # the image was taken as an aligned crop; `face` is the whole image
+
+
+def aligned_face(shape: tuple[int, ...], spec: ModelSpec) -> Face:
+    """The face an aligned crop holds: the whole image, its landmarks where the ArcFace template lands in
+    it under the mapping `crop_aligned` uses (so the quality gate measures an aligned crop like any face)."""
+    fh, fw = shape[:2]
+    h, w = spec.input_size
+    bx, by, bw, bh = spec.crop_box()
+    if (fh, fw) == (h, w):  # the network's own input: the crop box at the input's scale
+        lm = (ARCFACE_TEMPLATE - (bx, by)) * (w / bw)
+    elif fh == fw:  # a whole ArcFace-aligned face at any resolution
+        lm = ARCFACE_TEMPLATE * (fh / ALIGNED_SIDE)
+    else:  # the centred region with the network's aspect ratio stands for the crop box
+        cw, ch = (fw, fw * h / w) if fw * h <= fh * w else (fh * w / h, fh)
+        lm = (ARCFACE_TEMPLATE - (bx, by)) * (cw / bw) + ((fw - cw) / 2, (fh - ch) / 2)
+    return Face((0.0, 0.0, float(fw), float(fh)), lm.astype(np.float32), 1.0, float(max(fw, fh)))
+
+
+def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
+    """`threshold`, else the artifact's calibrated one; an artifact exported from unlabelled images has
+    none, and a verdict needs one."""
+    if threshold is not None:
+        return threshold
+    if pipe.spec.threshold is None:
+        shown = printable(pipe.artifact.path)
+        raise EdgefaceError(
+            f"{shown} has no calibrated threshold; pass --threshold, or calibrate one on labelled faces: "
+            f"edgeface threshold {shown} --data DIR/<identity>/<image>"
+        )
+    return pipe.spec.threshold
 
 
 class Pipeline:
-    """`strict_single_face`: several faces in one photo is an error rather than "take the largest".
+    """`face`: which face of a photo is used (`select.POLICIES`; `all` embeds every face, see
+    `embed_faces`). `strict_single_face`: several usable faces in one photo is an error instead.
 
     `refine_landmarks` re-detects small faces upscaled for better landmarks (YuNetDetector.refine); it
     counts in the detect stage.
 
     `flip` adds the mirrored face's embedding (test-time augmentation, twice the embed cost); it must match
     how the artifact's threshold was calibrated.
+
+    `aligned`: every input is an aligned face crop; detection, face choice and refinement are skipped and
+    no detector is loaded. `artifact` may be any object with the Artifact's face interface (`spec`,
+    `embed`, `path`, `num_threads`), e.g. edgeface.eval.embed.TorchFaceModel.
     """
 
     def __init__(
@@ -73,44 +118,125 @@ class Pipeline:
         flip: bool = False,
         refine_landmarks: bool = True,
         warn: Callable[[str], None] = _stderr,
+        face: str = DEFAULT_POLICY,
+        aligned: bool = False,
     ) -> None:
         self.artifact = artifact
         if artifact.num_threads:  # one thread budget for the whole pipeline, detector included
             cv2.setNumThreads(artifact.num_threads)
         self.spec = artifact.spec
-        self.detector = detector or YuNetDetector(detector_path)
+        self.aligned = aligned
+        # --detector, else the detector of the pack the artifact came from, else $EDGEFACE_YUNET / default
+        self.detector = (
+            None
+            if aligned
+            else (detector or YuNetDetector(detector_path or getattr(artifact, "detector_path", None)))
+        )
         self.strict_single_face = strict_single_face
         self.flip = flip
         self.refine_landmarks = refine_landmarks
         self.warn = warn
+        self.face = check_policy(face)
+
+    def find_faces(self, image: np.ndarray, source: Path | str) -> tuple[list[Face], int]:
+        """The face(s) the policy takes (best first) and how many usable faces the photo has.
+
+        Degenerate detections (non-finite, zero-area, outside the frame) never count as faces; a photo
+        with nothing else is an error that says so rather than "no face".
+        """
+        if self.detector is None:
+            raise EdgefaceError("this pipeline takes aligned crops (aligned=True): it has no detector")
+        rejected: list[str] = []
+        faces = self.detector.detect(image, rejected)
+        if not faces:
+            if rejected:
+                raise EdgefaceError(
+                    f"no usable face in {source}: the detector's {len(rejected)} detection(s) were "
+                    f"degenerate ({'; '.join(sorted(set(rejected)))})"
+                )
+            raise EdgefaceError(f"no face found in {source}")
+        if rejected:
+            self.warn(f"{len(rejected)} degenerate detection(s) in {source} ignored")
+        if len(faces) > 1 and self.strict_single_face:
+            raise EdgefaceError(
+                f"{len(faces)} faces found in {source}; --strict-single-face accepts exactly one"
+            )
+        h, w = image.shape[:2]
+        chosen = select(faces, self.face, w, h)
+        if len(faces) > 1 and self.face != "all":
+            box = ", ".join(f"{v:.0f}" for v in chosen[0].box)
+            self.warn(
+                f"{len(faces)} faces found in {source}; using the face at box [{box}] (x, y, w, h), "
+                f"chosen by --face {self.face}"
+            )
+        if self.refine_landmarks:
+            chosen = [self.detector.refine(image, f) for f in chosen]
+        return chosen, len(faces)
 
     def find_face(self, image: np.ndarray, source: Path | str) -> tuple[Face, int]:
-        faces = self.detector.detect(image)
-        if not faces:
-            raise EdgefaceError(f"no face found in {source}")
-        if len(faces) > 1:
-            if self.strict_single_face:
-                raise EdgefaceError(
-                    f"{len(faces)} faces found in {source}; --strict-single-face accepts exactly one"
-                )
-            self.warn(f"{len(faces)} faces found in {source}; using the largest")
-        face = self.detector.refine(image, faces[0]) if self.refine_landmarks else faces[0]
-        return face, len(faces)
+        """The single face the policy takes (under `all`, the one `auto` would take)."""
+        faces, n = self.find_faces(image, source)
+        return faces[0], n
 
-    def embed_image(self, path: str | os.PathLike[str], timings: Timings | None = None) -> FaceEmbedding:
+    def embed_faces(
+        self, path: str | os.PathLike[str], timings: Timings | None = None
+    ) -> list[FaceEmbedding]:
+        """One embedding per face the policy takes: one face, or every usable face (best first) for `all`."""
         t = timings if timings is not None else Timings()
         path = Path(path)
         with t.stage("decode"):
             image = read_image(path)
+        if self.aligned:
+            return [self._embed_aligned(path, image, t)]
         with t.stage("detect"):
-            face, n = self.find_face(image, path)
+            faces, n = self.find_faces(image, path)
         with t.stage("align"):
-            crop = align_face(image, face.landmarks, self.spec.input_size)
+            crops = [
+                align_face(image, f.landmarks, self.spec.input_size, self.spec.crop_box()) for f in faces
+            ]
         with t.stage("embed"):
-            e = self.artifact.embed([crop])[0]
+            e = self.artifact.embed(crops)
             if self.flip:
-                e = e + self.artifact.embed([crop], flip=True)[0]
-        return FaceEmbedding(path, e, face, n)
+                e = e + self.artifact.embed(crops, flip=True)
+        h, w = image.shape[:2]
+        return [FaceEmbedding(path, e[i], f, n, visible_fraction(f, w, h)) for i, f in enumerate(faces)]
+
+    def _embed_aligned(self, path: Path, image: np.ndarray, t: Timings) -> FaceEmbedding:
+        with t.stage("align"):
+            crop = crop_aligned(image, self.spec)
+        with t.stage("embed"):
+            e = self.artifact.embed([crop])
+            if self.flip:
+                e = e + self.artifact.embed([crop], flip=True)
+        return FaceEmbedding(path, e[0], aligned_face(image.shape, self.spec), 1, 1.0, aligned=True)
+
+    def embed_image(self, path: str | os.PathLike[str], timings: Timings | None = None) -> FaceEmbedding:
+        """The embedding of the one face the policy takes; `all` is refused when the photo has several,
+        because one template per photo (enroll) must not silently become "whichever face came first"."""
+        found = self.embed_faces(path, timings)
+        if len(found) > 1:
+            raise EdgefaceError(
+                f"{found[0].faces_found} faces found in {path}; --face all gives one result per face, which "
+                "this command cannot use: choose auto, largest, center or highest-score"
+            )
+        return found[0]
+
+    def verify_faces(
+        self,
+        left: str | os.PathLike[str],
+        right: str | os.PathLike[str],
+        threshold: float | None = None,
+        timings: Timings | None = None,
+    ) -> list[tuple[Decision, FaceEmbedding, FaceEmbedding]]:
+        """Every pair of a face taken from `left` and one from `right` (one pair unless the policy is
+        `all`), best score first, at `threshold`, else the artifact's calibrated one."""
+        t = timings if timings is not None else Timings()
+        thr = require_threshold(self, threshold)
+        a = self.embed_faces(left, t)
+        b = self.embed_faces(right, t)
+        with t.stage("match"):
+            pairs = [(verify(x.embedding, y.embedding, thr), x, y) for x in a for y in b]
+        return sorted(pairs, key=lambda p: -p[0].score)
 
     def verify(
         self,
@@ -119,14 +245,5 @@ class Pipeline:
         threshold: float | None = None,
         timings: Timings | None = None,
     ) -> tuple[Decision, FaceEmbedding, FaceEmbedding]:
-        """Same person? At `threshold`, else the artifact's calibrated one; also returns both faces."""
-        t = timings if timings is not None else Timings()
-        thr = threshold if threshold is not None else self.spec.threshold
-        if thr is None:
-            raise EdgefaceError(
-                f"the spec of {self.artifact.path} has no calibrated threshold; pass --threshold"
-            )
-        a = self.embed_image(left, t)
-        b = self.embed_image(right, t)
-        with t.stage("match"):
-            return verify(a.embedding, b.embedding, thr), a, b
+        """Same person? The best-scoring pair of `verify_faces` (the only pair unless the policy is `all`)."""
+        return self.verify_faces(left, right, threshold, timings)[0]

@@ -57,6 +57,27 @@ def default_image() -> Path | None:
     return photos[0] if photos else None
 
 
+class Budget:
+    """A wall-clock budget shared by the profile's loops; `hit` records that one was cut short."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds, self.start, self.hit = seconds, time.perf_counter(), False
+
+    def deadline(self, fraction_of_rest: float) -> float:
+        """A deadline `fraction_of_rest` of the way through what is left of the budget."""
+        if self.seconds is None:
+            return float("inf")
+        now = time.perf_counter()
+        rest = max(0.0, self.start + self.seconds - now)
+        return now + rest * fraction_of_rest
+
+    def expired(self, deadline: float) -> bool:
+        if time.perf_counter() < deadline:
+            return False
+        self.hit = True
+        return True
+
+
 def _timed(fn: Callable[[], Any]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -75,11 +96,16 @@ def profile_artifact(
     refine_landmarks: bool = True,
     gallery: str | os.PathLike[str] | None = None,
     top_k: int = 5,
+    max_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Profile `model`; `image` (a photo with a face) drives the per-stage pipeline timings.
 
     The match stage is a 1:1 cosine comparison, or with `gallery` a 1:N top-k search of that gallery
     (loaded once beforehand, as a long-running service would).
+
+    `max_seconds` bounds the warm-up and timed runs: when it runs out, the network and pipeline loops stop
+    and the statistics cover the runs done (`runs` < `runs_requested`, `stopped_by_budget`), so a huge
+    `--runs` cannot make a profile run forever. Half the budget goes to each loop.
     """
     from tqdm.auto import tqdm
 
@@ -87,6 +113,9 @@ def profile_artifact(
         raise EdgefaceError("--runs must be >= 1")
     if warmup < 0:
         raise EdgefaceError("--warmup must be >= 0")
+    if max_seconds is not None and not (np.isfinite(max_seconds) and max_seconds > 0):
+        raise EdgefaceError(f"--max-seconds must be a finite number > 0, got {max_seconds}")
+    budget = Budget(max_seconds)
     artifact = load_artifact(model, num_threads=threads)
     spec = artifact.spec
     image_path = Path(image) if image else default_image()
@@ -101,31 +130,39 @@ def profile_artifact(
     if image_path is not None:
         image = read_image(image_path)
         face, _ = pipe.find_face(image, image_path)
-        crop = align_face(image, face.landmarks, spec.input_size)
+        crop = align_face(image, face.landmarks, spec.input_size, spec.crop_box())
     else:
         h, w = spec.input_size
         crop = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     # "embed" is preprocessing + inference + output dequantization of one aligned crop, as the device runs it
     first_ms = _timed(lambda: artifact.embed([crop]))
+    network_deadline = budget.deadline(0.5 if image_path is not None else 1.0)
+    warmup_done = 0
     for _ in range(warmup):
+        if budget.expired(network_deadline):
+            break
         artifact.embed([crop])
+        warmup_done += 1
     bar = tqdm(
         total=runs * (2 if image_path else 1), desc="profile", unit="run", disable=not progress, leave=False
     )
     embed_ms = []
-    for _ in range(runs):
+    for i in range(runs):
         embed_ms.append(_timed(lambda: artifact.embed([crop])))
         bar.update()
+        if i + 1 < runs and budget.expired(network_deadline):
+            break
 
     stages: dict[str, Any] | None = None
     pipeline_ms: dict[str, float] | None = None
+    totals: list[float] = []
     if image_path is not None:
         per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
-        totals = []
         reference = artifact.embed([crop])[0]
         with ExitStack() as stack:
             match = _matcher(stack, model, spec, gallery, top_k, reference)
-            for _ in range(runs):
+            pipeline_deadline = budget.deadline(1.0)
+            for i in range(runs):
                 t = Timings()
                 e = pipe.embed_image(image_path, t)
                 with t.stage("match"):
@@ -134,6 +171,8 @@ def profile_artifact(
                     per_stage[s].append(t.ms.get(s, 0.0))
                 totals.append(sum(t.ms.values()))
                 bar.update()
+                if i + 1 < runs and budget.expired(pipeline_deadline):
+                    break
         stages = {s: latency_stats(v) for s, v in per_stage.items()}
         pipeline_ms = latency_stats(totals)
     bar.close()
@@ -153,8 +192,12 @@ def profile_artifact(
         "refine_landmarks": refine_landmarks,
         "threads": threads if threads else os.cpu_count(),
         "threads_requested": threads,
-        "runs": runs,
-        "warmup_runs": warmup,
+        "runs": len(embed_ms),
+        "runs_requested": runs,
+        "pipeline_runs": len(totals),
+        "warmup_runs": warmup_done,
+        "max_seconds": max_seconds,
+        "stopped_by_budget": budget.hit,
         "init_ms": artifact.init_ms,
         "detector_init_ms": detector_init_ms,
         "first_inference_ms": first_ms,
@@ -186,7 +229,7 @@ def _matcher(
         return lambda e: cosine_similarity(e, reference)
     from edgeface.runtime.gallery import Gallery, ModelTag
 
-    g = stack.enter_context(Gallery(gallery, create=False))
+    g = stack.enter_context(Gallery(gallery, readonly=True))
     tag = ModelTag.of(spec, model)
     g.identify(reference, tag, k)  # binds the check and loads the matrix outside the timed runs
     return lambda e: g.identify(e, tag, k)
@@ -197,5 +240,5 @@ def _describe_match(gallery: str | os.PathLike[str] | None, k: int) -> dict[str,
         return {"kind": "1:1 cosine"}
     from edgeface.runtime.gallery import Gallery
 
-    with Gallery(gallery, create=False) as g:
+    with Gallery(gallery, readonly=True) as g:
         return {"kind": f"1:N top-{k}", "gallery": str(gallery), "templates": len(g)}

@@ -80,3 +80,41 @@ def test_our_failures_exit_1_with_traceback_only_under_debug(monkeypatch, capsys
 
 
 _BOOM = _boom_command()
+
+
+def test_third_party_chatter_is_quiet_by_default_and_back_with_verbose(tmp_path):
+    """LiteRT's native "INFO: Created TensorFlow Lite XNNPACK delegate" banner and torchao's "Failed to load"
+    log lines are off at default verbosity (edgeface.quiet) and shown with -v."""
+    code = (
+        "import sys\n"
+        "from edgeface.cli.main import main\n"
+        "from edgeface import quiet\n"
+        "quiet.configure(verbose='-v' in sys.argv)\n"
+        "import logging, warnings\n"
+        "logging.getLogger('torchao').warning('Failed to load libfoo.so')\n"
+        "warnings.warn_explicit('LeafSpec is deprecated', FutureWarning, 'x.py', 1, module='torch.utils')\n"
+        "from ai_edge_litert.interpreter import Interpreter\n"
+        "from edgeface.quiet import native_quiet\n"
+        "import os\n"
+        "with native_quiet():\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code, "-v"], capture_output=True, text=True)
+    for line in ("Failed to load libfoo.so", "LeafSpec is deprecated", "XNNPACK delegate"):
+        assert line in loud.stderr
+
+
+def test_native_output_is_replayed_when_the_call_fails(capfd):
+    import os
+
+    import pytest
+
+    from edgeface.quiet import native_quiet
+
+    with pytest.raises(RuntimeError):
+        with native_quiet():
+            os.write(2, b"the library's own explanation\n")
+            raise RuntimeError("boom")
+    assert "the library's own explanation" in capfd.readouterr().err

@@ -77,7 +77,7 @@ def test_cli_rejects_ratio_outside_unit_interval(ratio, tmp_path, capsys) -> Non
     code = main(["prune", "-m", USER_MODEL, "--ratio", ratio, "-o", str(out)])
     assert code != 0
     err = capsys.readouterr().err
-    assert "--ratio must be in (0, 1)" in err and "Traceback" not in err
+    assert "Invalid value for '--ratio'" in err and "0.0<x<1.0" in err and "Traceback" not in err
     assert not out.exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeface.compress.quant import fold_bn, model_size_bytes
+from edgeface.compress.quant import fold_bn, model_size_bytes, prepare_float
 from edgeface.compress.quant.fakequant import (
     ActQuant,
     QuantLinear,
@@ -94,15 +94,15 @@ def test_iresnet_bn_before_conv_becomes_explicit_affine_and_bn1d_folds() -> None
 
 
 def test_size_counts_int6_packed() -> None:
-    gm = fold_bn(nn.Sequential(nn.Linear(64, 32)))
-    insert_quantizers(gm, resolve_bits(gm, "w6a6", keep_ends_8bit=False))
+    gm, place = prepare_float(nn.Sequential(nn.Linear(64, 32)), (64,))
+    insert_quantizers(gm, place, resolve_bits(place, "w6a6", keep_ends_8bit=False))
     # 64*32 weights at 6 bits + 32 bias + 32 scales at 32 bits + 2 activation quantizers (input, output)
     assert model_size_bytes(gm) == 64 * 32 * 6 // 8 + 32 * 4 + 32 * 4 + 2 * 8
 
 
 def test_unsupported_bits_are_user_errors() -> None:
-    gm = fold_bn(nn.Sequential(nn.Linear(4, 2)))
+    _, place = prepare_float(nn.Sequential(nn.Linear(4, 2)), (4,))
     with pytest.raises(EdgefaceError, match="unsupported"):
-        resolve_bits(gm, "w3a3")
+        resolve_bits(place, "w3a3")
     with pytest.raises(EdgefaceError, match="no quantizable layer"):
-        resolve_bits(gm, "w8a8", {"nope": 8})
+        resolve_bits(place, "w8a8", {"nope": 8})

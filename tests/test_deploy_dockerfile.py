@@ -180,9 +180,45 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_images_find_the_detector_in_mounted_shared():
+def _env(stage: Stage) -> dict[str, str]:
+    """ENV of the stage and the stages it is built from (nearest wins), as `KEY=VALUE` words."""
+    env: dict[str, str] = {}
+    for st in reversed(lineage(stage)):
+        for line in st.args("ENV"):
+            for word in shlex.split(line):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def test_full_image_finds_the_detector_for_its_packs_in_mounted_shared():
     from edgeface.runtime.detect import DEFAULT_YUNET, YUNET_ENV
 
-    envs = " ".join(BY_NAME["base"].args("ENV"))
-    assert f"{YUNET_ENV}=/shared/models/{DEFAULT_YUNET.name}" in envs
+    assert _env(BY_NAME["full"])[YUNET_ENV] == f"/shared/models/{DEFAULT_YUNET.name}"
     assert (ROOT.parent / "shared" / "models" / DEFAULT_YUNET.name).is_file()
+
+
+def test_runtime_image_runs_the_pack_mounted_at_its_model_path(tmp_path, capsys, monkeypatch):
+    """The runtime image needs no ../shared: $EDGEFACE_MODEL names a pack, whose detector comes with it.
+    Checked by running `edgeface verify A B` (no --model) under the image's own environment, with the
+    pack at the path the image expects replaced by one made here."""
+    from edgeface.runtime.detect import YUNET_ENV
+
+    from edgeface.cli.main import main
+    from edgeface.cli.runtime_cmd import MODEL_ENV
+    from tests.test_runtime_support import raw, reference_artifact
+
+    env = _env(BY_NAME["runtime"])
+    assert YUNET_ENV not in env, "the runtime image takes its detector from the pack"
+    assert env[MODEL_ENV] == "/pack"
+    assert '-v "$PWD/artifacts:/pack:ro"' in DOCKERFILE.read_text()  # the documented docker run
+    pack = tmp_path / "pack"
+    shared_yunet = ROOT.parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
+    assert main(["pack", str(reference_artifact()), "-o", str(pack), "--detector", str(shared_yunet)]) == 0
+    capsys.readouterr()
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(pack) if key == MODEL_ENV else value)
+    monkeypatch.delenv(YUNET_ENV, raising=False)
+    code = main(["verify", str(raw("Jimmy_Carter", 2)), str(raw("Jimmy_Carter", 4)), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["match"] is True, err

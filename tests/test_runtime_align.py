@@ -15,7 +15,17 @@ from edgeface.runtime.detect import YuNetDetector
 from edgeface.errors import EdgefaceError
 from tests.test_runtime_support import LFW, RAW
 
-RUNTIME_MODULES = ["backends", "align", "detect", "match", "gallery", "pipeline", "profile", "preprocess"]
+RUNTIME_MODULES = [
+    "backends",
+    "align",
+    "batch",
+    "detect",
+    "match",
+    "gallery",
+    "pipeline",
+    "profile",
+    "preprocess",
+]
 
 
 def test_runtime_imports_no_training_side() -> None:
@@ -122,3 +132,56 @@ def test_large_photos_are_detected_downscaled_then_refined_at_full_resolution() 
         assert face.detected_size < 0.5 * max(face.box[2:])  # it really was detected downscaled
         got = (det.refine(big_image, face).landmarks - np.array(offset)) / scale
         assert np.linalg.norm(got - ref, axis=1).mean() < 0.1 * iod
+
+
+def test_non_square_input_is_the_central_columns_not_a_squeeze() -> None:
+    """A 112x96 network sees columns 8..104 of the ArcFace crop at full scale (SphereFace/CosFace style),
+    from raw photos and from pre-aligned crops alike, never the whole face squeezed to 96 pixels."""
+    from edgeface.runtime.align import crop_aligned
+    from edgeface.runtime.preprocess import arrange, read_image
+
+    from edgeface.spec import ModelSpec
+
+    marks = _landmarks()
+    path = sorted(RAW.rglob("*.jpg"))[0]
+    image = read_image(path)
+    lm = marks[f"{path.parent.name}/{path.name}"]
+    square = align_face(image, lm, (112, 112))
+    narrow = align_face(image, lm, (112, 96))
+    assert narrow.shape == (112, 96, 3)
+    assert np.abs(narrow.astype(int) - square[:, 8:104].astype(int)).max() <= 1
+    spec = ModelSpec(name="m", input_size=(112, 96))
+    np.testing.assert_array_equal(crop_aligned(square, spec), square[:, 8:104])
+    np.testing.assert_array_equal(
+        arrange([square], spec)[0], cv2.cvtColor(square[:, 8:104], cv2.COLOR_BGR2RGB)
+    )
+    squeezed = cv2.resize(square, (96, 112), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(crop_aligned(square, spec).astype(int) - squeezed.astype(int)).mean() > 5
+    # a custom crop from the spec is honoured the same way on both paths
+    custom = ModelSpec(name="m", input_size=(112, 96), face_crop=(16.0, 8.0, 80.0, 80.0 * 112 / 96))
+    via_align = align_face(image, lm, custom.input_size, custom.crop_box())
+    via_crop = crop_aligned(align_face(image, lm, (224, 224)), custom)
+    assert np.abs(via_align.astype(int) - via_crop.astype(int)).mean() < 3
+
+
+def test_aligned_crops_of_other_sizes_keep_their_aspect_ratio() -> None:
+    from edgeface.runtime.align import crop_aligned
+
+    from edgeface.spec import ModelSpec
+
+    spec = ModelSpec(name="m", input_size=(112, 112))
+    big = cv2.resize(read_aligned(), (224, 224), interpolation=cv2.INTER_CUBIC)
+    assert crop_aligned(big, spec).shape == (112, 112, 3)
+    tall = np.zeros((28, 23, 3), np.uint8)  # an AT&T-style thumbnail: 23 wide, 28 high
+    tall[1:27, :] = 200  # rows 0 and 27 dark: outside the centred 23x23 square (rows 2.5..25.5)
+    out = crop_aligned(tall, spec)
+    assert out.shape == (112, 112, 3)
+    assert out.min() >= 199  # the centred square was cut and upscaled; a squeeze would show the dark rows
+    squeezed = cv2.resize(tall, (112, 112), interpolation=cv2.INTER_LINEAR)
+    assert squeezed.min() < 150
+
+
+def read_aligned() -> np.ndarray:
+    from edgeface.runtime.preprocess import read_image
+
+    return read_image(next(iter(sorted((LFW / "aligned112").glob("A*/*.jpg")))))

@@ -76,10 +76,11 @@ def test_no_face(capsys, model, tmp_path) -> None:
     assert code == 2 and err.strip() == f"error: no face found in {blank}"
 
 
-def test_several_faces_largest_with_warning_or_strict_failure(capsys, model) -> None:
-    crowd = raw("Naji_Sabri", 3)  # six faces; the subject's is the largest
+def test_several_faces_chosen_with_warning_or_strict_failure(capsys, model) -> None:
+    crowd = raw("Naji_Sabri", 3)  # six faces; the subject's is the largest and the most central
     code, out, err = run(capsys, "verify", str(crowd), str(raw("Naji_Sabri", 1)), "--model", model, "--json")
-    assert code == 0 and f"warning: 6 faces found in {crowd}; using the largest" in err
+    assert code == 0 and f"warning: 6 faces found in {crowd}; using the face at box [" in err
+    assert "chosen by --face auto" in err
     r = json.loads(out)  # stdout stays pure JSON
     assert r["faces"][0]["faces_found"] == 6 and r["match"] is True
     code, _, err = run(

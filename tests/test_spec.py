@@ -50,7 +50,24 @@ def test_every_required_key_is_in_the_schema_and_the_dict():
     [
         ({"layout": "CHW"}, "'layout' must be one of"),
         ({"channel_order": "YUV"}, "'channel_order'"),
-        ({"mean": [0.5, 0.5]}, "'mean' must be a list of 3 numbers"),
+        ({"mean": [0.5, 0.5]}, "'mean' must be a list of 3 finite numbers"),
+        ({"mean": [0.5, float("nan"), 0.5]}, "'mean' must be a list of 3 finite numbers"),
+        ({"std": [0.5, float("inf"), 0.5]}, "'std' must be a list of 3 finite numbers"),
+        ({"input_size": [112, 10**9]}, "'input_size' must be two integers in"),
+        ({"input_size": [112.5, 112]}, "'input_size' must be two integers in"),
+        ({"embedding_dim": True}, "'embedding_dim'"),
+        ({"threshold": float("-inf")}, "'threshold'"),
+        ({"threshold": float("nan")}, "'threshold'"),
+        ({"threshold_far": 0.0}, "'threshold_far'"),
+        ({"face_crop": [0, 0, 112, 100]}, "aspect ratio"),
+        ({"face_crop": [0, 0, float("nan"), 112]}, "'face_crop'"),
+        ({"face_crop": [0, 0, -5, 112]}, "'face_crop' width"),
+        ({"quantization": {"input": {"scale": 0.1, "zero_point": "7", "dtype": "int8"}}}, "zero_point"),
+        ({"quantization": {"input": {"scale": 0.1, "zero_point": 300, "dtype": "int8"}}}, "zero_point"),
+        ({"quantization": {"input": {"scale": 0.1, "zero_point": 1.5, "dtype": "uint8"}}}, "zero_point"),
+        ({"quantization": {"output": {"scale": float("nan"), "zero_point": 0, "dtype": "int8"}}}, "scale"),
+        ({"quantization": {"layer_bits": {"conv1": "8"}}}, "layer_bits"),
+        ({"provenance": [1, 2]}, "'provenance'"),
         ({"std": [0.5, 0.0, 0.5]}, "'std' values must be > 0"),
         ({"embedding_dim": 0}, "'embedding_dim'"),
         ({"threshold": 1.5}, "'threshold'"),
@@ -78,6 +95,27 @@ def test_missing_field_and_bad_json(tmp_path):
         read_spec_json(bad)
     with pytest.raises(EdgefaceError, match="cannot read spec"):
         read_spec_json(tmp_path / "missing.json")
+
+
+def test_non_finite_json_constants_are_refused(tmp_path):
+    d = _spec().to_dict()
+    text = json.dumps(d).replace('"threshold": null', '"threshold": NaN')
+    with pytest.raises(EdgefaceError, match="NaN"):
+        ModelSpec.from_json(text)
+    (tmp_path / "s.json").write_text(json.dumps(d).replace('"mean": [0.5', '"mean": [Infinity'))
+    with pytest.raises(EdgefaceError, match="Infinity"):
+        read_spec_json(tmp_path / "s.json")
+
+
+@pytest.mark.parametrize(
+    ("size", "box"),
+    [((112, 112), (0, 0, 112, 112)), ((112, 96), (8, 0, 96, 112)), ((96, 112), (0, 8, 112, 96))],
+)
+def test_default_face_crop_keeps_the_aspect_ratio(size, box):
+    spec = ModelSpec(name="m", input_size=size)
+    assert spec.crop_box() == pytest.approx(box)
+    custom = spec.replace(face_crop=(4.0, 2.0, 104.0, 104.0 * size[0] / size[1]))
+    assert ModelSpec.from_json(custom.to_json()).crop_box() == custom.face_crop
 
 
 def test_tensor_quant_rounds_and_saturates():

@@ -138,8 +138,15 @@ INVALID_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("mean", {"mean": [0.5, 0.5]}),
     ("embedding_dim", {"embedding_dim": 0}),
     ("threshold", {"threshold": 1.5}),
+    ("input_size", {"input_size": [112, 100000]}),
+    ("face_crop", {"face_crop": [0, 0, 112, 100]}),
+    ("threshold_far", {"threshold_far": 0}),
     ("quantization.input", {"quantization": {"input": {"scale": 0.1, "zero_point": 0}}}),
     ("quantization.input.scale", {"quantization": {"input": {"scale": 0, "zero_point": 0, "dtype": "int8"}}}),
+    (
+        "quantization.input.zero_point",
+        {"quantization": {"input": {"scale": 0.1, "zero_point": "7", "dtype": "int8"}}},
+    ),
     (
         "quantization.output.dtype",
         {"quantization": {"output": {"scale": 0.1, "zero_point": 0, "dtype": "int4"}}},

@@ -3,21 +3,24 @@ plugins {
     alias(libs.plugins.kotlin.android)
 }
 
-// The exported model, its spec sidecar and the YuNet detector are not committed (they are build outputs
-// and shared data); they are copied into the APK's assets from the repository's artifacts/ folder and
-// ../shared/models at build time. Run the README's export command first.
-val modelName = providers.gradleProperty("edgeface.model").getOrElse("mobilefacenet_int8.tflite")
+// The app runs an edgeface pack (artifacts, spec sidecars, YuNet, licences, manifest with SHA-256s): by
+// default the folder the README's export writes, ../artifacts, copied whole into the APK's assets/pack/.
+// -Pedgeface.pack=DIR takes another pack folder (e.g. a small one: `edgeface pack artifacts/M.tflite -o DIR`),
+// -Pedgeface.artifact=NAME.tflite another artifact of it. Nothing is committed or downloaded; the app
+// checks every file against the manifest when it starts (AppPack), as the Python runtime does.
+val packDir = rootDir.resolve(providers.gradleProperty("edgeface.pack").getOrElse("../artifacts"))
+val artifactName = providers.gradleProperty("edgeface.artifact").getOrElse("")
 val generatedAssets = layout.buildDirectory.dir("generated/edgefaceAssets")
 val copyEdgefaceAssets by tasks.registering(Copy::class) {
-    val artifacts = rootDir.resolve("../artifacts")
-    val shared = rootDir.resolve("../../shared/models")
-    from(artifacts) { include(modelName, "$modelName.json") }
-    from(shared) { include("face_detection_yunet_2026may.onnx") }
+    from(packDir) {
+        exclude(".*", "**/.*")  // an interrupted writer's staging folder is not part of the pack
+        into("pack")
+    }
     into(generatedAssets)
     doLast {
-        val missing = listOf(modelName, "$modelName.json", "face_detection_yunet_2026may.onnx")
-            .filterNot { generatedAssets.get().file(it).asFile.isFile }
-        check(missing.isEmpty()) { "missing assets $missing: export the model (README) and keep ../shared beside the repo" }
+        check(generatedAssets.get().file("pack/edgeface-pack.json").asFile.isFile) {
+            "no edgeface pack in $packDir: run the README's export (its output folder is a pack) or pass -Pedgeface.pack=DIR"
+        }
     }
 }
 
@@ -32,7 +35,7 @@ android {
         versionCode = 1
         versionName = "0.1.0"
         testInstrumentationRunner = "androidx.test.runner.AndroidJUnitRunner"
-        buildConfigField("String", "MODEL_ASSET", "\"$modelName\"")
+        buildConfigField("String", "ARTIFACT", "\"$artifactName\"")  // "": the pack's .tflite (PackManifest)
     }
 
     buildFeatures {

@@ -11,4 +11,4 @@ trap 'rm -rf "$out"' EXIT
 kotlinc "$here/src/main/kotlin" "$here/src/test/kotlin" -cp "$cp" -d "$out" 2>&1 | grep -v -e '-Xverify' >&2 || true
 test -f "$out/dev/edgeface/core/VectorsTest.class" || { echo "compilation failed" >&2; exit 1; }
 java -cp "$out:$cp:/usr/share/java/kotlin-stdlib.jar" -Dedgeface.vectors="$vectors" \
-    org.junit.runner.JUnitCore dev.edgeface.core.VectorsTest dev.edgeface.core.CoreTest
+    org.junit.runner.JUnitCore dev.edgeface.core.VectorsTest dev.edgeface.core.CoreTest dev.edgeface.core.PackTest

@@ -13,7 +13,7 @@ import traceback
 
 import click
 
-from edgeface import __version__
+from edgeface import __version__, quiet
 from edgeface.errors import EdgefaceError
 
 # command name -> "module:attribute" of a click command
@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "eval": "edgeface.cli.eval_cmd:eval_cmd",
     "export": "edgeface.cli.export_cmd:export_cmd",
     "models": "edgeface.cli.models_cmd:models_cmd",
+    "pack": "edgeface.cli.pack_cmd:pack_cmd",
     "prune": "edgeface.cli.prune_cmd:prune_cmd",
     "quantize": "edgeface.cli.quantize_cmd:quantize_cmd",
     "verify": "edgeface.cli.runtime_cmd:verify_cmd",
@@ -28,6 +29,9 @@ COMMANDS: dict[str, str] = {
     "identify": "edgeface.cli.runtime_cmd:identify_cmd",
     "gallery": "edgeface.cli.runtime_cmd:gallery_cmd",
     "profile": "edgeface.cli.runtime_cmd:profile_cmd",
+    "watch": "edgeface.cli.watch_cmd:watch_cmd",
+    "threshold": "edgeface.cli.threshold_cmd:threshold_cmd",
+    "compare": "edgeface.cli.compare_cmd:compare_cmd",
 }
 
 
@@ -57,8 +61,25 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeface")
 @click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
-def cli(debug: bool) -> None:
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Also show warnings and log lines of the libraries edgeface uses."
+)
+def cli(debug: bool, verbose: bool) -> None:
     """Compress, export and run face-recognition models on devices."""
+
+
+def _end_progress_bars() -> None:
+    """An error must start a line of its own: a progress bar still drawn (tqdm leaves the cursor after it
+    while it runs) is closed first, kept on screen where it stopped, and ended with a newline."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    for bar in list(getattr(std.tqdm, "_instances", ())):
+        try:
+            bar.leave = True
+            bar.close()
+        except Exception:  # a bar that cannot draw must not hide the error itself
+            pass
 
 
 def _first_line(e: BaseException) -> str:
@@ -74,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     the verb) adds the traceback.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
+    before_verb = args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
+    debug = "--debug" in before_verb
+    quiet.configure(verbose=debug or bool({"-v", "--verbose"} & set(before_verb)))
     try:
         cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         click.echo(f"error: {e}", err=True)
@@ -96,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.format_message().strip().splitlines()[0]}", err=True)
         return e.exit_code
     except KeyboardInterrupt:
+        _end_progress_bars()
         click.echo("error: interrupted", err=True)
         return 130
     except Exception as e:
+        _end_progress_bars()
         if debug:
             traceback.print_exc()
         click.echo(

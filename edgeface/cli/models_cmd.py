@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from edgeface.io import dumps_json, emit
 
 
 @click.command("models")
@@ -23,7 +23,7 @@ def models_cmd(as_json: bool) -> None:
         for n, e in REGISTRY.items()
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        emit(dumps_json(rows))
         return
     for r in rows:
         click.echo(f"{r['name']:<14} {r['embedding_dim']:>4}-d  {r['about']}")

@@ -1,14 +1,128 @@
-"""Options shared by every command that takes a PyTorch model, so they read the same everywhere."""
+"""Options shared by the commands, and the one validation layer for numbers typed on the command line.
+
+Every numeric option goes through a type below, so a value is finite and in range when the command body
+sees it: click's own FloatRange lets `nan` through (every comparison with NaN is false) and `inf` wherever
+one side is open, and an unbounded IntRange hands C libraries integers they overflow on. A bad value is a
+usage error: one `error:` line, exit 2, before anything is loaded or written.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 F = Callable[..., Any]
+
+C_INT_MAX = 2**31 - 1  # the largest count a C `int` parameter (thread pools, batch sizes) takes
+MAX_BATCH = 4096  # a bigger batch of 112x112 faces never helps on CPU and only risks running out of memory
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range that is never NaN or infinite (click's FloatRange accepts both)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) and math.isfinite(value):
+            return super().convert(value, param, ctx)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class Count(click.IntRange):
+    """An integer in [min, max]; max defaults to the C int range so no library sees an overflowed value."""
+
+    def __init__(self, min: int = 1, max: int = C_INT_MAX) -> None:
+        super().__init__(min=min, max=max)
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class ThreadCount(Count):
+    """Threads: refused past the C int range, capped at the machine's cores with a warning.
+
+    More threads than cores only adds contention, and onnxruntime/OpenCV crash on absurd pool sizes
+    (100000 threads segfaulted), so the cap protects the process rather than tuning it.
+    """
+
+    name = "threads"
+
+    def __init__(self) -> None:
+        super().__init__(min=1, max=C_INT_MAX)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        n = super().convert(value, param, ctx)
+        cores = machine_cores()
+        if n > cores:
+            flag = param.opts[0] if param is not None and param.opts else "--threads"
+            msg = f"warning: {flag} {n} is more than this machine's {cores} cores; using {cores}"
+            click.echo(msg, err=True)
+            n = cores
+        return n
+
+
+_BUDGET = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(KB|MB|B)?\s*$", re.IGNORECASE)
+
+
+class SizeBudget(click.ParamType):
+    """Bytes (300000, 300KB, 1.5MB) or a ratio of the fp32 size (0.2): finite and > 0. The text itself
+    is passed on unchanged; this only refuses what cannot be a size before the model is loaded."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        m = _BUDGET.match(str(value))
+        number = float(m.group(1)) if m else math.nan
+        if not m or not math.isfinite(number) or number <= 0 or number > 1e15:
+            self.fail(f"{value!r}: give bytes (e.g. 300000, 300KB, 1.5MB) or a ratio like 0.2", param, ctx)
+        return value
+
+
+# The types, named for what they measure, so every command declares the same quantity the same way.
+THREADS = ThreadCount()
+THRESHOLD = FiniteFloat(-1.0, 1.0)  # a cosine similarity
+PROBABILITY_OPEN = FiniteFloat(0.0, 1.0, min_open=True, max_open=True)  # a FAR, a pruning ratio
+COSINE_FLOOR = FiniteFloat(0.0, 1.0, min_open=True)  # --min-cosine
+LEARNING_RATE = FiniteFloat(0.0, 1.0, min_open=True)
+MINUTES = FiniteFloat(0.0, 1e6, min_open=True)  # > 0: a zero budget used to mean "no budget" silently
+SECONDS = FiniteFloat(0.0, 1e8, min_open=True)
+BATCH = Count(1, MAX_BATCH)
+SEED = Count(0, C_INT_MAX)
+SIZE_BUDGET = SizeBudget()
+
+
+def threads_option(fn: F) -> F:
+    return click.option(
+        "--threads",
+        type=THREADS,
+        default=None,
+        help="Inference (and OpenCV) threads; at most the machine's cores.",
+    )(fn)
+
+
+def threshold_option(fn: F) -> F:
+    return click.option(
+        "--threshold",
+        type=THRESHOLD,
+        default=None,
+        help="Cosine threshold in [-1, 1], overriding the artifact's calibrated one.",
+    )(fn)
 
 
 def model_options(fn: F) -> F:

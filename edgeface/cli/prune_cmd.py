@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeface.cli.options import join_distributed, model_options
-from edgeface.io import atomic_write_text
+from edgeface.cli.options import (
+    BATCH,
+    LEARNING_RATE,
+    MINUTES,
+    PROBABILITY_OPEN,
+    SEED,
+    Count,
+    FiniteFloat,
+    join_distributed,
+    model_options,
+)
+from edgeface.io import atomic_write_text, dumps_json
 
 
 def _stderr(msg: str) -> None:
@@ -130,8 +139,8 @@ def _write_report(
     "--ratio",
     "-r",
     default=None,
-    type=float,
-    help="Fraction of filters to remove, in (0, 1) (or a --target-*).",
+    type=PROBABILITY_OPEN,
+    help="Fraction of filters to remove, in (0, 1) (or give a --target-*).",
 )
 @click.option(
     "--importance",
@@ -151,7 +160,7 @@ def _write_report(
     "--steps",
     default=1,
     show_default=True,
-    type=int,
+    type=Count(1, 1000),
     help="Iterative schedule: prune in N equal increments, fine-tuning after each.",
 )
 @click.option(
@@ -172,14 +181,16 @@ def _write_report(
     "--finetune-epochs",
     default=0,
     show_default=True,
-    type=int,
+    type=Count(0, 100_000),
     help="Distillation epochs over --data (split across --steps); 0 = no fine-tune.",
 )
-@click.option("--max-steps", default=None, type=int, help="Cap on total fine-tune steps (all increments).")
+@click.option(
+    "--max-steps", default=None, type=Count(1), help="Cap on total fine-tune steps (all increments)."
+)
 @click.option(
     "--max-minutes",
     default=None,
-    type=float,
+    type=MINUTES,
     help="Wall-clock budget of the whole fine-tune; the learning-rate schedule ends with it.",
 )
 @click.option(
@@ -189,9 +200,11 @@ def _write_report(
     show_default=True,
     help="Distillation loss against the unpruned model (docs/compression.md compares them).",
 )
-@click.option("--lr", default=5e-4, show_default=True, type=float, help="Fine-tune learning rate (AdamW).")
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--lr", default=5e-4, show_default=True, type=LEARNING_RATE, help="Fine-tune learning rate (AdamW)."
+)
+@click.option("--batch-size", default=64, show_default=True, type=BATCH)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint (.pt)."
 )
@@ -222,7 +235,7 @@ def _write_report(
 @click.option(
     "--target-latency-ms",
     default=None,
-    type=float,
+    type=FiniteFloat(0.0, 1e6, min_open=True),
     help="Prune until the exported artifact runs in at most this many ms (batch 1, one thread) on --on, "
     "measured on this machine. Replaces --ratio; needs --data for the export's calibration.",
 )
@@ -245,7 +258,7 @@ def _write_report(
     "--round-to",
     default=8,
     show_default=True,
-    type=int,
+    type=Count(1, 256),
     help="Keep every pruned group's width a multiple of this (int8 kernels pack channels in 4-16s).",
 )
 @click.option(
@@ -271,7 +284,11 @@ def _write_report(
     help="Learning-rate schedule of the fine-tune.",
 )
 @click.option(
-    "--warmup", default=0.0, show_default=True, type=float, help="Warm-up fraction of the fine-tune."
+    "--warmup",
+    default=0.0,
+    show_default=True,
+    type=FiniteFloat(0.0, 1.0, max_open=True),
+    help="Warm-up fraction of the fine-tune.",
 )
 @click.option(
     "--freeze-bn/--train-bn",
@@ -283,7 +300,7 @@ def _write_report(
     "--val-every",
     default=50,
     show_default=True,
-    type=int,
+    type=Count(1),
     help="Show the cosine to the unpruned model on 128 --data faces every N fine-tune steps.",
 )
 @click.option(
@@ -370,6 +387,14 @@ def prune_cmd(
 
     rank, world = join_distributed()  # under torchrun every rank prunes identically, fine-tunes its shard
     images = compression_images(data_dir) if data_dir is not None else None
+    if target_latency_ms is not None and images is not None:
+        from edgeface.compress.budget import MIN_LATENCY_IMAGES
+
+        if len(images) < MIN_LATENCY_IMAGES:
+            raise EdgefaceError(
+                f"--data has {len(images)} images; --target-latency-ms exports every candidate, which "
+                f"needs at least {MIN_LATENCY_IMAGES} faces (calibration, threshold and parity)"
+            )
     loaded = load_model(model, weights, spec_file)
     net, spec = loaded.model, loaded.spec
     teacher = copy.deepcopy(net).eval()
@@ -409,6 +434,11 @@ def prune_cmd(
             )
             budget = {"target_latency_ms": goal, "runtime": runtime, "precision": latency_precision}
             budget["unpruned_ms"] = round(measure(net), 3)
+            if budget["unpruned_ms"] <= goal:
+                raise EdgefaceError(
+                    f"--target-latency-ms {goal:g}: the unpruned model already runs in "
+                    f"{budget['unpruned_ms']:g} ms on {runtime} ({latency_precision}); nothing to prune"
+                )
 
         def resolve() -> float:
             found, probes = budgets.search_ratio(
@@ -507,4 +537,4 @@ def prune_cmd(
     if report_path is not None:
         _write_report(Path(report_path), data, lfw_dir or data_dir, teacher, loaded.spec, net, spec)
     clear(resume_dir)
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else format_summary(data))
+    click.echo(dumps_json(data) if as_json else format_summary(data))

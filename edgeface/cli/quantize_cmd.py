@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from edgeface.cli.options import join_distributed, model_options
+from edgeface.cli.options import (
+    BATCH,
+    LEARNING_RATE,
+    MINUTES,
+    SIZE_BUDGET,
+    Count,
+    join_distributed,
+    model_options,
+)
+from edgeface.io import dumps_json
 
 BITS = ("w8a8", "w6a6", "mixed")
 
@@ -29,6 +37,22 @@ def parse_layer_bits(text: str | None) -> dict[str, int] | None:
         except ValueError:
             raise EdgefaceError(f"--layer-bits: cannot read '{item}' (use name=bits,name=bits)") from None
     return out
+
+
+def parse_smooth(text: str) -> float | str | None:
+    """'auto' | 'off' | an alpha in [0, 1]."""
+    from edgeface.errors import EdgefaceError
+
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return None if value == "off" else "auto"
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = float("nan")
+    if not 0.0 <= alpha <= 1.0:
+        raise EdgefaceError(f"--smooth must be auto, off or a number in [0, 1], got '{text}'")
+    return alpha
 
 
 def summary_line(data: dict[str, Any]) -> str:
@@ -67,6 +91,7 @@ def summary_line(data: dict[str, Any]) -> str:
 @click.option(
     "--size-budget",
     default=None,
+    type=SIZE_BUDGET,
     help="For --bits mixed: bytes (300000, 300KB) or a ratio of the fp32 size (0.2).",
 )
 @click.option(
@@ -83,7 +108,32 @@ def summary_line(data: dict[str, Any]) -> str:
     show_default=True,
     help="How activation ranges are set from the calibration images.",
 )
-@click.option("--num-images", default=512, show_default=True, type=int, help="Calibration images used.")
+@click.option("--num-images", default=512, show_default=True, type=Count(1), help="Calibration images used.")
+@click.option(
+    "--keep-float",
+    "keep_float",
+    multiple=True,
+    metavar="NAME",
+    help="Leave a layer (module path, with everything inside it), a graph node or an op type (e.g. "
+    "matmul, Linear) in float; repeatable. The error message of a failing layer names what to pass.",
+)
+@click.option(
+    "--fallback",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Leave float the int8 layers fed by a float op (LayerNorm, GELU, ...) whose input quantizer alone "
+    "causes at least this many times the mean measured loss per quantizer (0 = off; PTQ/QAT, not mixed).",
+)
+@click.option(
+    "--smooth",
+    default="auto",
+    show_default=True,
+    metavar="auto|off|ALPHA",
+    help="Migrate outlier channels of the float tensors that feed int8 layers (LayerNorm / GELU outputs) "
+    "into those layers' weights: 'auto' picks the strength per site by measured layer error, ALPHA in "
+    "[0, 1] fixes SmoothQuant's alpha, 'off' disables it. No effect on plain CNNs.",
+)
 @click.option(
     "--loss",
     type=click.Choice(["cosine", "ekd", "cosine+ekd"]),
@@ -91,16 +141,18 @@ def summary_line(data: dict[str, Any]) -> str:
     show_default=True,
     help="QAT distillation loss (label-free).",
 )
-@click.option("--epochs", default=1, show_default=True, type=int, help="QAT epochs over --calib.")
-@click.option("--max-steps", default=None, type=int, help="Cap on QAT steps.")
+@click.option(
+    "--epochs", default=1, show_default=True, type=Count(1, 100_000), help="QAT epochs over --calib."
+)
+@click.option("--max-steps", default=None, type=Count(1), help="Cap on QAT steps.")
 @click.option(
     "--max-minutes",
     default=None,
-    type=float,
+    type=MINUTES,
     help="Wall-clock budget of QAT training; the learning-rate schedule ends with it.",
 )
-@click.option("--lr", default=5e-5, show_default=True, type=float, help="QAT learning rate (AdamW).")
-@click.option("--batch-size", default=32, show_default=True, type=int, help="QAT batch size per process.")
+@click.option("--lr", default=5e-5, show_default=True, type=LEARNING_RATE, help="QAT learning rate (AdamW).")
+@click.option("--batch-size", default=32, show_default=True, type=BATCH, help="QAT batch size per process.")
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (.pt)."
 )
@@ -138,6 +190,9 @@ def quantize_cmd(
     calib_dir: str,
     calibration: str,
     num_images: int,
+    keep_float: tuple[str, ...],
+    fallback: float,
+    smooth: str,
     loss: str,
     epochs: int,
     max_steps: int | None,
@@ -162,8 +217,20 @@ def quantize_cmd(
         raise EdgefaceError(f"unsupported --bits '{bits}': choose one of {', '.join(BITS)}")
     if bits == "mixed" and not size_budget:
         raise EdgefaceError("--bits mixed needs --size-budget (bytes or a ratio of the fp32 size)")
-    if num_images < 1 or batch_size < 1 or epochs < 1 or lr <= 0 or (max_steps is not None and max_steps < 1):
+    if (
+        num_images < 1
+        or batch_size < 1
+        or epochs < 1
+        or not (0 < lr < 1e3)
+        or (max_steps is not None and max_steps < 1)
+    ):
         raise EdgefaceError("--num-images, --batch-size, --epochs, --max-steps must be >= 1 and --lr > 0")
+    alpha = parse_smooth(smooth)
+    if not 0.0 <= fallback <= 1e6:
+        raise EdgefaceError(f"--fallback must be a factor >= 0 (0 = off), got {fallback}")
+    if max_minutes is not None and not (0 < max_minutes < 1e6):
+        raise EdgefaceError(f"--max-minutes must be > 0, got {max_minutes}")
+    keep = [k.strip() for k in keep_float if k.strip()]
     overrides = parse_layer_bits(layer_bits)
     out = Path(output)
     for p in (out, Path(plan_path) if plan_path else None, Path(report_path) if report_path else None):
@@ -202,6 +269,8 @@ def quantize_cmd(
             num_images=num_images,
             layer_bits=overrides,
             progress=progress,
+            keep_float=keep,
+            smooth=alpha,
         )
     if method == "qat":
         qmodel, _ = qat(
@@ -220,6 +289,9 @@ def quantize_cmd(
             progress=progress,
             qmodel=qmodel,
             max_seconds=max_minutes * 60 if max_minutes else None,
+            keep_float=keep,
+            smooth=alpha,
+            fallback=fallback,
         )
     elif qmodel is None:
         qmodel = ptq(
@@ -231,6 +303,9 @@ def quantize_cmd(
             num_images=num_images,
             layer_bits=overrides,
             progress=progress,
+            keep_float=keep,
+            smooth=alpha,
+            fallback=fallback,
         )
     wall = time.perf_counter() - start
     record = dict(qmodel.edgeface_quant)
@@ -269,7 +344,7 @@ def quantize_cmd(
                 progress=progress,
             )
             data["report"] = [str(p) for p in write_report(rep, report_path)]
-        click.echo(json.dumps(data, indent=2) if as_json else summary_line(data))
+        click.echo(dumps_json(data) if as_json else summary_line(data))
     if world > 1:
         import torch.distributed as dist
 

@@ -15,7 +15,6 @@ Public API:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from edgeface.data.lfw import TEST_FOLDS
-from edgeface.io import atomic_write_text
+from edgeface.io import atomic_write_text, dumps_json
 from edgeface.models.loading import LoadedModel
 from edgeface.spec import ModelSpec
 
@@ -307,6 +306,6 @@ def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> tuple[
     """`report.md` and `report.json` (same stem), each written atomically."""
     md = Path(path)
     js = md.with_suffix(".json")
-    atomic_write_text(js, json.dumps(_jsonable(report), indent=2) + "\n")
+    atomic_write_text(js, dumps_json(_jsonable(report)) + "\n")
     atomic_write_text(md, to_markdown(report))
     return md, js

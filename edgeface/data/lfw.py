@@ -13,6 +13,7 @@ from pathlib import Path
 from edgeface.errors import EdgefaceError
 
 TEST_FOLDS = (6, 7, 8, 9, 10)
+MAX_FOLDS = 10_000  # fold numbers are checked against this (and the file) before a range is expanded
 
 
 @dataclass(frozen=True)
@@ -37,18 +38,33 @@ def _image(name: str, index: str, where: str) -> str:
 
 def read_pairs(path: str | os.PathLike[str]) -> list[Pair]:
     """Parse a pairs file: header 'folds n' then folds of n same and n different pairs."""
+    from edgeface.io import os_errors
+
     path = Path(path)
     if not path.is_file():
         raise EdgefaceError(f"pairs file not found: {path}")
-    lines = [ln.split() for ln in path.read_text().splitlines() if ln.strip()]
+    with os_errors("read", path):
+        raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EdgefaceError(
+            f"{path}: not a text pairs file (byte {e.start} is not UTF-8); expected LFW pairs.txt"
+        ) from None
+    if "\x00" in text:
+        raise EdgefaceError(f"{path}: not a text pairs file (it contains NUL bytes); expected LFW pairs.txt")
+    lines = [ln.split() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise EdgefaceError(f"{path}: empty pairs file")
     head = lines[0]
     try:
         n_folds, per_fold = (int(head[0]), int(head[1])) if len(head) == 2 else (1, 0)
+        if len(head) == 2 and (n_folds < 1 or per_fold < 1 or n_folds > MAX_FOLDS):
+            raise ValueError
     except ValueError:
         raise EdgefaceError(
-            f"{path}:1: header must be '<folds> <pairs per half-fold>', got {' '.join(head)!r}"
+            f"{path}:1: header must be '<folds> <pairs per half-fold>' (1-{MAX_FOLDS} folds, at least "
+            f"1 pair), got {' '.join(head)[:80]!r}"
         ) from None
     body = lines[1:] if len(head) == 2 else lines
     pairs: list[Pair] = []
@@ -72,23 +88,29 @@ def read_pairs(path: str | os.PathLike[str]) -> list[Pair]:
     return pairs
 
 
-def parse_folds(text: str) -> tuple[int, ...]:
-    """'6-10' or '1,3,5' or '6-8,10' -> sorted fold numbers."""
-    folds: set[int] = set()
+def parse_folds(text: str, available: int = MAX_FOLDS) -> tuple[int, ...]:
+    """'6-10' or '1,3,5' or '6-8,10' -> sorted fold numbers, each in 1..`available` (the pairs file's
+    fold count when known). Bounds are checked before a range is expanded: '1-2000000000' is refused,
+    not allocated."""
+    spans: list[tuple[int, int]] = []
     try:
         for part in text.split(","):
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if a > b:
-                    raise ValueError
-                folds.update(range(a, b + 1))
-            else:
-                folds.add(int(part))
+            a, sep, b = part.partition("-")
+            lo = int(a)
+            hi = int(b) if sep else lo
+            if lo > hi:
+                raise ValueError
+            spans.append((lo, hi))
     except ValueError:
-        raise EdgefaceError(f"--folds: cannot read '{text}' (use e.g. 6-10 or 1,3,5)") from None
-    if not folds or min(folds) < 1:
-        raise EdgefaceError(f"--folds: fold numbers start at 1, got '{text}'")
-    return tuple(sorted(folds))
+        raise EdgefaceError(f"--folds: cannot read '{text[:80]}' (use e.g. 6-10 or 1,3,5)") from None
+    if not spans or min(lo for lo, _ in spans) < 1:
+        raise EdgefaceError(f"--folds: fold numbers start at 1, got '{text[:80]}'")
+    top = max(hi for _, hi in spans)
+    if top > available:
+        if available == MAX_FOLDS:
+            raise EdgefaceError(f"--folds: fold {top} is past the limit of {MAX_FOLDS} folds")
+        raise EdgefaceError(f"--folds: fold {top} is not in the pairs file (it has 1-{available})")
+    return tuple(sorted({f for lo, hi in spans for f in range(lo, hi + 1)}))
 
 
 def select_folds(pairs: list[Pair], folds: tuple[int, ...]) -> list[Pair]:

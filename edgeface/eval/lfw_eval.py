@@ -6,7 +6,6 @@ model are scored by the same code on the same pairs. Default folds are the test 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from edgeface.data.lfw import TEST_FOLDS, Pair, read_pairs, select_folds
 from edgeface.errors import EdgefaceError
 from edgeface.eval.groups import group_rates, read_groups
 from edgeface.eval.verification import best_threshold, cosine_scores, kfold_accuracy, roc_curve, tar_at_far
-from edgeface.io import atomic_write_text
+from edgeface.io import atomic_write_text, dumps_json
 
 # Same shape as edgeface.eval.embed.Embedder, restated so this module imports without torch.
 Embedder = Callable[[Sequence[Path]], np.ndarray]
@@ -157,6 +156,12 @@ def evaluate_lfw(
     emb = np.asarray(embedder(paths))
     if emb.ndim != 2 or emb.shape[0] != len(paths):
         raise ValueError(f"embedder returned shape {emb.shape} for {len(paths)} images")
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():  # NaN weights or a broken spec: a report of NaN scores would be a silent wrong answer
+        raise EdgefaceError(
+            f"the model returned NaN or infinite embeddings for {int(bad.sum())} of {len(paths)} images "
+            f"(first: {paths[int(np.argmax(bad))].name}); check the weights and the spec's mean/std"
+        )
     root = Path(images_dir)
     left = emb[[index[root / p.left] for p in pairs]]
     right = emb[[index[root / p.right] for p in pairs]]
@@ -168,4 +173,4 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise EdgefaceError(f"folder for the JSON report does not exist: {path.parent}")
-    return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, dumps_json(obj) + "\n")  # NaN/Infinity refused, OS errors one line

@@ -126,8 +126,12 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, far: float) -> tuple[floa
     pos = s[y]
     if neg.size == 0 or pos.size == 0:
         raise ValueError("TAR@FAR needs both genuine and impostor pairs")
-    k = int(np.floor(far * neg.size + 1e-9))  # tolerate far * m landing a hair under an integer
-    threshold = float(np.min(s)) if k >= neg.size else float(np.nextafter(neg[k], np.inf))
+    if 0.0 < far < 1.0:  # the one FMR-threshold rule (edgeface.eval.rates)
+        from edgeface.eval.rates import threshold_at_fmr
+
+        threshold = threshold_at_fmr(neg, far).threshold
+    else:
+        threshold = float(np.min(s)) if far >= 1.0 else float(np.nextafter(neg[0], np.inf))
     return float(np.mean(pos >= threshold)), threshold
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from edgeface.compress.quant.fakequant import ActQuant, act_range, affine_qparams
+from edgeface.compress.quant.graph import locate_failure
 from edgeface.compress.quant.prepare import activation_quantizers, weight_quantizers
 from edgeface.errors import EdgefaceError
 
@@ -21,9 +22,17 @@ CALIBRATIONS = ("minmax", "percentile", "mse")
 
 
 def _run(model: nn.Module, batches: list[Tensor], step: Callable[[], None] | None) -> None:
+    """Forward every batch; a failure inside a user's model becomes a ModelError naming the layer."""
     with torch.no_grad():
         for x in batches:
-            model(x)
+            try:
+                model(x)
+            except EdgefaceError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure in the user's graph: name where it happened
+                if isinstance(model, fx.GraphModule):
+                    raise locate_failure(model, x, e) from e
+                raise
             if step is not None:
                 step()
 
@@ -107,7 +116,9 @@ def calibrate(
         q.hist = None
 
 
-def correct_bias(qmodel: nn.Module, reference: nn.Module, batches: list[Tensor]) -> None:
+def correct_bias(
+    qmodel: nn.Module, reference: nn.Module, batches: list[Tensor], axes: dict[str, int] | None = None
+) -> None:
     """Empirical bias correction: remove the mean shift that quantization adds at each layer's output.
 
     Rounding small post-ReLU values to zero and clipping tails biases a channel's mean, and a following
@@ -115,7 +126,9 @@ def correct_bias(qmodel: nn.Module, reference: nn.Module, batches: list[Tensor])
     bias straight into the embedding. For every layer, on the *float* model's input to that layer, compare
     the float layer's per-channel output mean with the quantized layer's on the quantized input, and move
     the difference into the bias. Measuring each layer on float inputs keeps corrections local, so they do
-    not double-count drift that an upstream correction already removes. `reference` is `fold_bn(model)`.
+    not double-count drift that an upstream correction already removes. `reference` is the float model the
+    quantizers were inserted into (same module names). `axes` gives each layer's channel axis (from the
+    traced shapes: a Linear on an NHWC tensor has its channels last); by default convs 1, linears last.
     """
     from edgeface.compress.quant.plan import _producer_quantizer
 
@@ -129,11 +142,16 @@ def correct_bias(qmodel: nn.Module, reference: nn.Module, batches: list[Tensor])
     diffs: dict[str, Tensor] = {}
     handles = []
     for name, qlayer in layers.items():
+        default = -1 if isinstance(qlayer, nn.Linear) else 1
+        axis = (axes or {}).get(name, default)
 
-        def hook(m: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str = name, q=qlayer) -> None:
-            aq = input_q[name]
+        def hook(
+            m: nn.Module, inp: tuple[Tensor, ...], out: Tensor, name: str = name, q=qlayer, axis: int = axis
+        ) -> None:
+            aq = input_q.get(name)
             x = inp[0] if aq is None else aq(inp[0])
-            dims = [0] + list(range(2, out.dim()))
+            ax = axis % out.dim()
+            dims = [d for d in range(out.dim()) if d != ax]
             d = (q(x) - out).double().mean(dim=dims)
             diffs[name] = diffs.get(name, 0) + d  # type: ignore[operator]
 

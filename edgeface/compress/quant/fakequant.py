@@ -102,7 +102,17 @@ class _WeightQuantMixin:
             return self.weight
         if self.training:  # QAT: the weights move, so their range does too
             self.refresh_weight_scale()
-        return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+            return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+        # eval: the grid only changes when the weights or scales are written (tensor versions), so the
+        # rounded weights are kept between forward passes (calibration and evaluation run many)
+        key = (self.weight._version, self.weight_scale._version, self.weight.data_ptr(), self.weight_bits)
+        cached = getattr(self, "_wq_cache", None)
+        if cached is None or cached[0] != key or torch.is_grad_enabled():
+            if torch.is_grad_enabled():
+                return fake_quant_weight(self.weight, self.weight_scale, self.weight_bits)
+            cached = (key, fake_quant_weight(self.weight, self.weight_scale, self.weight_bits))
+            self._wq_cache = cached
+        return cached[1]
 
 
 class QuantConv2d(_WeightQuantMixin, nn.Conv2d):
@@ -157,6 +167,8 @@ class ActQuant(nn.Module):
         self.register_buffer("zero_point", torch.zeros(1, dtype=torch.int32))
         self.enabled = True
         self.observe: str | None = None
+        self.label = ""  # quantizer name, for error messages
+        self.producer = ""  # table key of the op whose output this rounds
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -177,6 +189,15 @@ class ActQuant(nn.Module):
         return act_range(self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (isinstance(x, Tensor) and x.is_floating_point()):
+            from edgeface.errors import ModelError
+
+            raise ModelError(
+                f"activation quantizer {self.label or '?'} received {type(x).__name__} "
+                f"{getattr(x, 'dtype', '')} instead of a float tensor (the graph changed between the "
+                f"analysis pass and this run); try --keep-float on the op that produces it "
+                f"({self.producer or '?'})"
+            )
         if self.observe is not None:
             self._record(x.detach())
         if not self.enabled:

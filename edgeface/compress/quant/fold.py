@@ -14,6 +14,11 @@ is not what an int8 runtime executes. So every BN is removed or made explicit, b
                              any other conv.
 A BN1d that follows no linear stays a float BN (rare; reported by `unfolded_batchnorms`).
 
+Layer scale (`fold_layer_scale`, after graph.analyze): `gamma * linear(x)` with a parameter `gamma` that
+varies only along the layer's channel axis (ConvNeXt / EdgeNeXt layer scale, `x * gamma` likewise) is
+folded into that layer's weights and bias, so an integer runtime has one weighted op and no float
+multiply. The channel axis comes from the traced shapes (a Linear on an NHWC tensor: the last axis).
+
 Module names are preserved (the folded conv keeps its name and gains a `bias`; a BN turned affine keeps the
 BN's name), so state_dict keys and ONNX initializer names stay readable and stable for `rebuild`.
 """
@@ -22,17 +27,14 @@ from __future__ import annotations
 
 import copy
 import operator
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import ModelError
 
 BN = (nn.BatchNorm1d, nn.BatchNorm2d)
-# ops that only move values around: a quantized tensor stays on its grid through them
-PASSTHROUGH_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d)
-PASSTHROUGH_FUNCTIONS = (torch.flatten, torch.reshape, nn.functional.dropout, nn.functional.max_pool2d)
-PASSTHROUGH_METHODS = ("flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze")
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -42,11 +44,12 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types; all mean "this forward cannot be traced"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgefaceError(
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelError(
             f"cannot trace {type(model).__name__} with torch.fx for quantization "
             f"({type(e).__name__}: {first}); "
-            "quantization needs a forward without data-dependent Python control flow"
+            "quantization needs a forward without data-dependent Python control flow: move such branches "
+            "out of forward (or decide them in __init__)"
         ) from None
 
 
@@ -97,8 +100,9 @@ def _fold_before_linear(bn: nn.Module, linear: nn.Linear) -> None:
     scale, shift = bn_scale_shift(bn)
     channels = scale.numel()
     if linear.in_features % channels:
-        raise EdgefaceError(
-            f"cannot fold BN of {channels} channels into a linear of {linear.in_features} inputs"
+        raise ModelError(
+            f"cannot fold a BatchNorm of {channels} channels into a Linear of {linear.in_features} inputs "
+            "after a flatten; try --keep-float on that Linear"
         )
     per = linear.in_features // channels  # flatten of (C, H, W): channel-major
     s, t = scale.repeat_interleave(per), shift.repeat_interleave(per)
@@ -148,12 +152,20 @@ def _remove(gm: fx.GraphModule, node: fx.Node, replacement: fx.Node) -> None:
     gm.graph.erase_node(node)
 
 
-def fold_bn(model: nn.Module, inplace: bool = False) -> fx.GraphModule:
-    """A float GraphModule computing the same function as `model` (eval mode) with BN folded or explicit."""
+def fold_bn(model: nn.Module, inplace: bool = False, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """A float GraphModule computing the same function as `model` (eval mode) with BN folded or explicit.
+
+    With `example` (an input batch) the graph is analysed first, so a BatchNorm1d after a Linear is folded
+    only where the Linear's channels are the BN's (a 2-D [batch, features] output).
+    """
     src = model if inplace else copy.deepcopy(model)
     src.eval()
     gm = trace(src)
     graph = gm.graph
+    if example is not None:
+        from edgeface.compress.quant.graph import analyze
+
+        analyze(gm, example)
     for node in list(graph.nodes):  # 1. conv -> BN
         bn = _module_of(gm, node, (nn.BatchNorm2d,))
         if bn is None or not isinstance(node.args[0], fx.Node):
@@ -185,6 +197,9 @@ def fold_bn(model: nn.Module, inplace: bool = False) -> fx.GraphModule:
             continue
         prev = node.args[0]
         linear = _module_of(gm, prev, (nn.Linear,))
+        meta = prev.meta.get("edgeface_info")
+        if meta is not None and (meta.shape is None or len(meta.shape) != 2):
+            continue  # a Linear on [batch, tokens, features]: BN1d's channels are not the Linear's
         if linear is not None and _single_use(gm, prev):
             _fold_after(linear, bn)  # type: ignore[arg-type]
             _remove(gm, node, prev)
@@ -199,15 +214,85 @@ def fold_bn(model: nn.Module, inplace: bool = False) -> fx.GraphModule:
     return gm
 
 
+def _param_of(gm: fx.GraphModule, node: Any) -> torch.Tensor | None:
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part, None)
+    return value if isinstance(value, torch.Tensor) and value.is_floating_point() else None
+
+
+def _drop_attr(gm: fx.GraphModule, target: str) -> None:
+    """Remove a parameter nothing reads any more (DDP refuses parameters without gradients)."""
+    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return
+    owner_name, _, attr = target.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    if hasattr(owner, attr):
+        delattr(owner, attr)
+
+
+def fold_layer_scale(gm: fx.GraphModule) -> list[str]:
+    """Fold `gamma * layer(x)` (gamma varying along the layer's channel axis only) into the layer.
+
+    Needs graph.analyze to have run on `gm` (shapes and channel axes); returns the folded parameters.
+    """
+    from edgeface.compress.quant.graph import INFO_KEY, channel_axis
+
+    folded: list[str] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.mul, torch.mul) or len(node.args) != 2:
+            continue
+        a, b = node.args
+        gamma_node, x = (a, b) if _param_of(gm, a) is not None else (b, a)
+        gamma = _param_of(gm, gamma_node)
+        if gamma is None or not isinstance(x, fx.Node):
+            continue
+        chain = [x]  # dropout / identity between the layer and the multiply
+        while _is_identity_in_eval(gm, chain[-1]) and isinstance(chain[-1].args[0], fx.Node):
+            chain.append(chain[-1].args[0])
+        layer_node = chain[-1]
+        layer = _module_of(gm, layer_node, (nn.Conv2d, nn.Linear))
+        meta = layer_node.meta.get(INFO_KEY)
+        if layer is None or meta is None or meta.shape is None or not _single_use(gm, layer_node):
+            continue
+        if any(len(c.users) != 1 for c in chain):
+            continue
+        axis = channel_axis(gm, layer_node)
+        out_shape = meta.shape
+        channels = layer.weight.shape[0]
+        g_shape = (1,) * (len(out_shape) - gamma.dim()) + tuple(gamma.shape)
+        if axis is None or len(g_shape) != len(out_shape) or g_shape[axis] != channels:
+            continue
+        if any(s != 1 for i, s in enumerate(g_shape) if i != axis):
+            continue
+        scale = gamma.detach().reshape(channels)
+        _with_bias(layer)  # type: ignore[arg-type]
+        with torch.no_grad():
+            layer.weight.mul_(scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1)))
+            layer.bias.mul_(scale)  # type: ignore[union-attr]
+        node.replace_all_uses_with(x)
+        gm.graph.erase_node(node)
+        if not gamma_node.users:
+            gm.graph.erase_node(gamma_node)
+            _drop_attr(gm, str(gamma_node.target))
+        folded.append(str(gamma_node.target))
+    if folded:
+        gm.graph.lint()
+        gm.recompile()
+    return folded
+
+
 def unfolded_batchnorms(gm: fx.GraphModule) -> list[str]:
     return [n for n, m in gm.named_modules() if isinstance(m, BN)]
 
 
 def is_passthrough(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        return isinstance(get_module(gm, str(node.target)), PASSTHROUGH_MODULES)
-    if node.op == "call_function":
-        return node.target in PASSTHROUGH_FUNCTIONS or node.target is operator.getitem
-    if node.op == "call_method":
-        return node.target in PASSTHROUGH_METHODS
-    return False
+    """An op that only moves values around, so a quantized tensor stays on its grid (table: same_grid)."""
+    from edgeface.compress.quant.graph import rule_of
+
+    if node.op not in ("call_module", "call_function", "call_method"):
+        return False
+    rule = rule_of(gm, node)
+    return rule is not None and rule.kind == "same_grid"

@@ -9,6 +9,7 @@ the size budget. Additive sensitivities are an approximation, but a cheap one th
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,19 +19,28 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from edgeface.compress.quant.calibrate import calibrate, correct_bias
+from edgeface.compress.quant.calibrate import calibrate
 from edgeface.compress.quant.fakequant import check_bits
-from edgeface.compress.quant.fold import fold_bn
 from edgeface.compress.quant.plan import model_size_bytes
 from edgeface.compress.quant.prepare import (
+    Placement,
     activation_quantizers,
-    aq_name,
     insert_quantizers,
+    placement,
     resolve_bits,
     set_quant_enabled,
     weight_quantizers,
 )
-from edgeface.compress.quant.ptq import RECORD_ATTR, load_batches, pick_images
+from edgeface.compress.quant.ptq import (
+    RECORD_ATTR,
+    SMOOTH_ALPHA,
+    load_batches,
+    migrate_outliers,
+    pick_images,
+    prepare_float,
+    ptq,
+    spec_input_shape,
+)
 from edgeface.errors import EdgefaceError
 from edgeface.spec import ModelSpec
 
@@ -56,32 +66,40 @@ def parse_budget(text: str | float, fp32_bytes: int) -> int:
     return int(value * fp32_bytes) if value <= 1 else int(value)
 
 
+def _copy(base: fx.GraphModule, place: Placement) -> tuple[fx.GraphModule, Placement]:
+    """A deep copy of a prepared float graph with its placement (node meta survives deepcopy)."""
+    gm = copy.deepcopy(base)
+    return gm, placement(gm, place.keep_float)
+
+
 def sensitivity(
-    model: nn.Module,
+    base: fx.GraphModule,
+    place: Placement,
     batches: list[torch.Tensor],
     candidates: Sequence[int],
     calibration: str = "mse",
     progress: bool = True,
 ) -> dict[str, dict[int, float]]:
-    """{layer: {bits: mean 1 - cos}} for each weight layer and candidate width."""
+    """{layer: {bits: mean 1 - cos}} for each weight layer and candidate width, on a prepared float graph."""
     from tqdm.auto import tqdm
 
     with torch.no_grad():
-        ref = [model.eval()(x) for x in batches]
+        ref = [base.eval()(x) for x in batches]
     result: dict[str, dict[int, float]] = {}
     for b in candidates:
-        gm = fold_bn(model)
-        plan = resolve_bits(gm, f"w{b}a{act_bits_for(b)}", keep_ends_8bit=False)
-        insert_quantizers(gm, plan)
+        gm, p = _copy(base, place)
+        plan = resolve_bits(p, f"w{b}a{act_bits_for(b)}", keep_ends_8bit=False)
+        insert_quantizers(gm, p, plan)
         calibrate(gm, batches, calibration, progress=False)
         set_quant_enabled(gm, weights=False, activations=False)
         acts = activation_quantizers(gm)
+        out_of = {pt.layer: pt.name for pt in p.points if pt.layer}
         layers = weight_quantizers(gm)
         for name, layer in tqdm(
             layers.items(), desc=f"sensitivity {b}-bit", disable=not progress, leave=False
         ):
             layer.quant_enabled = True
-            aq = acts.get(aq_name(name))
+            aq = acts.get(out_of.get(name, ""))
             if aq is not None:
                 aq.enabled = True
             with torch.no_grad():
@@ -134,6 +152,8 @@ def mixed_precision(
     sensitivity_images: int = 64,
     layer_bits: dict[str, int] | None = None,
     progress: bool = True,
+    keep_float: Sequence[str] = (),
+    smooth: float | str | None = SMOOTH_ALPHA,
 ) -> tuple[fx.GraphModule, dict[str, Any]]:
     """PTQ with per-layer weight bits chosen for `size_budget` (bytes, or a ratio of the fp32 size)."""
     start = time.perf_counter()
@@ -143,30 +163,39 @@ def mixed_precision(
     chosen_images = pick_images(images, num_images)
     batches = load_batches(chosen_images, spec, progress=progress)
     sens_batches = load_batches(chosen_images[:sensitivity_images], spec)
-    sens = sensitivity(model, sens_batches, candidates, calibration, progress)
+    base, place = prepare_float(model, spec_input_shape(spec), keep_float)
+    migrate_outliers(base, place, batches, smooth, resolve_bits(place, "w8a8", keep_ends_8bit=False))
+    sens = sensitivity(base, place, sens_batches, candidates, calibration, progress)
 
-    probe = fold_bn(model)
     fixed = {k: int(v) for k, v in (layer_bits or {}).items() if k in sens}
-    numels = {n: int(probe.get_submodule(n).weight.numel()) for n in sens}
-    gm = fold_bn(model)
+    numels = {n: int(base.get_submodule(n).weight.numel()) for n in sens}
     # bytes outside the quantized weights (scales, biases, other params) do not depend on the choice
-    plan = resolve_bits(gm, f"w{candidates[0]}a8", keep_ends_8bit=False)
-    insert_quantizers(gm, plan)
-    overhead_bits = model_size_bytes(gm) * 8 - sum(numels[n] * candidates[0] for n in numels)
+    probe, p = _copy(base, place)
+    insert_quantizers(probe, p, resolve_bits(p, f"w{candidates[0]}a8", keep_ends_8bit=False))
+    overhead_bits = model_size_bytes(probe) * 8 - sum(numels[n] * candidates[0] for n in numels)
     bits = choose_bits(sens, numels, budget * 8 - overhead_bits, fixed)
-    final = fold_bn(model)
-    plan = resolve_bits(final, "w8a8", {**(layer_bits or {}), **bits}, keep_ends_8bit=False)
+    plan = resolve_bits(place, "w8a8", {**(layer_bits or {}), **bits}, keep_ends_8bit=False)
+    out_of = {pt.layer: pt.name for pt in place.points if pt.layer}
     for name, b in bits.items():
-        plan["activations"][aq_name(name)] = act_bits_for(b)
-    insert_quantizers(final, plan)
+        if name in out_of:
+            plan["activations"][out_of[name]] = act_bits_for(b)
+    final = ptq(
+        model,
+        spec,
+        batches,
+        bits="mixed",
+        calibration=calibration,
+        progress=progress,
+        keep_float=keep_float,
+        smooth=smooth,
+        plan=plan,
+    )
     size = model_size_bytes(final)
     if size > budget:
         raise EdgefaceError(
             f"--size-budget {size_budget} ({budget} bytes) is below the smallest reachable size {size} bytes "
             f"with bits {candidates}; raise the budget or allow fewer bits (--candidates)"
         )
-    calibrate(final, batches, calibration, progress=progress)
-    correct_bias(final, fold_bn(model), batches)
     report = {
         "budget_bytes": budget,
         "size_bytes": size,
@@ -175,19 +204,11 @@ def mixed_precision(
         "sensitivity": {n: {str(b): v for b, v in s.items()} for n, s in sens.items()},
         "layer_bits": bits,
     }
-    setattr(
-        final,
-        RECORD_ATTR,
-        {
-            "kind": "quant",
-            "bits": "mixed",
-            "plan": plan,
-            "method": "ptq",
-            "calibration": calibration,
-            "num_images": len(chosen_images),
-            "size_budget": str(size_budget),
-            "candidates": list(candidates),
-            "wall_s": round(time.perf_counter() - start, 2),
-        },
+    record: dict[str, Any] = getattr(final, RECORD_ATTR)
+    record.update(
+        num_images=len(chosen_images),
+        size_budget=str(size_budget),
+        candidates=list(candidates),
+        wall_s=round(time.perf_counter() - start, 2),
     )
     return final.eval(), report

@@ -1,10 +1,13 @@
 """The quantized model as data: what an exporter needs to emit an integer graph, and what it weighs.
 
 `quant_plan` lists, per weight layer (keyed by its qualified module name, which is also the ONNX
-initializer prefix under torch.onnx.export(dynamo=False)), the weight bits and per-channel scales and the
-scale / zero point / bits of the activation quantizers on its input and output; plus every activation
-quantizer by name. The input quantizer of a layer is found by walking back through ops that keep values on
-their grid (flatten, dropout, max-pool), so a consumer never has to re-derive the graph.
+initializer prefix under torch.onnx.export(dynamo=False)), the weight bits and per-channel scales, the
+channel axis of its activations (a Linear on an NHWC tensor: the last), and the scale / zero point / bits
+of the activation quantizers on its input and output; plus every activation quantizer by name with the
+graph node it rounds, the op that produced that tensor and the ops that read it; and every op that runs in
+float, with the reason from the per-operator table. The input quantizer of a layer is found by walking
+back through ops that keep values on their grid (table kind same_grid: flatten, reshape, permute, dropout,
+max-pool, ...), so a consumer never has to re-derive the graph.
 """
 
 from __future__ import annotations
@@ -50,13 +53,40 @@ def _consumer_quantizer(gm: fx.GraphModule, node: fx.Node) -> str | None:
 
 
 def _activation_after(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """The fused activation (ReLU, ReLU6, PReLU, ...) right after a layer, lower case; None if none."""
+    from edgeface.compress.quant.graph import op_name
+    from edgeface.quant_ops import torch_fused
+
     if len(node.users) != 1:
         return None
     user = next(iter(node.users))
-    if user.op == "call_module":
-        m = get_module(gm, str(user.target))
-        return None if isinstance(m, ActQuant) else type(m).__name__.lower()
-    return getattr(user.target, "__name__", str(user.target))
+    if user.op == "call_module" and isinstance(get_module(gm, str(user.target)), ActQuant):
+        return None
+    name = op_name(gm, user)
+    return name.lower() if torch_fused(name) else None
+
+
+def _readers(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """Table keys of the ops that read a quantizer's output (looking through same-grid ops)."""
+    from edgeface.compress.quant.graph import op_name
+
+    out: list[str] = []
+    stack = list(node.users)
+    seen: set[str] = set()
+    while stack:
+        u = stack.pop()
+        if u.name in seen:
+            continue
+        seen.add(u.name)
+        if u.op == "output":
+            out.append("output")
+        elif is_passthrough(gm, u):
+            stack.extend(u.users)
+        elif u.op in ("call_module", "call_function", "call_method"):
+            key = op_name(gm, u)
+            if key not in ("getattr", "size", "dim"):
+                out.append(key)
+    return sorted(set(out))
 
 
 def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
@@ -64,6 +94,15 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
     assert isinstance(qmodel, fx.GraphModule), "quant_plan takes the GraphModule returned by ptq/qat/rebuild"
     gm = qmodel
     acts = {n: m for n, m in gm.named_modules() if isinstance(m, ActQuant)}
+    where: dict[str, dict[str, Any]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and str(node.target) in acts and isinstance(node.args[0], fx.Node):
+            src = node.args[0]
+            where[str(node.target)] = {
+                "tensor": src.name,
+                "producer": getattr(acts[str(node.target)], "producer", None) or src.op,
+                "readers": _readers(gm, node),
+            }
     layers: dict[str, Any] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
@@ -81,6 +120,8 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
             "weight_quant_max": hi,
             "weight_scale": [float(s) for s in m.weight_scale],
             "weight_axis": 0,
+            "channel_axis": getattr(m, "channel_axis", 1 if isinstance(m, QuantConv2d) else -1),
+            "activation_rank": getattr(m, "activation_rank", None),
             "activation": _activation_after(gm, node),
             "input_quantizer": src,
             "output_quantizer": dst,
@@ -97,7 +138,8 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
         "input_quantizer": "aq_input" if "aq_input" in acts else None,
         "output_quantizer": out_q,
         "layers": layers,
-        "quantizers": {n: _act(q) for n, q in acts.items()},
+        "quantizers": {n: {**_act(q), **where.get(n, {})} for n, q in acts.items()},
+        "float_ops": {n.name: n.meta["edgeface_float"] for n in gm.graph.nodes if "edgeface_float" in n.meta},
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from torch import fx, nn
 
 from edgeface.compress.quant.prepare import weight_quantizers
-from edgeface.compress.quant.ptq import RECORD_ATTR, ptq
+from edgeface.compress.quant.ptq import FALLBACK_FACTOR, RECORD_ATTR, SMOOTH_ALPHA, ptq
 from edgeface.spec import ModelSpec
 
 
@@ -45,6 +45,9 @@ def qat(
     seed: int = 0,
     qmodel: fx.GraphModule | None = None,
     max_seconds: float | None = None,
+    keep_float: Sequence[str] = (),
+    smooth: float | str | None = SMOOTH_ALPHA,
+    fallback: float = FALLBACK_FACTOR,
 ) -> tuple[fx.GraphModule, dict[str, Any]]:
     """Returns the trained fake-quant model and the distillation statistics.
 
@@ -64,6 +67,9 @@ def qat(
             num_images=num_images,
             layer_bits=layer_bits,
             progress=progress,
+            keep_float=keep_float,
+            smooth=smooth,
+            fallback=fallback,
         )
     teacher = copy.deepcopy(model).eval()
     # PTQ used MSE-searched weight scales; training re-derives them from max |w| every step, so do the same

@@ -24,12 +24,14 @@ class PatternEmbeddingTest {
         val context = InstrumentationRegistry.getInstrumentation().context  // the test APK: the vectors
         val app = InstrumentationRegistry.getInstrumentation().targetContext  // the app APK: the model
         val vectors = JSONObject(context.assets.open("vectors.json").bufferedReader().use { it.readText() })
+        val pack = AppPack.open(app)  // the pack the app runs, each file checked against its manifest
+        val artifact = pack.manifest.chooseArtifact(BuildConfig.ARTIFACT.takeIf { it.isNotEmpty() })
         val sections = vectors.getJSONArray("artifacts")
         val section = (0 until sections.length()).map { sections.getJSONObject(it) }
-            .firstOrNull { it.getString("artifact") == BuildConfig.MODEL_ASSET }
-            ?: throw AssertionError("vectors.json has no section for ${BuildConfig.MODEL_ASSET}: run tools/make_test_vectors.py with it")
-        val spec = ModelSpec.parse(app.assets.open("${BuildConfig.MODEL_ASSET}.json").bufferedReader().use { it.readText() })
-        val model = app.assets.open(BuildConfig.MODEL_ASSET).use { it.readBytes() }
+            .firstOrNull { it.getString("artifact") == artifact.file }
+            ?: throw AssertionError("vectors.json has no section for ${artifact.file}: run tools/make_test_vectors.py with it")
+        val spec = ModelSpec.parse(pack.text(artifact.spec))
+        val model = pack.bytes(artifact.file)
         val buffer = ByteBuffer.allocateDirect(model.size).order(ByteOrder.nativeOrder())
         buffer.put(model).rewind()
         val embedder = LiteRtEmbedder(buffer, spec, threads = 1)

@@ -19,7 +19,7 @@ class FaceAligner(private val spec: ModelSpec) {
 
     /** The aligned face as BGR interleaved bytes, ready for `Preprocess.normalize`. */
     fun align(bgr: Mat, landmarks: DoubleArray): ByteArray {
-        matrix.put(0, 0, *Alignment.alignmentMatrix(landmarks, spec.inputHeight, spec.inputWidth))
+        matrix.put(0, 0, *Alignment.alignmentMatrix(landmarks, spec.inputHeight, spec.inputWidth, spec.cropBox()))
         Imgproc.warpAffine(
             bgr, crop, matrix, Size(spec.inputWidth.toDouble(), spec.inputHeight.toDouble()),
             Imgproc.INTER_LINEAR, Core.BORDER_CONSTANT, Scalar(0.0, 0.0, 0.0)

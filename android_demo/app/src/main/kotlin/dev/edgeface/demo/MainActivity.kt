@@ -14,6 +14,7 @@ import androidx.camera.lifecycle.ProcessCameraProvider
 import androidx.core.content.ContextCompat
 import dev.edgeface.core.Matching
 import dev.edgeface.core.ModelSpec
+import dev.edgeface.core.PackException
 import dev.edgeface.core.SpecException
 import dev.edgeface.demo.databinding.ActivityMainBinding
 import org.opencv.android.OpenCVLoader
@@ -22,10 +23,7 @@ import org.opencv.core.CvType
 import org.opencv.core.Mat
 import org.opencv.imgproc.Imgproc
 import java.io.File
-import java.io.FileInputStream
 import java.io.IOException
-import java.nio.ByteBuffer
-import java.nio.channels.FileChannel
 import java.util.concurrent.ExecutorService
 import java.util.concurrent.Executors
 
@@ -39,6 +37,7 @@ class MainActivity : AppCompatActivity() {
     private lateinit var analysis: ExecutorService
     private var pipeline: FacePipeline? = null
     private lateinit var spec: ModelSpec
+    private lateinit var modelKey: String
     private lateinit var enrollment: EnrollmentStore
     private val board = LatencyBoard()
     @Volatile private var latest: FloatArray? = null
@@ -59,11 +58,14 @@ class MainActivity : AppCompatActivity() {
         } catch (e: SpecException) {
             ui.status.text = e.message
             return
+        } catch (e: PackException) {
+            ui.status.text = "edgeface pack: ${e.message}"
+            return
         } catch (e: IllegalStateException) {
             ui.status.text = e.message
             return
         } catch (e: IOException) {
-            ui.status.text = "cannot read the bundled model files: ${e.message}"
+            ui.status.text = "cannot read the edgeface pack: ${e.message}"
             return
         }
         ui.enroll.setOnClickListener { enroll() }
@@ -75,20 +77,21 @@ class MainActivity : AppCompatActivity() {
         }
     }
 
-    /** The model, its spec sidecar and YuNet come from the APK's assets (see app/build.gradle.kts). */
+    /**
+     * The model, its spec sidecar and YuNet come from an edgeface pack (AppPack: the app's storage, else
+     * the APK's assets), each checked against the pack's manifest before it is used.
+     */
     private fun loadPipeline(): FacePipeline {
-        val modelAsset = BuildConfig.MODEL_ASSET
-        spec = ModelSpec.parse(assets.open("$modelAsset.json").bufferedReader().use { it.readText() })
+        val pack = AppPack.open(this)
+        val artifact = pack.manifest.chooseArtifact(BuildConfig.ARTIFACT.takeIf { it.isNotEmpty() })
+        spec = ModelSpec.parse(pack.text(artifact.spec))
+        // enrollments are bound to the exact model file: another pack's model is refused, not compared
+        modelKey = "${artifact.file} sha256 ${pack.manifest.files.getValue(artifact.file).sha256}"
         val threads = Runtime.getRuntime().availableProcessors().coerceAtMost(4)
-        val embedder = LiteRtEmbedder(mapAsset(modelAsset), spec, threads)
-        val detector = YuNetDetector(assets.open("face_detection_yunet_2026may.onnx").use { it.readBytes() })
+        val embedder = LiteRtEmbedder(pack.read(artifact.file), spec, threads)
+        val detector = YuNetDetector(pack.bytes(pack.manifest.detector))
+        ui.status.text = "${artifact.file} (${artifact.precision}) from ${pack.where}"
         return FacePipeline(detector, FaceAligner(spec), embedder)
-    }
-
-    private fun mapAsset(name: String): ByteBuffer = assets.openFd(name).use { fd ->
-        FileInputStream(fd.fileDescriptor).channel.use {
-            it.map(FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)
-        }
     }
 
     private fun startCamera() {
@@ -149,12 +152,12 @@ class MainActivity : AppCompatActivity() {
 
     private fun enroll() {
         val e = latest ?: return toast(getString(R.string.no_face))
-        enrollment.save(BuildConfig.MODEL_ASSET, e)
+        enrollment.save(modelKey, e)
         ui.status.text = "Enrolled with ${spec.name} (${spec.precision})"
     }
 
     private fun verify() {
-        val enrolled = enrollment.load(BuildConfig.MODEL_ASSET) ?: return toast(getString(R.string.no_enrollment))
+        val enrolled = enrollment.load(modelKey) ?: return toast(getString(R.string.no_enrollment))
         val e = latest ?: return toast(getString(R.string.no_face))
         val threshold = spec.threshold ?: return toast("The model's spec has no verification threshold.")
         val d = Matching.verify(enrolled, e, threshold)

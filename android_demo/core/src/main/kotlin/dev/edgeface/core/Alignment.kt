@@ -17,9 +17,23 @@ object Alignment {
         70.7299, 92.2041
     )
 
-    /** The template for an input of another size, scaled per axis like the Python runtime does. */
-    fun template(height: Int, width: Int): DoubleArray =
-        DoubleArray(10) { ARCFACE_TEMPLATE[it] * if (it % 2 == 0) width / 112.0 else height / 112.0 }
+    /**
+     * The template in the network input's pixels: the `crop` region [x, y, w, h] of the 112x112 frame
+     * (ModelSpec.cropBox()) scaled uniformly to `width`, as `edgeface.runtime.align.align_face` does. A
+     * 112x96 network gets the central 96 columns at full scale, never a squeezed face.
+     */
+    fun template(height: Int, width: Int, crop: DoubleArray = defaultCrop(height, width)): DoubleArray {
+        require(crop.size == 4 && crop[2] > 0 && crop[3] > 0) { "face crop must be [x, y, w, h]" }
+        val scale = width / crop[2]
+        return DoubleArray(10) { (ARCFACE_TEMPLATE[it] - crop[it % 2]) * scale }
+    }
+
+    /** The largest centred region of the 112x112 frame with the input's aspect ratio. */
+    fun defaultCrop(height: Int, width: Int): DoubleArray {
+        val cw = if (width >= height) 112.0 else 112.0 * width / height
+        val ch = if (width >= height) 112.0 * height / width else 112.0
+        return doubleArrayOf((112.0 - cw) / 2, (112.0 - ch) / 2, cw, ch)
+    }
 
     /**
      * Least-squares similarity (rotation, uniform scale, translation) mapping `src` points onto `dst`;
@@ -67,9 +81,15 @@ object Alignment {
         return doubleArrayOf(a, -b, mdx - (a * msx - b * msy), b, a, mdy - (b * msx + a * msy))
     }
 
-    /** The matrix that warps a face with these five landmarks onto a `height` x `width` template. */
-    fun alignmentMatrix(landmarks: DoubleArray, height: Int, width: Int): DoubleArray {
+    /** The matrix that warps a face with these five landmarks onto a `height` x `width` network input. */
+    fun alignmentMatrix(
+        landmarks: DoubleArray,
+        height: Int,
+        width: Int,
+        crop: DoubleArray = defaultCrop(height, width)
+    ): DoubleArray {
         require(landmarks.size == 10) { "expected five (x, y) landmarks, got ${landmarks.size / 2}" }
-        return similarityTransform(landmarks, template(height, width))
+        require(landmarks.all { !it.isNaN() && !it.isInfinite() }) { "landmarks must be finite" }
+        return similarityTransform(landmarks, template(height, width, crop))
     }
 }

@@ -21,11 +21,29 @@ data class ModelSpec(
     val mean: List<Double>,
     val std: List<Double>,
     val embeddingDim: Int,
+    /** [x, y, w, h] of the ArcFace 112x112 frame the network sees (null: see [cropBox]). */
+    val faceCrop: List<Double>?,
     val threshold: Double?,
     val precision: String,
     val inputQuant: TensorQuant?,
     val outputQuant: TensorQuant?
 ) {
+    /**
+     * The region of the aligned 112x112 face that becomes the network input, as `ModelSpec.crop_box()`:
+     * the spec's `face_crop`, else the largest centred region with the input's aspect ratio (columns
+     * 8..104 for a 112x96 network), so a non-square network never gets a squeezed face.
+     */
+    fun cropBox(): DoubleArray {
+        faceCrop?.let { return it.toDoubleArray() }
+        val side = 112.0
+        val (cw, ch) = if (inputWidth >= inputHeight) {
+            Pair(side, side * inputHeight / inputWidth)
+        } else {
+            Pair(side * inputWidth / inputHeight, side)
+        }
+        return doubleArrayOf((side - cw) / 2, (side - ch) / 2, cw, ch)
+    }
+
     companion object {
         const val SCHEMA_VERSION = 1
         private val REQUIRED = listOf(
@@ -52,27 +70,50 @@ data class ModelSpec(
             }
             for (key in REQUIRED) if (!data.has(key)) fail("missing required field '$key'")
             val name = data.opt("name")
-            if (name !is String || name.length == 0) fail("'name' must be a non-empty string")
+            if (name !is String || name.length == 0 || name.length > 512) {
+                fail("'name' must be a non-empty string (at most 512 characters)")
+            }
             val size = numbers(data, "input_size", 2)
-            if (size.any { it != Math.floor(it) || it < 1 }) {
-                fail("'input_size' must be two positive integers, got $size")
+            if (size.any { it != Math.floor(it) || it < 8 || it > 4096 }) {
+                fail("'input_size' must be two integers in [8, 4096], got $size")
             }
             val layout = Layout.values().firstOrNull { it.name == data.opt("layout") }
                 ?: fail("'layout' must be one of NCHW, NHWC, got ${data.opt("layout")}")
             val order = ChannelOrder.values().firstOrNull { it.name == data.opt("channel_order") }
                 ?: fail("'channel_order' must be one of RGB, BGR, got ${data.opt("channel_order")}")
             val mean = numbers(data, "mean", 3)
+            if (mean.any { Math.abs(it) > 255 }) fail("'mean' values must lie in [-255, 255]")
             val std = numbers(data, "std", 3)
-            if (std.any { it <= 0 }) fail("'std' values must be > 0")
+            if (std.any { it < 1e-6 || it > 1e6 }) fail("'std' values must be > 0 (and within [1e-6, 1e6])")
             val dim = data.opt("embedding_dim")
-            if (!isInteger(dim) || (dim as Number).toLong() < 1) {
-                fail("'embedding_dim' must be a positive integer, got $dim")
+            if (!isInteger(dim) || (dim as Number).toLong() < 1 || dim.toLong() > 65536) {
+                fail("'embedding_dim' must be an integer in [1, 65536], got $dim")
+            }
+            var crop: List<Double>? = null
+            if (data.has("face_crop") && !data.isNull("face_crop")) {
+                val c = numbers(data, "face_crop", 4)
+                if (c[2] <= 0 || c[3] <= 0 || c[2] > 336 || c[3] > 336) {
+                    fail("'face_crop' width and height must lie in (0, 336], got $c")
+                }
+                if (Math.abs(c[0]) > 112 || Math.abs(c[1]) > 112) {
+                    fail("'face_crop' x and y must lie in [-112, 112], got $c")
+                }
+                if (Math.abs((c[2] / c[3]) / (size[1] / size[0]) - 1) > 0.01) {
+                    fail("'face_crop' does not have the aspect ratio of input_size")
+                }
+                crop = c
             }
             val threshold = optNumber(data, "threshold")
             if (data.has("threshold") && !data.isNull("threshold") &&
                 (threshold == null || threshold < -1.0 || threshold > 1.0)
             ) {
                 fail("'threshold' must be a cosine similarity in [-1, 1] or null, got ${data.opt("threshold")}")
+            }
+            val far = optNumber(data, "threshold_far")
+            if (data.has("threshold_far") && !data.isNull("threshold_far") &&
+                (far == null || far <= 0.0 || far >= 1.0)
+            ) {
+                fail("'threshold_far' must be a rate in (0, 1) or null, got ${data.opt("threshold_far")}")
             }
             val precision = if (data.has("precision")) data.opt("precision") else "fp32"
             if (precision !is String || precision !in PRECISIONS) {
@@ -94,6 +135,7 @@ data class ModelSpec(
                 mean = mean,
                 std = std,
                 embeddingDim = (dim as Number).toInt(),
+                faceCrop = crop,
                 threshold = threshold,
                 precision = precision,
                 inputQuant = inputQuant,
@@ -107,16 +149,20 @@ data class ModelSpec(
             if (!tq.has("scale") || !tq.has("zero_point") || !tq.has("dtype")) {
                 fail("'quantization.$side' needs scale, zero_point and dtype")
             }
-            val scale = optNumber(tq, "scale")
-            if (scale == null || scale <= 0) fail("'quantization.$side.scale' must be > 0")
             val dtype = tq.opt("dtype")
             if (dtype != "int8" && dtype != "uint8") fail("'quantization.$side.dtype' must be int8 or uint8")
+            val scale = optNumber(tq, "scale")
+            if (scale == null || scale <= 0 || scale > 1e6) fail("'quantization.$side.scale' must be > 0 and finite")
             val zp = tq.opt("zero_point")
-            if (!isInteger(zp)) fail("'quantization.$side.zero_point' must be an integer")
+            val (lo, hi) = if (dtype == "int8") Pair(-128L, 127L) else Pair(0L, 255L)
+            if (!isInteger(zp) || (zp as Number).toLong() < lo || zp.toLong() > hi) {
+                fail("'quantization.$side.zero_point' must be an integer in [$lo, $hi]")
+            }
             return TensorQuant(scale, (zp as Number).toInt(), dtype as String)
         }
 
-        private fun isNumber(v: Any?): Boolean = v is Number  // org.json gives Boolean for true/false
+        // org.json gives Boolean for true/false; NaN and Infinity are not numbers a spec may hold
+        private fun isNumber(v: Any?): Boolean = v is Number && !v.toDouble().isNaN() && !v.toDouble().isInfinite()
 
         private fun isInteger(v: Any?): Boolean = v is Int || v is Long
 

@@ -30,12 +30,17 @@ class CoreTest {
     }
 
     @Test
-    fun templateLandsOnItselfAndScalesPerAxis() {
+    fun templateLandsOnItselfAndKeepsTheAspectRatio() {
         val m = Alignment.alignmentMatrix(Alignment.ARCFACE_TEMPLATE, 112, 112)
         assertArrayEquals(doubleArrayOf(1.0, 0.0, 0.0, 0.0, 1.0, 0.0), m, 1e-9)
-        val t = Alignment.template(224, 112)
-        assertEquals(Alignment.ARCFACE_TEMPLATE[0], t[0], 1e-12)
-        assertEquals(Alignment.ARCFACE_TEMPLATE[1] * 2, t[1], 1e-12)
+        // 112x96: the central 96 columns at full scale (as runtime.align), not the face squeezed
+        val narrow = Alignment.template(112, 96)
+        assertEquals(Alignment.ARCFACE_TEMPLATE[0] - 8, narrow[0], 1e-12)
+        assertEquals(Alignment.ARCFACE_TEMPLATE[1], narrow[1], 1e-12)
+        // 224x112: columns 28..84 scaled by 2 in both directions
+        val tall = Alignment.template(224, 112)
+        assertEquals((Alignment.ARCFACE_TEMPLATE[0] - 28) * 2, tall[0], 1e-12)
+        assertEquals(Alignment.ARCFACE_TEMPLATE[1] * 2, tall[1], 1e-12)
     }
 
     @Test(expected = IllegalArgumentException::class)

@@ -1,0 +1,116 @@
+"""Quiet by default: third-party chatter off at default verbosity, back on with `edgeface -v`.
+
+A first run that prints "Failed to load ... Could not load this library", absl's "All log messages before
+absl::InitializeLog()" and "INFO: Created TensorFlow Lite XNNPACK delegate" looks broken even when it
+worked, and buries the one line that matters. Three kinds of noise, three mechanisms:
+- Python warnings and log records from other packages: filtered here once, at CLI start (`configure`);
+  edgeface's own warnings and messages are never filtered.
+- Native (C++) logging that honours environment variables (TensorFlow/absl, glog): set before the
+  libraries load.
+- Native code that writes straight to file descriptor 2 (LiteRT's delegate banner, the converter's
+  absl lines): `native_quiet()` points fd 2 at a temporary file around the few calls that do it; what was
+  captured is replayed when the call fails, so a library's own explanation of an error is never lost.
+Pure stdlib, so the runtime (which imports no torch) can use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_VERBOSE = False
+
+# loggers of the libraries we call; their warnings are about their internals, not the user's model
+THIRD_PARTY_LOGGERS = (
+    "torchao",
+    "torch",
+    # torch's own logging setup re-levels "torch" when it loads; children it does not register keep ours
+    "torch.utils._pytree",
+    "torch.export",
+    "torch._export",
+    "torch.onnx",
+    "torch.fx",
+    "jax",
+    "absl",
+    "tensorflow",
+    "litert_torch",
+    "ai_edge_litert",
+    "ai_edge_quantizer",
+    "onnxscript",
+    "onnx_ir",
+    "torch_pruning",
+    "matplotlib",
+)
+NATIVE_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "3",  # TensorFlow / LiteRT converter C++ logging
+    "GLOG_minloglevel": "2",
+    "ABSL_MIN_LOG_LEVEL": "2",
+    "ORT_LOGGING_LEVEL": "3",
+}
+
+
+def verbose() -> bool:
+    return _VERBOSE
+
+
+def configure(verbose: bool = False) -> None:
+    """Set the process's verbosity once, before any heavy library is imported (the CLI does this)."""
+    global _VERBOSE
+    _VERBOSE = verbose
+    if verbose:
+        return
+    for key, value in NATIVE_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # warnings raised from other packages' code (DeprecationWarning, FutureWarning, UserWarning ...);
+    # a warning whose origin is edgeface's own code still shows
+    warnings.filterwarnings("ignore", module=r"^(?!edgeface)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@contextmanager
+def native_quiet() -> Iterator[None]:
+    """Silence what native code writes to fd 2 during the block (unless verbose); replay it on failure."""
+    if _VERBOSE:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to silence
+        yield
+        return
+    capture = tempfile.TemporaryFile()
+    try:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace").strip()
+            if text:
+                print(text, file=sys.stderr)
+            raise
+        _restore(saved)
+    finally:
+        capture.close()
+        try:
+            os.close(saved)
+        except OSError:
+            pass
+
+
+def _restore(saved: int) -> None:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os.dup2(saved, 2)

@@ -1,0 +1,134 @@
+"""Face models with the shapes of real ones that export has to cope with, given to edgeface as
+`--model tests._awkward_models:<factory>` (random weights, deterministic).
+
+- `prelu_view_net`: a PReLU MobileFaceNet-like net on a 112x96 input (SphereFace/CosFace-style crop) that
+  flattens with `x.view(x.size(0), -1)`, with trained-like PReLU slopes: negative and above 1.
+- `tiny_hybrid`: an EdgeNeXt-like hybrid: channels-last LayerNorm and Linear layers, GELU, layer-scale
+  `gamma`, a cross-covariance attention with a per-head `temperature`, and shapes read from `x.shape`.
+- `fft_net`: uses an op the ONNX exporter does not know (a user model export cannot handle).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def trained_like_slopes(c: int, seed: int) -> torch.Tensor:
+    """Slopes spread over [-4, 2.2] like those of PReLU nets trained in the wild (many negative, some > 1)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(c, generator=g) * 6.2 - 4.0
+
+
+class PReLUViewNet(nn.Module):
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+
+        def block(cin: int, cout: int, k: int, s: int, groups: int = 1) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, k, s, k // 2, groups=groups, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.PReLU(cout),
+            )
+
+        self.stem = block(3, 16, 3, 2)  # 56x48
+        self.dw = block(16, 16, 3, 2, groups=16)  # 28x24
+        self.pw = block(16, 32, 1, 1)
+        self.res = block(32, 32, 3, 1, groups=32)
+        self.down = block(32, 32, 3, 2)  # 14x12
+        self.last = block(32, 32, 3, 2)  # 7x6
+        self.fc = nn.Linear(32 * 7 * 6, dim)
+        self.bn = nn.BatchNorm1d(dim)
+        for k, m in enumerate(m for m in self.modules() if isinstance(m, nn.PReLU)):
+            m.weight.data.copy_(trained_like_slopes(m.weight.numel(), k))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(self.stem(x)))
+        x = x + self.res(x)
+        x = self.last(self.down(x))
+        x = x.view(x.size(0), -1)
+        return self.bn(self.fc(x))
+
+
+def prelu_view_net() -> nn.Module:
+    model = PReLUViewNet()
+    model.edgeface_spec = {
+        "input_size": [112, 96],
+        "layout": "NCHW",
+        "channel_order": "RGB",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "embedding_dim": 64,
+    }
+    return model
+
+
+class XCA(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.linspace(0.5, 2.0, heads).reshape(heads, 1, 1))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 4, 1)
+        q, k, v = qkv.unbind(0)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+        x = (attn.softmax(dim=-1) @ v).permute(0, 3, 1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class TinyHybrid(nn.Module):
+    def __init__(self, dim: int = 32, emb: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, dim, 4, 4)  # 28x28
+        self.stem_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.dw = nn.Conv2d(dim, dim, 7, 1, 3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1, self.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+        self.down = nn.Conv2d(dim, dim, 2, 2)  # 14x14
+        self.norm_xca = nn.LayerNorm(dim, eps=1e-6)
+        self.xca = XCA(dim, 4)
+        self.gamma_xca = nn.Parameter(torch.full((dim,), 0.5))
+        self.head_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, emb)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_norm(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.fc2(F.gelu(self.fc1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        x = self.down(x)
+        B, C, H, W = x.shape
+        t = x.reshape(B, C, H * W).permute(0, 2, 1)
+        t = t + self.gamma_xca * self.xca(self.norm_xca(t))
+        x = t.permute(0, 2, 1).reshape(B, C, H, W)
+        x = self.head_norm(x.mean((2, 3)))
+        return self.head(x)
+
+
+def tiny_hybrid() -> nn.Module:
+    return TinyHybrid()
+
+
+class FFTNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return torch.fft.rfft(x.flatten(1), dim=1).abs()[:, :16]
+
+
+def fft_net() -> nn.Module:
+    return FFTNet()
