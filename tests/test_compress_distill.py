@@ -237,3 +237,22 @@ def test_distill_under_torchrun_two_ranks_end_identical(faces, tmp_path) -> None
     assert stats[0]["final_loss"] == pytest.approx(stats[1]["final_loss"])
     assert "distill" in (tmp_path / "rank0.err").read_text()
     assert "distill" not in (tmp_path / "rank1.err").read_text()
+
+
+def test_frozen_teacher_runs_in_onnxruntime_with_torch_outputs() -> None:
+    from edgeface.compress.distill import FrozenTeacher
+
+    model, _ = build_model(USER_MODEL)
+    model.eval()
+    x = torch.randn(4, 3, 112, 112)
+    frozen = FrozenTeacher(model)
+    got = frozen(x)
+    assert frozen.runtime == "onnxruntime"  # the exported graph reproduced torch, so it is used
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    with torch.no_grad():  # later batches (another size) go through the same session
+        assert torch.allclose(frozen(x[:3]), model(x[:3]), rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    assert FrozenTeacher(model, "torch")(x).equal(ref) and FrozenTeacher(model, "torch").runtime == "torch"
+    with pytest.raises(EdgefaceError, match="teacher runtime"):
+        FrozenTeacher(model, "onnxruntime")

@@ -112,7 +112,21 @@ def test_cli_user_model_iterative_taylor_finetune_then_prune_again(face_dir, tmp
     assert load_model(USER_MODEL, quantized).model(torch.randn(1, 3, 112, 112)).shape == (1, 32)
 
     second = tmp_path / "p2.pt"
-    assert main(["prune", "-m", USER_MODEL, "-w", str(first), "--ratio", "0.25", "-o", str(second)]) == 0
+    # --round-to 1: the one prunable layer is 16 wide by now, and 25 % of it rounds back to 16 at 8
+    args = [
+        "prune",
+        "-m",
+        USER_MODEL,
+        "-w",
+        str(first),
+        "--ratio",
+        "0.25",
+        "--round-to",
+        "1",
+        "-o",
+        str(second),
+    ]
+    assert main(args) == 0
     ckpt = read_checkpoint(second)
     assert [t["kind"] for t in ckpt["transforms"]] == ["prune", "prune"]
     assert ckpt["model"] == USER_MODEL

@@ -168,3 +168,65 @@ def test_cli_prunes_edgeface_xs(tmp_path) -> None:
     finally:
         sys.path.remove(str(XS_DIR))
     assert pruned(torch.randn(1, 3, 112, 112)).shape == (1, 512)
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple() -> None:
+    from edgeface.compress.prune import _keep
+
+    assert _keep(64, 45, 1, 8) == 48 and _keep(64, 43, 1, 8) == 40  # nearest multiple, not always down
+    assert _keep(64, 2, 1, 8) == 8 and _keep(20, 20, 1, 8) == 20  # at least one unit; never grows a layer
+    assert _keep(64, 45, 2, 8) == 44  # 2 groups: 44 per group x 2 = 88, a multiple of 8
+    torch.manual_seed(0)
+    model = MBF(blocks=(1, 1, 1, 1), input_size=48)
+    spec = build_model("mbf")[1].replace(input_size=(48, 48))
+    before = layer_shapes(model)
+    prune_model(model, spec, 0.3, round_to=8, scope="all", progress=False)
+    after = layer_shapes(model)
+    changed = [n for n, s in after.items() if s["type"] == "Conv2d" and s["out"] != before[n]["out"]]
+    assert len(changed) >= 4
+    for name in changed:
+        assert after[name]["out"] % 8 == 0, (name, after[name])
+        if before[name]["groups"] == before[name]["in"] > 1:  # depthwise stays depthwise
+            assert after[name]["groups"] == after[name]["in"] == after[name]["out"]
+    assert model.eval()(torch.randn(1, 3, 48, 48)).shape == (1, 512)
+
+
+def test_latency_budget_is_measured_through_the_exported_artifact(lfw, tmp_path, capsys) -> None:
+    out = tmp_path / "h.pt"
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in sorted((lfw / "aligned112").glob("*/*.jpg"))[:10]:
+        (few / p.name).write_bytes(p.read_bytes())
+    args = ["prune", "-m", HYBRID, "--target-latency-ms", "5", "-o", str(out)]
+    assert main([*args, "--data", str(few)]) == 2  # refused before any export: too few faces to export
+    assert "at least 72" in capsys.readouterr().err and not out.exists()
+    # a budget the unpruned model already meets: measured (export + ONNX Runtime timing), then refused
+    assert main([*args[:3], "--target-latency-ms", "100000", "--latency-precision", "fp32", "-o", str(out),
+                 "--data", str(lfw)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "already runs in" in err and "onnxruntime (fp32)" in err and not out.exists()
+    ms = float(err.split("already runs in ")[1].split(" ms")[0])
+    assert 0.0 < ms < 1000.0
+
+
+class _FlattenHead(nn.Module):
+    """IResNet's ending in small: conv channels flattened channel-major into the embedding Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.BatchNorm2d(8), nn.PReLU(8))
+        self.body = nn.Sequential(nn.Conv2d(8, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.PReLU(16))
+        self.fc = nn.Linear(16 * 7 * 7, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.body(self.stem(x)), 1))
+
+
+def test_channels_flattened_into_the_head_are_pruned_with_it() -> None:
+    torch.manual_seed(0)
+    model, spec = _FlattenHead(), build_model("mbf")[1]
+    x = torch.randn(2, 3, 112, 112)
+    result = prune_model(model, spec, 0.5, round_to=1, progress=False)
+    assert result.left_whole == []  # the flatten is a known channel mapping, not a blocker
+    assert model.body[0].out_channels == 8 and model.fc.in_features == 8 * 49
+    assert model.eval()(x).shape == (2, 32)

@@ -28,11 +28,15 @@ from typing import Any
 
 from torch import nn
 
+from edgeface.converters.export import MIN_IMPOSTOR_IMAGES
 from edgeface.errors import EdgefaceError, ModelError
 from edgeface.spec import ModelSpec
 
 RUNTIMES = {"onnxruntime": ("onnx", ".onnx"), "litert": ("tflite", ".tflite")}
 LATENCY_PRECISIONS = ("int8", "fp32")
+PARITY_IMAGES = 8
+# export's floor: calibration faces for the embedded threshold's impostor pairs, plus held-out parity faces
+MIN_LATENCY_IMAGES = MIN_IMPOSTOR_IMAGES + PARITY_IMAGES
 
 
 def parse_macs(text: str, original: int) -> int:
@@ -142,7 +146,8 @@ class LatencyMeasure:
             out = Path(tmp) / "artifact"
             cmd = [sys.executable, "-m", "edgeface.cli.main", "export", "-m", self.model_ref, "-w", str(ckpt),
                    f"--{self.precision}", "--format", fmt, "--calib", self.calib_dir, "-o", str(out),
-                   "--calib-images", "32", "--parity-images", "8", "--min-cosine", "0.01"]  # fmt: skip
+                   "--calib-images", str(MIN_IMPOSTOR_IMAGES), "--parity-images", str(PARITY_IMAGES),
+                   "--min-cosine", "0.01", "--no-pack"]  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]

@@ -220,17 +220,22 @@ class ValidationCosine:
         return float((s * self.t).sum(1).mean()), rms
 
 
+TEACHER_RUNTIMES = ("auto", "torch")  # auto: ONNX Runtime when it reproduces torch, else torch
+
+
 class FrozenTeacher:
     """The teacher's forward, through ONNX Runtime when it reproduces torch, else torch.
 
-    The teacher never trains, and on a CPU its forward is a quarter of every distillation step; ONNX
-    Runtime runs the same network ~5x faster than eager PyTorch (mobilefacenet, 2 cores, measured for
-    benchmarks/prune_recipes.py). The exported graph is used only if its outputs on the first batch match
-    torch's to 1e-4 (relative), so training sees the same targets either way; any export failure (a graph
-    the exporter cannot handle) silently keeps torch.
+    The teacher never trains, yet its forward is part of every distillation step; ONNX Runtime runs an
+    inference-only graph (BatchNorm folded, fused kernels) that is cheaper than eager PyTorch on a CPU. The
+    exported graph is used only if its outputs on the first batch match torch's to 1e-4 (relative), so
+    training sees the same targets either way; when export or that check fails the teacher stays in torch,
+    and `distill` reports which runtime ran it ("teacher_runtime").
     """
 
     def __init__(self, teacher: nn.Module, runtime: str = "auto") -> None:
+        if runtime not in TEACHER_RUNTIMES:
+            raise EdgefaceError(f"unknown teacher runtime '{runtime}'; choose one of {TEACHER_RUNTIMES}")
         self.teacher = teacher
         self.session: Any = None
         self.runtime = "torch"

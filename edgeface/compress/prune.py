@@ -404,12 +404,16 @@ def _channel_groups(dg: Any, group: Any) -> int:
 
 
 def _keep(count: int, wanted: int, groups: int, round_to: int) -> int:
-    """Channels to keep per channel group: `wanted` rounded down so the layer width (count per group x
-    groups) is a multiple of `round_to`, never below one such multiple, never above `count`."""
+    """Channels to keep per channel group: `wanted` rounded to the nearest count that makes the layer width
+    (count per group x groups) a multiple of `round_to`, never below one such multiple, never above `count`
+    (a layer whose original width is not a multiple then stays whole rather than grow).
+
+    Nearest, not down: rounding down would remove up to `round_to - 1` extra channels from every group, so
+    a small ratio would cut far more than asked on narrow layers."""
     import math
 
     unit = round_to // math.gcd(round_to, groups)
-    keep = max(unit, wanted - wanted % unit)
+    keep = max(unit, int(math.floor(wanted / unit + 0.5)) * unit)
     return min(count, keep)
 
 

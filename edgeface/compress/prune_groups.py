@@ -236,7 +236,12 @@ def analyse(model: nn.Module, example: torch.Tensor, protected: Sequence[nn.Modu
                 blockers.append((0, f"its channels go through {op} ({where}), sizes fixed in forward code"))
             elif kind == ops.OPTYPE.RESHAPE:
                 s = shapes.get(id(node))
-                if s is None or not reshape_keeps_channels(s[0], s[1], n):
+                # after a channel-major flatten Torch-Pruning's indices count flattened positions
+                # (512 channels x 49 = 25088 on IResNet's fc), so the root's own width is checked too
+                if s is None or not (
+                    reshape_keeps_channels(s[0], s[1], n)
+                    or (channels and reshape_keeps_channels(s[0], s[1], int(channels)))
+                ):
                     shape = f" {list(s[0])} -> {list(s[1])}" if s else ""
                     blockers.append((1, f"a reshape{shape} ({where}) splits its {n} channels"))
             elif kind == ops.OPTYPE.PARAMETER:
