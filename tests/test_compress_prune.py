@@ -112,7 +112,21 @@ def test_cli_user_model_iterative_taylor_finetune_then_prune_again(face_dir, tmp
     assert load_model(USER_MODEL, quantized).model(torch.randn(1, 3, 112, 112)).shape == (1, 32)
 
     second = tmp_path / "p2.pt"
-    assert main(["prune", "-m", USER_MODEL, "-w", str(first), "--ratio", "0.25", "-o", str(second)]) == 0
+    # --round-to 1: the one prunable layer is 16 wide by now, and 25 % of it rounds back to 16 at 8
+    args = [
+        "prune",
+        "-m",
+        USER_MODEL,
+        "-w",
+        str(first),
+        "--ratio",
+        "0.25",
+        "--round-to",
+        "1",
+        "-o",
+        str(second),
+    ]
+    assert main(args) == 0
     ckpt = read_checkpoint(second)
     assert [t["kind"] for t in ckpt["transforms"]] == ["prune", "prune"]
     assert ckpt["model"] == USER_MODEL
@@ -138,16 +152,52 @@ def test_cli_pruned_mobilefacenet_goes_back_into_eval(lfw, mfn_weights, tmp_path
     assert json.loads(report.read_text())["n_pairs"] == 8
 
 
-def test_interrupted_prune_leaves_no_output(face_dir, tmp_path, monkeypatch, capsys) -> None:
+def test_interrupted_prune_writes_nothing_and_resumes_exactly(
+    face_dir, tmp_path, monkeypatch, capsys
+) -> None:
     import edgeface.compress.distill as distill_module
 
+    real = distill_module.distill
+    calls = {"n": 0}
+
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C in the middle of the fine-tune
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the fine-tune after the second pruning step
+        return real(*args, **kwargs)
+
+    def args(out: Path) -> list[str]:
+        torch.manual_seed(0)  # the user model starts from random weights: the same ones every run
+        return ["prune", "-m", USER_MODEL, "--ratio", "0.5", "--steps", "2", "--data", str(face_dir),
+                "--finetune-epochs", "1", "--max-steps", "4", "--batch-size", "4", "--augment", "strong",
+                "--report", str(out.with_suffix(".md")), "-o", str(out), "--json"]  # fmt: skip
+
+    whole = tmp_path / "whole" / "p.pt"
+    whole.parent.mkdir()
+    assert main(args(whole)) == 0
+    capsys.readouterr()
 
     monkeypatch.setattr(distill_module, "distill", interrupted)
-    out = tmp_path / "never.pt"
-    args = ["prune", "-m", USER_MODEL, "--ratio", "0.3", "--data", str(face_dir), "--finetune-epochs", "1",
-            "--report", str(tmp_path / "never.md"), "-o", str(out)]  # fmt: skip
-    assert main(args) == 130
+    out = tmp_path / "run" / "p.pt"
+    out.parent.mkdir()
+    assert main(args(out)) == 130
     assert "Traceback" not in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    # no output and no report, only the state a rerun continues from
+    assert [p.name for p in out.parent.iterdir()] == ["p.pt.resume"]
+    monkeypatch.setattr(distill_module, "distill", real)
+    assert main(args(out)) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [f["after_step"] for f in data["finetune"]] == [1, 2]  # step 1 was not redone, step 2 finished
+    assert sorted(p.name for p in out.parent.iterdir()) == ["p.md", "p.pt"]
+    a, b = read_checkpoint(whole)["state_dict"], read_checkpoint(out)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same as never interrupted
+
+    # a changed setting is refused rather than silently mixed with the saved run
+    monkeypatch.setattr(distill_module, "distill", interrupted)
+    calls["n"] = 0
+    assert main(args(out)) == 130
+    monkeypatch.setattr(distill_module, "distill", real)
+    changed = args(out)
+    changed[changed.index("--max-steps") + 1] = "6"
+    assert main(changed) == 2
+    assert "other settings" in capsys.readouterr().err

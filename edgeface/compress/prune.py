@@ -21,6 +21,7 @@ re-created at its pruned size, then the state_dict loads strictly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,6 @@ from edgeface.errors import EdgefaceError
 from edgeface.spec import ModelSpec
 
 IMPORTANCES = ("l1", "l2", "bn", "taylor")
-_RESHAPEABLE = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU)
 
 
 @dataclass
@@ -45,6 +45,7 @@ class PruneResult:
     protected: list[str]
     record: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    left_whole: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def macs_reduction(self) -> float:
@@ -63,6 +64,7 @@ class PruneResult:
             "params_after": self.params_after,
             "params_reduction": round(self.params_reduction, 4),
             "protected": self.protected,
+            "left_whole": self.left_whole,
             "history": self.history,
         }
 
@@ -198,6 +200,115 @@ def recalibrate_bn(
     model.train(was_training)
 
 
+SCOPES = ("all", "inner")
+
+
+def step_ratio(ratio: float, steps: int, k: int) -> float:
+    """Fraction of the *current* channels step k (0-based) removes so that after step k a fraction
+    ratio * (k + 1) / steps of the original channels is gone (equal increments of the original)."""
+    before, after = ratio * k / steps, ratio * (k + 1) / steps
+    return 1.0 - (1.0 - after) / (1.0 - before)
+
+
+@dataclass
+class GroupPlan:
+    """What pruning may touch, by name, so one trace serves every copy of the same architecture."""
+
+    protected: list[str]  # stem, head and --protect modules
+    roots: list[str]  # the layer that defines each group to prune (its output channels)
+    left_whole: list[dict[str, str]]  # [{layer, reason}] for groups kept by necessity or --scope
+    unwrapped: list[tuple[str, int]]  # bare parameters Torch-Pruning resizes, with the axis
+    graph: Any = field(default=None, repr=False, compare=False)  # the traced graph of `graph_of`
+    graph_of: int | None = field(default=None, repr=False, compare=False)  # id() of that model
+
+    def clone(self, model: nn.Module) -> tuple[nn.Module, GroupPlan]:
+        """A deep copy of `model` (the model this plan traced) with this plan bound to the copy: budget
+        probes prune copies without tracing again."""
+        import copy
+        from dataclasses import replace
+
+        if self.graph is None or self.graph_of != id(model):
+            return copy.deepcopy(model), replace(self, graph=None, graph_of=None)
+        import types
+
+        # Torch-Pruning's pruner singletons (importance criteria recognise them by identity) and Python
+        # modules are shared, not copied; modules, parameters and graph nodes are copied together
+        g = self.graph
+        keep = [v for v in vars(g).values() if isinstance(v, types.ModuleType)]
+        keep += [*g.REGISTERED_PRUNERS.values(), *g.CUSTOMIZED_PRUNERS.values()]
+        m, graph = copy.deepcopy((model, g), memo={id(v): v for v in keep})
+        return m, replace(self, graph=graph, graph_of=id(m))
+
+    def graph_for(self, model: nn.Module, spec: ModelSpec) -> Any:
+        """The dependency graph of `model`: the analysis's own when it is the same model, else traced."""
+        if self.graph is not None and self.graph_of == id(model):
+            return self.graph
+        import torch_pruning as tp
+
+        params = dict(model.named_parameters())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp.DependencyGraph().build_dependency(
+                model.eval(),
+                example_inputs=_example(spec),
+                unwrapped_parameters=[(params[n], d) for n, d in self.unwrapped],
+            )
+
+
+def plan_groups(
+    model: nn.Module,
+    spec: ModelSpec,
+    protect: Sequence[str] = (),
+    protect_defaults: bool = True,
+    scope: str = "all",
+) -> GroupPlan:
+    """Decide what pruning may touch.
+
+    The stem, the embedding head and `protect` are left whole by choice; groups whose channels pass through
+    shape arithmetic Torch-Pruning cannot rewrite are left whole by necessity (`prune_groups`), and each is
+    reported with the reason. `scope="inner"` also keeps every residual stream at its width and prunes only
+    channels private to one block (expansion/bottleneck widths).
+    """
+    from edgeface.compress.prune_groups import analyse
+    from edgeface.errors import ModelError
+
+    if scope not in SCOPES:
+        raise EdgefaceError(f"unknown pruning scope '{scope}'; choose one of {', '.join(SCOPES)}")
+    names, protected_layers = resolve_protected(model, spec, protect, protect_defaults)
+    try:
+        analysis = analyse(model, _example(spec, batch=2), protected_layers)
+    except Exception as e:  # a graph Torch-Pruning cannot trace: say so in one line
+        raise ModelError(
+            f"Torch-Pruning cannot trace the model ({type(e).__name__}: {e}); structured pruning "
+            "is not available for it"
+        ) from e
+    left: list[dict[str, str]] = []
+    roots: list[str] = []
+    module_names = {id(m): n for n, m in model.named_modules()}
+    for g in analysis.groups:
+        if g.blocker is not None:
+            left.append({"layer": g.root, "reason": g.blocker})
+        elif scope == "inner" and g.residual:
+            left.append({"layer": g.root, "reason": "residual stream (--scope inner)"})
+        else:
+            roots.append(module_names[id(g.module)])
+    if not roots:
+        first = left[0] if left else {"layer": names[0] if names else "?", "reason": "protected"}
+        raise ModelError(
+            f"nothing to prune: every channel group is protected or unsafe; e.g. layer '{first['layer']}': "
+            f"{first['reason']}"
+        )
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    return GroupPlan(
+        protected=names,
+        roots=roots,
+        left_whole=left,
+        unwrapped=[(param_names[id(p)], d) for p, d in analysis.unwrapped],
+        graph=analysis.graph,
+        graph_of=id(model),
+    )
+
+
 def prune_model(
     model: nn.Module,
     spec: ModelSpec,
@@ -211,43 +322,47 @@ def prune_model(
     teacher: nn.Module | None = None,
     after_step: Callable[[int, nn.Module], None] | None = None,
     progress: bool = True,
+    round_to: int = 1,
+    scope: str = "all",
+    start_step: int = 0,
+    reference: tuple[int, int] | None = None,
+    plan: GroupPlan | None = None,
 ) -> PruneResult:
     """Prune `model` in place to keep (1 - ratio) of the filters of each prunable group (per layer), or
     (1 - ratio) of all prunable filters ranked together (`global_pruning`), in `steps` equal increments.
 
-    With `grad_images` (the fine-tune data), BatchNorm statistics are re-estimated after every increment
-    (`recalibrate_bn`). `after_step(k, model)` runs after each increment: the iterative schedule
-    fine-tunes there, so the next increment ranks filters of a network that has recovered from the last
-    cut. Taylor importance needs `grad_images` and a `teacher` (see `_taylor_gradients`).
+    Every step ranks channels afresh on the current network (a new Torch-Pruning pruner), so the schedule
+    can stop and resume between steps: `start_step` k continues a model already pruned through step k
+    (`reference`: MACs and parameters of the original model, for the report). `round_to` keeps every pruned
+    group's width a multiple of it (int8 kernels pack channels in 4s, 8s or 16s). With `grad_images` (the
+    fine-tune data), BatchNorm statistics are re-estimated after every increment (`recalibrate_bn`).
+    `after_step(k, model)` runs after each increment: the iterative schedule fine-tunes there, so the next
+    increment ranks filters of a network that has recovered from the last cut. Taylor importance needs
+    `grad_images` and a `teacher` (see `_taylor_gradients`). `plan` (from `plan_groups` on the same
+    architecture) skips tracing it again; `protect`/`protect_defaults`/`scope` are then ignored.
     """
-    import torch_pruning as tp
     from tqdm.auto import tqdm
 
     if not 0.0 < ratio < 1.0:
         raise EdgefaceError(f"pruning ratio must be in (0, 1), got {ratio}")
-    if steps < 1:
+    if steps < 1 or not 0 <= start_step <= steps:
         raise EdgefaceError(f"--steps must be >= 1, got {steps}")
+    if round_to < 1:
+        raise EdgefaceError(f"--round-to must be >= 1, got {round_to}")
     imp = _importance(importance)
     if importance == "taylor" and (not grad_images or teacher is None):
         raise EdgefaceError("Taylor importance needs training images (--data) to compute gradients")
     embedding_dim = _embedding_dim(model, spec)
-    macs0, params0 = count_macs_params(model, spec)
-    names, ignored = resolve_protected(model, spec, protect, protect_defaults)
-    pruner = tp.pruner.BasePruner(
-        model.eval(),
-        _example(spec),
-        importance=imp,
-        global_pruning=global_pruning,
-        pruning_ratio=ratio,
-        iterative_steps=steps,
-        ignored_layers=ignored,
-    )
+    macs0, params0 = reference if reference is not None else count_macs_params(model, spec)
+    plan = plan or plan_groups(model, spec, protect, protect_defaults, scope)
+    dg = plan.graph_for(model, spec)
     history: list[dict[str, Any]] = []
-    for k in tqdm(range(steps), desc="prune", unit="step", disable=not progress or steps == 1):
+    todo = range(start_step, steps)
+    for k in tqdm(todo, desc="prune", unit="step", disable=not progress or len(todo) <= 1):
         if importance == "taylor":
             assert teacher is not None and grad_images is not None
             _taylor_gradients(model, teacher, grad_images, spec)
-        pruner.step()
+        _prune_step(model, spec, dg, plan.roots, imp, step_ratio(ratio, steps, k), global_pruning, round_to)
         model.zero_grad(set_to_none=True)
         if grad_images:
             recalibrate_bn(model, grad_images, spec)
@@ -266,10 +381,106 @@ def prune_model(
         "importance": importance,
         "global": global_pruning,
         "steps": steps,
-        "protected": names,
+        "round_to": round_to,
+        "scope": scope,
+        "protected": plan.protected,
+        "left_whole": plan.left_whole,
         "layers": layer_shapes(model),
     }
-    return PruneResult(macs0, macs1, params0, params1, names, record, history)
+    return PruneResult(macs0, macs1, params0, params1, plan.protected, record, history, plan.left_whole)
+
+
+def _channel_groups(dg: Any, group: Any) -> int:
+    """Channels of a grouped conv or GroupNorm are removed alike in every group (depthwise: not grouped)."""
+    n = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if not isinstance(m, nn.Module) or (isinstance(m, nn.Conv2d) and m.groups == m.out_channels):
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is not None:
+            n = max(n, pruner.get_out_channel_groups(m), pruner.get_in_channel_groups(m))
+    return n
+
+
+def _keep(count: int, wanted: int, groups: int, round_to: int) -> int:
+    """Channels to keep per channel group: `wanted` rounded to the nearest count that makes the layer width
+    (count per group x groups) a multiple of `round_to`, never below one such multiple, never above `count`
+    (a layer whose original width is not a multiple then stays whole rather than grow).
+
+    Nearest, not down: rounding down would remove up to `round_to - 1` extra channels from every group, so
+    a small ratio would cut far more than asked on narrow layers."""
+    import math
+
+    unit = round_to // math.gcd(round_to, groups)
+    keep = max(unit, int(math.floor(wanted / unit + 0.5)) * unit)
+    return min(count, keep)
+
+
+@torch.no_grad()
+def _prune_step(
+    model: nn.Module,
+    spec: ModelSpec,
+    dg: Any,
+    roots: Sequence[str],
+    importance: Any,
+    ratio: float,
+    global_pruning: bool,
+    round_to: int,
+) -> None:
+    """Remove `ratio` of the current channels of every group rooted at `roots` (per group, or ranked
+    together with `global_pruning`), widths rounded to `round_to`.
+
+    Written on Torch-Pruning's dependency graph and importance criteria rather than its BasePruner: one
+    trace serves the group analysis and every step, and rounding keeps at least `round_to` channels where
+    the pruner's own rounding can remove a small layer entirely.
+    """
+    modules = dict(model.named_modules())
+    ranked = []
+    for name in roots:
+        root = modules[name]
+        fn = dg.get_pruner_of_module(root).prune_out_channels
+        group = dg.get_pruning_group(root, fn, list(range(dg.get_out_channels(root))))
+        imp = importance(group)
+        if imp is None:
+            continue
+        groups = _channel_groups(dg, group)
+        ranked.append((name, root, fn, groups, imp.view(groups, -1).mean(0).cpu()))
+    if not ranked:
+        return
+    threshold = None
+    if global_pruning:
+        scores = torch.cat([r[-1] for r in ranked])
+        n_drop = len(scores) - int(len(scores) * (1.0 - ratio))
+        if n_drop > 0:
+            threshold = torch.kthvalue(scores, n_drop).values
+    for name, root, fn, groups, imp in ranked:
+        count = len(imp)
+        if global_pruning:
+            wanted = count - int((imp <= threshold).sum()) if threshold is not None else count
+        else:
+            wanted = int(count * (1.0 - ratio))
+        keep = _keep(count, wanted, groups, round_to)
+        if keep >= count:
+            continue
+        drop = torch.argsort(imp)[: count - keep]
+        idxs = torch.cat([drop + g * count for g in range(groups)]).tolist()
+        dg.get_pruning_group(root, fn, idxs).prune()
+        _check_forward(model, spec, name)
+
+
+def _check_forward(model: nn.Module, spec: ModelSpec, name: str) -> None:
+    """Run the model after each group is cut, so a failure names the layer that caused it."""
+    from edgeface.errors import ModelError
+
+    try:
+        with torch.no_grad():
+            model.eval()(_example(spec))
+    except Exception as e:
+        raise ModelError(
+            f"pruning the channels of layer '{name}' broke the model's forward pass ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); leave it whole with --protect {name}"
+        ) from e
 
 
 def _embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
@@ -280,18 +491,39 @@ def _embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     return int(out.shape[-1])
 
 
+def _kind(m: nn.Module) -> str | None:
+    """The record's type name of a layer pruning can resize (subclasses count as their base class)."""
+    for cls in (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.PReLU, nn.LayerNorm):
+        if isinstance(m, cls):
+            return cls.__name__
+    return None
+
+
+def _bare_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters not owned by a resizable layer (layer-scale `gamma`, ...), by their full name."""
+    from edgeface.compress.prune_groups import channel_parameters
+
+    bare = {id(p) for p, _ in channel_parameters(model)}
+    return {n: p for n, p in model.named_parameters() if id(p) in bare}
+
+
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The size-defining hyper-parameters of every layer pruning can change, as JSON-able data."""
     shapes: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            shapes[name] = {"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
-        elif isinstance(m, nn.Linear):
-            shapes[name] = {"type": "Linear", "in": m.in_features, "out": m.out_features}
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            shapes[name] = {"type": type(m).__name__, "features": m.num_features}
-        elif isinstance(m, nn.PReLU):
-            shapes[name] = {"type": "PReLU", "parameters": m.num_parameters}
+        kind = _kind(m)
+        if kind == "Conv2d":
+            shapes[name] = {"type": kind, "in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif kind == "Linear":
+            shapes[name] = {"type": kind, "in": m.in_features, "out": m.out_features}
+        elif kind in ("BatchNorm1d", "BatchNorm2d"):
+            shapes[name] = {"type": kind, "features": m.num_features}
+        elif kind == "PReLU":
+            shapes[name] = {"type": kind, "parameters": m.num_parameters}
+        elif kind == "LayerNorm":
+            shapes[name] = {"type": kind, "shape": [int(d) for d in m.normalized_shape]}
+    for name, p in _bare_parameters(model).items():
+        shapes[name] = {"type": "Parameter", "shape": [int(d) for d in p.shape]}
     return shapes
 
 
@@ -304,36 +536,71 @@ def _shapes_from_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict
     shapes: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         w = state.get(f"{name}.weight")
-        if isinstance(m, nn.Conv2d) and w is not None:
+        kind = _kind(m)
+        if kind == "Conv2d" and w is not None:
             out = int(w.shape[0])
             if m.groups == m.in_channels and m.groups > 1:
                 mult = m.out_channels // m.in_channels
-                shapes[name] = {"type": "Conv2d", "in": out // mult, "out": out, "groups": out // mult}
+                shapes[name] = {"type": kind, "in": out // mult, "out": out, "groups": out // mult}
             else:
                 shapes[name] = {
-                    "type": "Conv2d",
+                    "type": kind,
                     "in": int(w.shape[1]) * m.groups,
                     "out": out,
                     "groups": m.groups,
                 }
-        elif isinstance(m, nn.Linear) and w is not None:
-            shapes[name] = {"type": "Linear", "in": int(w.shape[1]), "out": int(w.shape[0])}
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif kind == "Linear" and w is not None:
+            shapes[name] = {"type": kind, "in": int(w.shape[1]), "out": int(w.shape[0])}
+        elif kind in ("BatchNorm1d", "BatchNorm2d"):
             ref = w if w is not None else state.get(f"{name}.running_mean")
             if ref is not None:
-                shapes[name] = {"type": type(m).__name__, "features": int(ref.shape[0])}
-        elif isinstance(m, nn.PReLU) and w is not None:
-            shapes[name] = {"type": "PReLU", "parameters": int(w.numel())}
+                shapes[name] = {"type": kind, "features": int(ref.shape[0])}
+        elif kind == "PReLU" and w is not None:
+            shapes[name] = {"type": kind, "parameters": int(w.numel())}
+        elif kind == "LayerNorm" and w is not None and w.dim() == len(m.normalized_shape):
+            shapes[name] = {"type": kind, "shape": [int(d) for d in w.shape]}
+    for name in _bare_parameters(model):
+        if isinstance(state.get(name), torch.Tensor):
+            shapes[name] = {"type": "Parameter", "shape": [int(d) for d in state[name].shape]}
     return shapes
 
 
-_SIZE_KEYS = {"Conv2d": ("in", "out", "groups"), "Linear": ("in", "out"), "PReLU": ("parameters",)}
+_SIZE_KEYS = {
+    "Conv2d": ("in", "out", "groups"),
+    "Linear": ("in", "out"),
+    "PReLU": ("parameters",),
+    "BatchNorm1d": ("features",),
+    "BatchNorm2d": ("features",),
+}
+
+
+def _bad(name: str, key: str, v: Any, limit: int) -> EdgefaceError:
+    return EdgefaceError(
+        f"pruned checkpoint: layer '{name}' has {key}={v!r}; expected an integer in [1, {limit}]"
+    )
+
+
+def _is_size(v: Any, limit: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limit
+
+
+def _check_shape(name: str, s: dict[str, Any], base: Sequence[int]) -> list[int]:
+    shape = s.get("shape")
+    if not isinstance(shape, list) or len(shape) != len(base):
+        raise EdgefaceError(f"pruned checkpoint: '{name}' has shape {shape!r}; expected {len(base)} sizes")
+    for v, limit in zip(shape, base, strict=True):
+        if not _is_size(v, int(limit)):
+            raise _bad(name, "shape", shape, int(limit))
+    return shape
 
 
 def _check_sizes(name: str, m: nn.Module, s: dict[str, Any]) -> None:
     """Sizes read from a file are data to validate: positive integers no larger than the base layer's, so a
     crafted record can neither grow a layer to exhaust memory nor build an inconsistent one."""
-    keys = _SIZE_KEYS.get(type(m).__name__, ("features",))
+    kind = _kind(m)
+    if kind == "LayerNorm":
+        _check_shape(name, s, m.normalized_shape)
+        return
     limits = {
         "in": getattr(m, "in_channels", getattr(m, "in_features", 0)),
         "out": getattr(m, "out_channels", getattr(m, "out_features", 0)),
@@ -341,51 +608,67 @@ def _check_sizes(name: str, m: nn.Module, s: dict[str, Any]) -> None:
         "parameters": getattr(m, "num_parameters", 0),
         "features": getattr(m, "num_features", 0),
     }
+    keys = _SIZE_KEYS[kind or ""]
     for key in keys:
-        v = s.get(key)
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limits[key]:
-            raise EdgefaceError(
-                f"pruned checkpoint: layer '{name}' has {key}={v!r}; "
-                f"expected an integer in [1, {limits[key]}]"
-            )
+        if not _is_size(s.get(key), limits[key]):
+            raise _bad(name, key, s.get(key), limits[key])
     if "groups" in keys and (s["in"] % s["groups"] or s["out"] % s["groups"]):
         raise EdgefaceError(
             f"pruned checkpoint: layer '{name}' has {s['groups']} groups for {s['in']} inputs"
         )
 
 
+def _param_like(p: nn.Parameter | None, shape: Sequence[int]) -> nn.Parameter | None:
+    if p is None:
+        return None
+    return nn.Parameter(torch.empty(*shape, dtype=p.dtype), requires_grad=p.requires_grad)
+
+
 def _resized(m: nn.Module, s: dict[str, Any]) -> nn.Module | None:
-    """A fresh layer like `m` at the recorded size, or None when the size is unchanged."""
-    if isinstance(m, nn.Conv2d):
+    """A copy of `m` at the recorded size (subclass, flags and hooks kept), or None when unchanged."""
+    import copy
+
+    kind = _kind(m)
+    if kind == "Conv2d":
         if (m.in_channels, m.out_channels, m.groups) == (s["in"], s["out"], s["groups"]):
             return None
-        return nn.Conv2d(
-            s["in"],
-            s["out"],
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            s["groups"],
-            bias=m.bias is not None,
-            padding_mode=m.padding_mode,
-        )
-    if isinstance(m, nn.Linear):
+        new = copy.deepcopy(m)
+        new.in_channels, new.out_channels, new.groups = s["in"], s["out"], s["groups"]
+        new.weight = _param_like(m.weight, (s["out"], s["in"] // s["groups"], *m.kernel_size))
+        new.bias = _param_like(m.bias, (s["out"],))
+        return new
+    if kind == "Linear":
         if (m.in_features, m.out_features) == (s["in"], s["out"]):
             return None
-        return nn.Linear(s["in"], s["out"], bias=m.bias is not None)
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        new = copy.deepcopy(m)
+        new.in_features, new.out_features = s["in"], s["out"]
+        new.weight = _param_like(m.weight, (s["out"], s["in"]))
+        new.bias = _param_like(m.bias, (s["out"],))
+        return new
+    if kind in ("BatchNorm1d", "BatchNorm2d"):
         if m.num_features == s["features"]:
             return None
-        new = type(m)(s["features"], m.eps, m.momentum, m.affine, m.track_running_stats)
-        if m.affine:
-            new.weight.requires_grad_(m.weight.requires_grad)
-            new.bias.requires_grad_(m.bias.requires_grad)
+        new = copy.deepcopy(m)
+        new.num_features = n = s["features"]
+        new.weight, new.bias = _param_like(m.weight, (n,)), _param_like(m.bias, (n,))
+        if m.running_mean is not None:
+            new.running_mean, new.running_var = torch.zeros(n), torch.ones(n)
         return new
-    if isinstance(m, nn.PReLU):
+    if kind == "PReLU":
         if m.num_parameters == s["parameters"]:
             return None
-        return nn.PReLU(s["parameters"])
+        new = copy.deepcopy(m)
+        new.num_parameters = s["parameters"]
+        new.weight = _param_like(m.weight, (s["parameters"],))
+        return new
+    if kind == "LayerNorm":
+        shape = tuple(s["shape"])
+        if tuple(m.normalized_shape) == shape:
+            return None
+        new = copy.deepcopy(m)
+        new.normalized_shape = shape
+        new.weight, new.bias = _param_like(m.weight, shape), _param_like(m.bias, shape)
+        return new
     return None
 
 
@@ -406,11 +689,24 @@ def rebuild(model: nn.Module, record: dict[str, Any], state_dict: dict[str, torc
     if not isinstance(shapes, dict):
         raise EdgefaceError("pruned checkpoint: corrupt 'layers' record")
     modules = dict(model.named_modules())
+    params = _bare_parameters(model)
     for name, s in shapes.items():
-        m = modules.get(name) if isinstance(name, str) else None
-        if m is None or not isinstance(s, dict):
+        if not isinstance(name, str) or not isinstance(s, dict):
+            raise EdgefaceError(f"pruned checkpoint: corrupt entry for layer {name!r}")
+        if s.get("type") == "Parameter":
+            base = params.get(name)
+            if base is None:
+                raise EdgefaceError(f"pruned checkpoint names parameter {name!r}, which the base model lacks")
+            shape = _check_shape(name, s, base.shape)
+            if list(base.shape) != shape:
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, attr, _param_like(base, shape))
+            continue
+        m = modules.get(name)
+        if m is None:
             raise EdgefaceError(f"pruned checkpoint names layer {name!r}, which the base model does not have")
-        if type(m).__name__ != s.get("type", type(m).__name__) or not isinstance(m, _RESHAPEABLE):
+        if _kind(m) is None or _kind(m) != s.get("type", _kind(m)):
             raise EdgefaceError(
                 f"pruned checkpoint: layer '{name}' is {type(m).__name__}, record says {s.get('type')}"
             )
