@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ModelError
 from edgeface.spec import ModelSpec
 
 
@@ -54,9 +54,10 @@ def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     layers = list(plan["layers"].items())
     if len(convs) != len(layers):
-        raise EdgefaceError(
-            f"quantized checkpoint has {len(layers)} weight layers but its ONNX graph {len(convs)} convs; "
-            "cannot carry the learned scales over"
+        raise ModelError(
+            f"quantized checkpoint has {len(layers)} weight layers but its ONNX graph {len(convs)} convs: "
+            "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead "
+            "(the exporter calibrates its own scales)"
         )
     weights: dict[str, np.ndarray] = {}
     weight_bits: dict[str, int] = {}

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ModelError
 
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 # ops whose output keeps its input's grid and codes (PAD adds the zero point, which lies on the grid)
@@ -219,9 +219,10 @@ def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
     main, _ = weighted_ops(model)
     layers = list(plan["layers"].items())
     if len(main) != len(layers):
-        raise EdgefaceError(
+        raise ModelError(
             f"quantized checkpoint has {len(layers)} weight layers but its TFLite graph {len(main)} "
-            "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops; cannot carry the learned scales over"
+            "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops: cannot carry the learned scales over; export the "
+            "float weights with --int8/--w6a6 instead (the exporter calibrates its own scales)"
         )
     quantizers = plan["quantizers"]
 
@@ -246,9 +247,9 @@ def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
     adds = [op for op in graph.operators if op_name(model, op) == "ADD"]
     add_q = sorted((q for q in quantizers if q.startswith("aq_add")), key=_add_index)
     if add_q and len(adds) != len(add_q):
-        raise EdgefaceError(
-            f"quantized checkpoint has {len(add_q)} add quantizers but its TFLite graph {len(adds)} ADD ops; "
-            "cannot carry the learned scales over"
+        raise ModelError(
+            f"quantized checkpoint has {len(add_q)} add quantizers but its TFLite graph {len(adds)} ADD ops: "
+            "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead"
         )
     for op, q in zip(adds, add_q, strict=True):
         acts[tensor_name(graph.tensors[op.outputs[0]])] = act(quantizers[q])
