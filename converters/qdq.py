@@ -591,6 +591,12 @@ def build_qdq(
             scales = overrides.get(node.name)
             wt = np.moveaxis(w, axis, 0)
             scales = weight_scales(wt, wbits) if scales is None else np.asarray(scales, np.float32)
+            if len(inputs) > 2 and inputs[2] and x in act and act[x].scale > 0:
+                # The int32 bias lives on act_scale x weight_scale. A channel whose weights are all zero
+                # (pruned or dead) but whose bias is not gets a weight scale at which that bias fits int32;
+                # its weights stay 0 on any scale, so the channel outputs its bias instead of ~0.
+                fit = np.abs(inits[inputs[2]].astype(np.float64)) / (act[x].scale * (2**31 - 2))
+                scales = np.maximum(scales, fit).astype(np.float32)
             qw = np.moveaxis(quantize_weight(wt, scales, wbits), 0, axis)
             wq = const(f"{node.name}.weight_quantized", np.ascontiguousarray(qw))
             ws = const(f"{node.name}.weight_scale", scales)
@@ -607,9 +613,9 @@ def build_qdq(
             if len(inputs) > 2 and inputs[2]:
                 b = inits[inputs[2]]
                 bscale = (act[src].scale * scales).astype(np.float32)
-                with np.errstate(divide="ignore", invalid="ignore"):  # a dead channel: zero scale and bias
-                    qb = np.nan_to_num(np.round(b / bscale), nan=0.0)
-                qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)
+                with np.errstate(divide="ignore", invalid="ignore"):  # zero scale and zero bias: 0
+                    qb = np.nan_to_num(np.round(b.astype(np.float64) / bscale.astype(np.float64)), nan=0.0)
+                qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)  # float64: the bounds are exact
                 bq = const(f"{node.name}.bias_quantized", qb)
                 bs = const(f"{node.name}.bias_scale", bscale)
                 bz = const(f"{node.name}.bias_zp", np.zeros_like(qb))

@@ -178,3 +178,42 @@ def test_grouped_conv_stays_float_and_prelu_is_max_in_every_precision(tmp_path: 
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert cosine_rows(y, ref).mean() > 0.98
+
+
+class DeadChannelNet(nn.Module):
+    """Channel 3 of the first conv has all-zero weights and a bias (a pruned or dead filter): it outputs
+    its bias everywhere, which the identity head passes to the embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, 2, 1)
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8))
+        with torch.no_grad():
+            self.conv.weight[3] = 0.0
+            self.conv.bias[3] = 0.7
+            self.head[3].weight.copy_(torch.eye(8))
+            self.head[3].bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+def test_a_dead_channel_keeps_its_bias_in_int8() -> None:
+    net = DeadChannelNet().eval()
+    spec = ModelSpec(name="dead", input_size=(32, 32), embedding_dim=8)
+    proto = export_float_onnx(net, spec.input_size)
+    x = _faces(40)
+    stats = qdq.collect_stats(proto, qdq.quant_points(proto), [x[:32]])
+    built = build_onnx(proto, spec, "int8", stats)
+    held = x[32:]
+    y = built.spec.output_quant.dequantize(
+        _session(built.proto).run(
+            None, {"input": built.spec.input_quant.quantize(held.transpose(0, 2, 3, 1))}
+        )[0]
+    )
+    with torch.no_grad():
+        ref = net(torch.from_numpy(held)).numpy()
+    assert np.allclose(ref[:, 3], 0.7, atol=1e-6)
+    assert np.abs(y[:, 3] - 0.7).max() < 0.05, y[:, 3]  # was ~0: the bias lost on a 1e-12 weight scale
+    assert cosine_rows(y, ref).mean() > 0.98
