@@ -130,19 +130,20 @@ def test_eval_bad_input_is_one_line_error(case, lfw, mfn_weights, tmp_path, caps
 
 
 def test_acceptance_subset_of_the_test_folds_with_flip(lfw, mfn_weights, tmp_path, capsys) -> None:
-    """MobileFaceNet on the first 100 genuine + 100 impostor pairs of each test fold (6-10), with flip.
+    """MobileFaceNet on the first 60 genuine + 60 impostor pairs of each test fold (6-10), with flip.
 
-    Measured: 99.10 % (1,000 pairs), TAR@FAR=1e-3 98.80 %. The full 3,000-pair acceptance number (99.37 %)
-    is a benchmark, not a test (docs/evaluation.md has its command): it embeds 7,780 faces, minutes on a
-    busy CI machine. A model that lost 1 pp of accuracy, or mis-read the pairs, would fail here."""
+    Measured: 99.00 % (600 pairs), TAR@FAR=1e-3 98.33 % (100 pairs per fold gave 99.10 % / 98.80 % and made
+    this the suite's slowest test). The full 3,000-pair acceptance number (99.37 %) is a benchmark, not a
+    test (docs/evaluation.md has its command): it embeds 7,780 faces, minutes on a busy CI machine. A model
+    that lost 1 pp of accuracy, or mis-read the pairs, would fail here."""
     out = tmp_path / "eval.json"
-    args = _args(lfw, mfn_weights, _subset(lfw, tmp_path, per_fold=100), "--folds", "6-10", "--flip",
+    args = _args(lfw, mfn_weights, _subset(lfw, tmp_path, per_fold=60), "--folds", "6-10", "--flip",
                  "--groups", str(lfw / "gender.csv"), "--json", str(out))  # fmt: skip
     assert main(args) == 0
     data = json.loads(out.read_text())
-    assert data["n_pairs"] == 1000
+    assert data["n_pairs"] == 600
     assert data["acc"] >= 0.985, data
     assert data["tar_at_far"]["1e-03"] >= 0.975, data
     g = data["groups"]["groups"]
     counts = (g["F"]["fnmr"]["n"], g["M"]["fnmr"]["n"], g["F"]["fmr"]["n"], g["M"]["fmr"]["n"])
-    assert counts == (143, 357, 39, 269)
+    assert counts == (96, 204, 25, 172)
