@@ -445,6 +445,7 @@ def distill(
         total=planned, initial=step, desc=f"distill ({loss})", unit="step", disable=not progress or rank != 0
     )
     start = time.perf_counter() - elapsed0
+    step0 = step
     last_save = time.perf_counter()
     last, recent = float("nan"), []
     val_cos, val_rms = None, None
@@ -504,7 +505,13 @@ def distill(
                     post["val_cos"] = f"{val_cos:.4f}"
                     post["val_score_rms"] = f"{val_rms:.4f}"
                 if max_seconds:
-                    post["budget_left"] = f"{max(0.0, max_seconds - elapsed()) / 60:.0f}min"
+                    left = max(0.0, max_seconds - elapsed())
+                    post["budget_left"] = f"{int(left // 60)}:{int(left % 60):02d}"
+                    # the bar's total (and so its ETA) is what the time budget allows at this run's pace,
+                    # when that is fewer steps than planned
+                    pace = (step - step0) / max(elapsed() - elapsed0, 1e-9)
+                    reach = step + pace * max(0.0, max_seconds - elapsed())
+                    bar.total = max(step + 1, min(planned, int(reach)))
                 bar.update(1)
                 bar.set_postfix(post)
             if stop:

@@ -276,7 +276,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"LFW folds {report['folds'][0]}-{report['folds'][-1]} ({rows[0]['n_pairs']} pairs, "
         f"{'flip TTA' if report.get('flip', True) else 'no flip TTA'}), "
         f"cosine to fp32 on {report['n_test_images']} test images (no flip). Size: weights at their stored "
-        "bit width (int6 packed), other parameters 32-bit.",
+        "bit width (6-bit weights counted packed, unquantized ones 32-bit), other parameters 32-bit.",
         "",
     ]
     if report.get("command"):
