@@ -65,7 +65,12 @@ def build_onnx(
     if bits is None:
         return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
     float_convs = grouped_convs(float_proto)
-    gplan = qdq.plan_graph(float_proto, [*keep_float, *float_convs], float_tensors)
+    gplan = qdq.plan_graph(
+        float_proto,
+        [*keep_float, *float_convs],
+        float_tensors,
+        {c: qdq.GROUPED_CONV_REASON for c in float_convs},
+    )
     points = gplan.points
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))
     missing = [p for p in points if p not in ranges]

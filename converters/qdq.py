@@ -117,7 +117,15 @@ def _matches(node: Any, patterns: Iterable[str]) -> bool:
     )
 
 
-def plan_graph(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterable[str] = ()) -> GraphPlan:
+GROUPED_CONV_REASON = "grouped (not depthwise) conv: ORT's int8 grouped kernel is slower than float"
+
+
+def plan_graph(
+    proto: Any,
+    keep_float: Iterable[str] = (),
+    float_tensors: Iterable[str] = (),
+    reasons: Mapping[str, str] | None = None,
+) -> GraphPlan:
     """Walk the graph in order and decide each node from its OpRule (see edgeface/quant_ops.py).
 
     Only float tensors are ever quantized. A weighted op (a constant weight) always runs on integers; a
@@ -205,7 +213,8 @@ def plan_graph(proto: Any, keep_float: Iterable[str] = (), float_tensors: Iterab
         kind = _kind(node)
         outs = [o for o in node.output if o in floats]
         if node.name in keep_names and kind != "shape":
-            float_ops.append((node.name, node.op_type, "kept float by --keep-float"))
+            why = (reasons or {}).get(node.name, "kept float by --keep-float")
+            float_ops.append((node.name, node.op_type, why))
             continue
         if kind == "shape" or not outs or not acts(node) and kind != "weighted":
             continue  # shape arithmetic, integer outputs, constants: never quantized
@@ -471,7 +480,9 @@ def build_qdq(
 
     graph = proto.graph
     float_convs = set(float_convs)
-    gplan = plan_graph(proto, [*keep_float, *float_convs], float_tensors)
+    gplan = plan_graph(
+        proto, [*keep_float, *float_convs], float_tensors, {c: GROUPED_CONV_REASON for c in float_convs}
+    )
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     new_inits: list[Any] = []
     added: set[str] = set()

@@ -217,3 +217,26 @@ def test_a_dead_channel_keeps_its_bias_in_int8() -> None:
     assert np.allclose(ref[:, 3], 0.7, atol=1e-6)
     assert np.abs(y[:, 3] - 0.7).max() < 0.05, y[:, 3]  # was ~0: the bias lost on a 1e-12 weight scale
     assert cosine_rows(y, ref).mean() > 0.98
+
+
+def test_float_ops_say_why_a_grouped_conv_and_a_kept_layer_are_float() -> None:
+    """The exporter keeps grouped (not depthwise) convs float itself; the report must not blame the user's
+    --keep-float for them, and must name --keep-float for what the user asked."""
+    from edgeface.converters.onnx import grouped_convs
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3)
+            self.b = nn.Conv2d(8, 8, 3, groups=2)
+            self.c = nn.Conv2d(8, 8, 3, groups=8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(self.b(self.a(x))).mean((2, 3))
+
+    proto = export_float_onnx(Net().eval(), (32, 32))
+    grouped = grouped_convs(proto)
+    plan = qdq.plan_graph(proto, [*grouped, "c"], (), {g: qdq.GROUPED_CONV_REASON for g in grouped})
+    why = {name: reason for name, _, reason in plan.float_ops}
+    assert grouped == ["/b/Conv"] and why["/b/Conv"] == qdq.GROUPED_CONV_REASON
+    assert why["/c/Conv"] == "kept float by --keep-float"
