@@ -8,10 +8,9 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import BATCH, SEED, THREADS, Count
+from edgeface.cli.options import BATCH, SEED, THREADS, Count, face_source_options
 from edgeface.io import emit, printable
 
-FACE_POLICIES = ("auto", "largest", "center", "highest-score")
 MAX_PROFILE_RUNS = 10_000
 
 
@@ -26,17 +25,7 @@ MAX_PROFILE_RUNS = 10_000
 @click.option("--pairs", type=click.Path(dir_okay=False), default=None, help="LFW pairs.txt.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Aligned LFW folder.")
 @click.option("--folds", default="6-10", show_default=True, help="LFW folds.")
-@click.option("--aligned", is_flag=True, help="--data images are aligned face crops: no detection.")
-@click.option(
-    "--face",
-    "face_policy",
-    type=click.Choice(FACE_POLICIES),
-    default="auto",
-    show_default=True,
-    help="--data photos: which face of a photo.",
-)
-@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
-@click.option("--no-refine", is_flag=True, help="--data photos: skip re-detecting small faces upscaled.")
+@face_source_options
 @click.option(
     "--impostors",
     type=Count(1, 50_000_000),

@@ -8,10 +8,9 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import BATCH, SEED, THREADS, THRESHOLD, Count
+from edgeface.cli.options import BATCH, SEED, THREADS, THRESHOLD, Count, face_source_options
 from edgeface.io import emit, printable
 
-FACE_POLICIES = ("auto", "largest", "center", "highest-score")  # one face per image: no `all`
 MAX_BOOTSTRAP = 100_000
 
 
@@ -134,19 +133,7 @@ def format_folder_report(d: dict[str, Any], header: str) -> str:
     default=None,
     help="Identity-folder dataset DIR/<identity>/<image> (instead of --pairs/--images).",
 )
-@click.option(
-    "--aligned", is_flag=True, help="--data images are aligned face crops: no detection (aspect ratio kept)."
-)
-@click.option(
-    "--face",
-    "face_policy",
-    type=click.Choice(FACE_POLICIES),
-    default="auto",
-    show_default=True,
-    help="--data photos: which face of a photo (as edgeface verify).",
-)
-@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
-@click.option("--no-refine", is_flag=True, help="--data photos: skip re-detecting small faces upscaled.")
+@face_source_options
 @click.option(
     "--impostors",
     type=Count(1, 50_000_000),

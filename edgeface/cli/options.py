@@ -116,6 +116,43 @@ def threads_option(fn: F) -> F:
     )(fn)
 
 
+# edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV;
+# tests/test_runtime_faces.py checks that the two agree). `all` gives one result per face, which only
+# verify/identify can report.
+FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
+ONE_FACE_POLICIES = FACE_POLICIES[:-1]
+
+
+def face_source_options(fn: F) -> F:
+    """How faces are taken from the images of --data (eval, compare, threshold): aligned crops as they are,
+    else detection with one face per photo."""
+    for opt in reversed(
+        [
+            click.option(
+                "--aligned",
+                is_flag=True,
+                help="--data images are aligned face crops: no detection (aspect ratio kept).",
+            ),
+            click.option(
+                "--face",
+                "face_policy",
+                type=click.Choice(ONE_FACE_POLICIES),
+                default="auto",
+                show_default=True,
+                help="--data photos: which face of a photo (as edgeface verify).",
+            ),
+            click.option(
+                "--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file."
+            ),
+            click.option(
+                "--no-refine", is_flag=True, help="--data photos: skip re-detecting small faces upscaled."
+            ),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
 def threshold_option(fn: F) -> F:
     return click.option(
         "--threshold",

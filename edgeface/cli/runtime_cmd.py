@@ -13,16 +13,13 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import SECONDS, Count, threads_option, threshold_option
+from edgeface.cli.options import FACE_POLICIES, SECONDS, Count, threads_option, threshold_option
 from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
 MODEL_ENV = "EDGEFACE_MODEL"
 ARTIFACT_ENV = "EDGEFACE_ARTIFACT"
 ARTIFACT_META = "edgeface.artifact"  # ctx.meta key: --artifact, for the --model callback
-# edgeface.runtime.select.POLICIES, spelled out so `--help` does not import the runtime (OpenCV);
-# tests/test_runtime_faces.py checks that the two agree.
-FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
 MAX_RUNS = 1_000_000  # profile: with --max-seconds, the bound on how long a profile can take
 DEFAULT_MAX_SECONDS = 600.0
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import click
 
-from edgeface.cli.options import PROBABILITY_OPEN, SEED, THREADS, Count
+from edgeface.cli.options import PROBABILITY_OPEN, SEED, THREADS, Count, face_source_options
 from edgeface.io import dumps_json, emit, printable
-
-FACE_POLICIES = ("auto", "largest", "center", "highest-score")
 
 
 @click.command("threshold")
@@ -25,17 +23,7 @@ FACE_POLICIES = ("auto", "largest", "center", "highest-score")
     show_default=True,
     help="Target false match rate in (0, 1); FMR f needs at least 1/f impostor pairs.",
 )
-@click.option("--aligned", is_flag=True, help="The images are aligned face crops: no detection.")
-@click.option(
-    "--face",
-    "face_policy",
-    type=click.Choice(FACE_POLICIES),
-    default="auto",
-    show_default=True,
-    help="Photos: which face of a photo (as edgeface verify).",
-)
-@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
-@click.option("--no-refine", is_flag=True, help="Photos: skip re-detecting small faces upscaled.")
+@face_source_options
 @click.option("--flip", is_flag=True, help="Calibrate for `verify --flip` (face plus its mirror).")
 @click.option(
     "--impostors",
