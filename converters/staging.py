@@ -6,8 +6,9 @@ Interrupts are part of "failed": while a staging folder exists, SIGINT and SIGTE
 (exit 130 through the CLI) and the folder is removed. The TFLite conversion runs code where an exception is
 dropped: the handler often fires inside jax's garbage-collection callback, where Python prints "Exception
 ignored" and carries on, so a Ctrl-C there used to end in a *successful* export with exit 0. So the signal
-is recorded, never raised inside such a callback, raised again every 50 ms until it propagates, and
-checked once more before anything is moved into place; a second signal removes the staging folder and
+is recorded, never raised inside such a callback, but raised at the next Python call made outside it (a
+one-shot trace function) or by a 50 ms retry timer, whichever comes first, and checked once more before
+anything is moved into place; a second signal removes the staging folder and
 exits at once. A folder left by a process that was killed outright (SIGKILL, power loss) is swept by the
 next export into the same folder.
 """
@@ -114,6 +115,8 @@ class _SignalGuard:
         self.quiet = False  # set for the final moves and the cleanup, which must not be cut short
         self.deferring = 0  # > 0 inside native_section(): the interrupt is raised when it ends
         self._previous: dict[int, Any] = {}
+        self._tracing = False
+        self._previous_trace: Any = None
 
     def __enter__(self) -> _SignalGuard:
         global _ACTIVE
@@ -146,14 +149,42 @@ class _SignalGuard:
             signal.setitimer(signal.ITIMER_REAL, RETRY_S / 5, RETRY_S)
         if not _swallowed_here(frame):
             raise Interrupted(signal.Signals(signum).name)
+        self._trace_until_outside()
 
     def _retry(self, signum: int, frame: FrameType | None) -> None:
         if self.deferring:
             return
-        if self.received is not None and not self.quiet and not _swallowed_here(frame):
+        if self.received is not None and not self.quiet:
+            if not _swallowed_here(frame):
+                raise Interrupted(signal.Signals(self.received).name)
+            self._trace_until_outside()
+
+    def _trace_until_outside(self) -> None:
+        """The timer alone is not enough: a signal that arrives while a slow gc callback runs (jax's calls
+        into XLA on every collection) is handled when Python code next runs, which is the next callback, so
+        under steady allocation most retries were swallowed too (3.5 s in CI). A trace function sees the
+        first Python call made outside the callbacks and raises there."""
+        if not self._tracing:
+            self._previous_trace, self._tracing = sys.gettrace(), True
+            sys.settrace(self._trace)
+
+    def _untrace(self) -> None:
+        if self._tracing:
+            self._tracing = False
+            sys.settrace(self._previous_trace)
+
+    def _trace(self, frame: FrameType, event: str, arg: object) -> None:
+        if event != "call" or self.deferring or self.received is None:
+            return None
+        if self.quiet:
+            self._untrace()
+        elif not _swallowed_here(frame):
+            self._untrace()
             raise Interrupted(signal.Signals(self.received).name)
+        return None
 
     def stop_retrying(self) -> None:
+        self._untrace()
         if _RETRY is not None and _RETRY in self._previous:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
