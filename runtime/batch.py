@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeface.runtime.match import verify
-from edgeface.runtime.pipeline import FaceEmbedding, Pipeline, require_threshold
+from edgeface.runtime.pipeline import FaceEmbedding, Pipeline, one_face, require_threshold
 
 from edgeface.errors import EdgefaceError
 from edgeface.io import os_errors, printable
@@ -67,22 +67,23 @@ def read_pair_list(path: str | os.PathLike[str]) -> list[tuple[Path, Path]]:
 
 
 @dataclass
-class _Cache:
-    """Each image embedded once: its faces, or why it has none."""
+class _Embedded:
+    """Each image embedded once, a few ahead of the pairs that need it (Pipeline.embed_many): its faces,
+    or why it has none."""
 
-    pipe: Pipeline
+    stream: Iterator[tuple[Path, list[FaceEmbedding] | EdgefaceError]]
     check: Check | None
     done: dict[Path, list[FaceEmbedding] | str] = field(default_factory=dict)
 
     def get(self, path: Path) -> list[FaceEmbedding] | str:
-        if path not in self.done:
-            try:
-                faces = self.pipe.embed_faces(path)
-                if self.check is not None:
-                    self.check(faces)
-                self.done[path] = faces
-            except EdgefaceError as e:
-                self.done[path] = str(e)
+        while path not in self.done:
+            p, found = next(self.stream)
+            if not isinstance(found, EdgefaceError) and self.check is not None:
+                try:
+                    self.check(found)
+                except EdgefaceError as e:
+                    found = e
+            self.done[p] = str(found) if isinstance(found, EdgefaceError) else found
         return self.done[path]
 
 
@@ -96,7 +97,21 @@ def verify_pair_list(
     """One result per pair, in order: match, score and threshold (the best pair of faces under
     `--face all`), or `error` naming why an image gave no usable face."""
     thr = require_threshold(pipe, threshold)
-    cache = _Cache(pipe, check)
+    images = list(dict.fromkeys(p for pair in pairs for p in pair))  # in the order the pairs need them
+    stream = pipe.embed_many(images)
+    cache = _Embedded(stream, check)
+    try:
+        yield from _verdicts(pairs, cache, thr, face_json)
+    finally:
+        stream.close()  # an interrupted batch stops its detection threads
+
+
+def _verdicts(
+    pairs: list[tuple[Path, Path]],
+    cache: _Embedded,
+    thr: float,
+    face_json: Callable[[FaceEmbedding], dict[str, Any]] | None,
+) -> Iterator[dict[str, Any]]:
     for a, b in pairs:
         out: dict[str, Any] = {"image1": printable(a), "image2": printable(b)}
         fa, fb = cache.get(a), cache.get(b)
@@ -156,9 +171,11 @@ def embed_identity(
     """The templates of one identity's images, and the images skipped with the reason."""
     kept: list[FaceEmbedding] = []
     skipped: list[tuple[Path, str]] = []
-    for p in images:
+    for p, found in pipe.embed_many(images):
         try:
-            e = pipe.embed_image(p)
+            if isinstance(found, EdgefaceError):
+                raise found
+            e = one_face(found)
             if check is not None:
                 check([e])
             kept.append(e)

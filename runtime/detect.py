@@ -107,6 +107,12 @@ class YuNetDetector:
             ) from None
         self.path = path
         self.max_side = max_side
+        self._settings = (score_threshold, nms_threshold, top_k, max_side)
+
+    def clone(self) -> YuNetDetector:
+        """A detector with the same model and settings for another thread: one cv2 net must not run in
+        two threads at once."""
+        return YuNetDetector(self.path, *self._settings)
 
     def detect(self, image_bgr: np.ndarray, rejected: list[str] | None = None) -> list[Face]:
         """Usable faces in `image_bgr` coordinates, largest first; why any others were dropped is appended

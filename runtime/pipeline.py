@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +67,25 @@ class FaceEmbedding:
     aligned: bool = False  # the image was taken as an aligned crop; `face` is the whole image
 
 
+@dataclass
+class _Located:
+    """One image's faces, ready for the network."""
+
+    path: Path
+    faces: list[Face]
+    crops: list[np.ndarray]
+    n: int  # usable faces in the photo
+    visible: list[float]
+    aligned: bool
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def aligned_face(shape: tuple[int, ...], spec: ModelSpec) -> Face:
     """The face an aligned crop holds: the whole image, its landmarks where the ArcFace template lands in
     it under the mapping `crop_aligned` uses (so the quality gate measures an aligned crop like any face)."""
@@ -78,6 +100,17 @@ def aligned_face(shape: tuple[int, ...], spec: ModelSpec) -> Face:
         cw, ch = (fw, fw * h / w) if fw * h <= fh * w else (fh * w / h, fh)
         lm = (ARCFACE_TEMPLATE - (bx, by)) * (cw / bw) + ((fw - cw) / 2, (fh - ch) / 2)
     return Face((0.0, 0.0, float(fw), float(fh)), lm.astype(np.float32), 1.0, float(max(fw, fh)))
+
+
+def one_face(found: list[FaceEmbedding]) -> FaceEmbedding:
+    """The one face of a photo; several (policy `all`) is refused, because one template per photo (enroll)
+    must not silently become "whichever face came first"."""
+    if len(found) > 1:
+        raise EdgefaceError(
+            f"{found[0].faces_found} faces found in {found[0].path}; --face all gives one result per face, "
+            "which this command cannot use: choose auto, largest, center or highest-score"
+        )
+    return found[0]
 
 
 def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
@@ -138,16 +171,20 @@ class Pipeline:
         self.warn = warn
         self.face = check_policy(face)
 
-    def find_faces(self, image: np.ndarray, source: Path | str) -> tuple[list[Face], int]:
+    def find_faces(
+        self, image: np.ndarray, source: Path | str, detector: YuNetDetector | None = None
+    ) -> tuple[list[Face], int]:
         """The face(s) the policy takes (best first) and how many usable faces the photo has.
 
         Degenerate detections (non-finite, zero-area, outside the frame) never count as faces; a photo
-        with nothing else is an error that says so rather than "no face".
+        with nothing else is an error that says so rather than "no face". `detector`: a clone of the
+        pipeline's, for another thread (embed_many).
         """
-        if self.detector is None:
+        detector = detector or self.detector
+        if detector is None:
             raise EdgefaceError("this pipeline takes aligned crops (aligned=True): it has no detector")
         rejected: list[str] = []
-        faces = self.detector.detect(image, rejected)
+        faces = detector.detect(image, rejected)
         if not faces:
             if rejected:
                 raise EdgefaceError(
@@ -170,7 +207,7 @@ class Pipeline:
                 f"chosen by --face {self.face}"
             )
         if self.refine_landmarks:
-            chosen = [self.detector.refine(image, f) for f in chosen]
+            chosen = [detector.refine(image, f) for f in chosen]
         return chosen, len(faces)
 
     def find_face(self, image: np.ndarray, source: Path | str) -> tuple[Face, int]:
@@ -183,43 +220,92 @@ class Pipeline:
     ) -> list[FaceEmbedding]:
         """One embedding per face the policy takes: one face, or every usable face (best first) for `all`."""
         t = timings if timings is not None else Timings()
-        path = Path(path)
+        return self._embed(self._locate(Path(path), t, self.detector), t)
+
+    def embed_many(
+        self, paths: Iterable[str | os.PathLike[str]], workers: int | None = None
+    ) -> Iterator[tuple[Path, list[FaceEmbedding] | EdgefaceError]]:
+        """`embed_faces` of each path, in order, or the EdgefaceError it raised (a batch goes on).
+
+        A raw photo's cost is decoding, detection and landmark refinement, not the network, and OpenCV runs
+        them without holding the GIL: so those run on `workers` threads (default: the artifact's thread
+        budget, else every core), each with its own detector, a few images ahead, while the network runs
+        here, in order (a TFLite interpreter must not be called from two threads).
+        """
+        n = workers if workers is not None else (self.artifact.num_threads or _cores())
+        todo = iter(paths)
+        if n <= 1:
+            for p in todo:
+                try:
+                    yield Path(p), self.embed_faces(p)
+                except EdgefaceError as e:
+                    yield Path(p), e
+            return
+        local = threading.local()
+
+        def locate(p: Path) -> _Located:
+            if self.detector is not None and not hasattr(local, "detector"):
+                local.detector = self.detector.clone()
+            return self._locate(p, Timings(), getattr(local, "detector", None))
+
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # parallel over images instead: OpenCV's own threads barely help on one face
+        pending: deque[tuple[Path, Future[_Located]]] = deque()
+        pool = ThreadPoolExecutor(n, thread_name_prefix="edgeface-locate")
+        try:
+
+            def submit() -> None:
+                p = next(todo, None)
+                if p is not None:
+                    pending.append((Path(p), pool.submit(locate, Path(p))))
+
+            for _ in range(2 * n):
+                submit()
+            while pending:
+                p, job = pending.popleft()
+                submit()
+                try:
+                    found: list[FaceEmbedding] | EdgefaceError = self._embed(job.result(), Timings())
+                except EdgefaceError as e:
+                    found = e
+                yield p, found
+        finally:
+            for _, job in pending:
+                job.cancel()
+            pool.shutdown(wait=True)
+            cv2.setNumThreads(cv_threads)
+
+    def _locate(self, path: Path, t: Timings, detector: YuNetDetector | None) -> _Located:
+        """Everything before the network: decode, detect, choose, refine, align."""
         with t.stage("decode"):
             image = read_image(path)
+        h, w = image.shape[:2]
         if self.aligned:
-            return [self._embed_aligned(path, image, t)]
+            with t.stage("align"):
+                crop = crop_aligned(image, self.spec)
+            return _Located(path, [aligned_face(image.shape, self.spec)], [crop], 1, [1.0], True)
         with t.stage("detect"):
-            faces, n = self.find_faces(image, path)
+            faces, n = self.find_faces(image, path, detector)
         with t.stage("align"):
             crops = [
                 align_face(image, f.landmarks, self.spec.input_size, self.spec.crop_box()) for f in faces
             ]
-        with t.stage("embed"):
-            e = self.artifact.embed(crops)
-            if self.flip:
-                e = e + self.artifact.embed(crops, flip=True)
-        h, w = image.shape[:2]
-        return [FaceEmbedding(path, e[i], f, n, visible_fraction(f, w, h)) for i, f in enumerate(faces)]
+        return _Located(path, faces, crops, n, [visible_fraction(f, w, h) for f in faces], False)
 
-    def _embed_aligned(self, path: Path, image: np.ndarray, t: Timings) -> FaceEmbedding:
-        with t.stage("align"):
-            crop = crop_aligned(image, self.spec)
+    def _embed(self, found: _Located, t: Timings) -> list[FaceEmbedding]:
         with t.stage("embed"):
-            e = self.artifact.embed([crop])
+            e = self.artifact.embed(found.crops)
             if self.flip:
-                e = e + self.artifact.embed([crop], flip=True)
-        return FaceEmbedding(path, e[0], aligned_face(image.shape, self.spec), 1, 1.0, aligned=True)
+                e = e + self.artifact.embed(found.crops, flip=True)
+        return [
+            FaceEmbedding(found.path, e[i], f, found.n, found.visible[i], aligned=found.aligned)
+            for i, f in enumerate(found.faces)
+        ]
 
     def embed_image(self, path: str | os.PathLike[str], timings: Timings | None = None) -> FaceEmbedding:
         """The embedding of the one face the policy takes; `all` is refused when the photo has several,
         because one template per photo (enroll) must not silently become "whichever face came first"."""
-        found = self.embed_faces(path, timings)
-        if len(found) > 1:
-            raise EdgefaceError(
-                f"{found[0].faces_found} faces found in {path}; --face all gives one result per face, which "
-                "this command cannot use: choose auto, largest, center or highest-score"
-            )
-        return found[0]
+        return one_face(self.embed_faces(path, timings))
 
     def verify_faces(
         self,

@@ -153,3 +153,43 @@ def test_aligned_verify_takes_the_crop_as_it_is(capsys) -> None:
     d = json.loads(r.out)
     assert d["match"] is True and "detect" not in d["timings_ms"]
     assert [f["aligned"] for f in d["faces"]] == [True, True]
+
+
+def test_embed_many_runs_detection_on_worker_threads_and_keeps_order_and_errors(tmp_path: Path) -> None:
+    """The batch path (verify --pairs, enroll --from-dir) detects and aligns on worker threads, each with
+    its own detector; results must be exactly the one-at-a-time ones, in order, errors in place."""
+    import threading
+
+    from edgeface.runtime.backends import load_artifact
+    from edgeface.runtime.pipeline import Pipeline
+
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((200, 200, 3), 90, np.uint8))
+    images = [raw("Bob_Hope", 1), CROWD, wall, raw("Anna_Kournikova", 1), raw("Bob_Hope", 2), CROWD]
+    warned_on: list[str] = []
+    pipe = Pipeline(
+        load_artifact(reference_artifact(), num_threads=1),
+        warn=lambda m: warned_on.append(threading.current_thread().name),
+    )
+    one_by_one = []
+    for p in images:
+        try:
+            one_by_one.append(pipe.embed_faces(p))
+        except Exception as e:  # noqa: BLE001 - compared below, whatever it is
+            one_by_one.append(e)
+    sequential_warnings = len(warned_on)  # several faces in the crowd photo (twice) and others
+    assert sequential_warnings >= 2 and set(warned_on) == {"MainThread"}
+    warned_on.clear()
+    batch = list(pipe.embed_many(images, workers=3))
+    assert [p for p, _ in batch] == images
+    assert len(warned_on) == sequential_warnings
+    assert all(n.startswith("edgeface-locate") for n in warned_on)
+    for (_, got), want in zip(batch, one_by_one, strict=True):
+        if isinstance(want, Exception):
+            assert type(got) is type(want) and str(got) == str(want)
+        else:
+            assert not isinstance(got, Exception)
+            assert [f.face.box for f in got] == [f.face.box for f in want]
+            np.testing.assert_array_equal(
+                np.stack([f.embedding for f in got]), np.stack([f.embedding for f in want])
+            )
