@@ -65,6 +65,7 @@ class FaceEmbedding:
     faces_found: int  # usable faces in the photo
     visible: float = 1.0  # fraction of the face inside the photo (select.visible_fraction)
     aligned: bool = False  # the image was taken as an aligned crop; `face` is the whole image
+    degenerate: int = 0  # detections of the photo ignored as degenerate (non-finite, zero-area, outside)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class _Located:
     n: int  # usable faces in the photo
     visible: list[float]
     aligned: bool
+    degenerate: int = 0
 
 
 def _cores() -> int:
@@ -172,18 +174,23 @@ class Pipeline:
         self.face = check_policy(face)
 
     def find_faces(
-        self, image: np.ndarray, source: Path | str, detector: YuNetDetector | None = None
+        self,
+        image: np.ndarray,
+        source: Path | str,
+        detector: YuNetDetector | None = None,
+        rejected: list[str] | None = None,
     ) -> tuple[list[Face], int]:
         """The face(s) the policy takes (best first) and how many usable faces the photo has.
 
         Degenerate detections (non-finite, zero-area, outside the frame) never count as faces; a photo
         with nothing else is an error that says so rather than "no face". `detector`: a clone of the
-        pipeline's, for another thread (embed_many).
+        pipeline's, for another thread (embed_many); `rejected` receives why detections were ignored.
         """
         detector = detector or self.detector
         if detector is None:
             raise EdgefaceError("this pipeline takes aligned crops (aligned=True): it has no detector")
-        rejected: list[str] = []
+        if rejected is None:
+            rejected = []
         faces = detector.detect(image, rejected)
         if not faces:
             if rejected:
@@ -284,13 +291,15 @@ class Pipeline:
             with t.stage("align"):
                 crop = crop_aligned(image, self.spec)
             return _Located(path, [aligned_face(image.shape, self.spec)], [crop], 1, [1.0], True)
+        rejected: list[str] = []
         with t.stage("detect"):
-            faces, n = self.find_faces(image, path, detector)
+            faces, n = self.find_faces(image, path, detector, rejected)
         with t.stage("align"):
             crops = [
                 align_face(image, f.landmarks, self.spec.input_size, self.spec.crop_box()) for f in faces
             ]
-        return _Located(path, faces, crops, n, [visible_fraction(f, w, h) for f in faces], False)
+        visible = [visible_fraction(f, w, h) for f in faces]
+        return _Located(path, faces, crops, n, visible, False, len(rejected))
 
     def _embed(self, found: _Located, t: Timings) -> list[FaceEmbedding]:
         with t.stage("embed"):
@@ -298,7 +307,7 @@ class Pipeline:
             if self.flip:
                 e = e + self.artifact.embed(found.crops, flip=True)
         return [
-            FaceEmbedding(found.path, e[i], f, found.n, found.visible[i], aligned=found.aligned)
+            FaceEmbedding(found.path, e[i], f, found.n, found.visible[i], found.aligned, found.degenerate)
             for i, f in enumerate(found.faces)
         ]
 

@@ -92,6 +92,10 @@ def _aligned(net: Any, paths: Sequence[Path], flip: bool, out: Acquired, bar: An
         bar.update(min(start + BATCH, len(paths)) - start)
 
 
+def _ignore(message: str) -> None:
+    """The pipeline's warnings (several faces, degenerate detections) are counted in the summary instead."""
+
+
 def _photos(
     net: Any,
     paths: Sequence[Path],
@@ -102,16 +106,16 @@ def _photos(
     out: Acquired,
     bar: Any,
 ) -> None:
-    from edgeface.runtime.pipeline import Pipeline
+    from edgeface.runtime.pipeline import Pipeline, one_face
 
-    notes: list[str] = []
     pipe = Pipeline(
-        net, detector_path=detector, flip=flip, refine_landmarks=refine, warn=notes.append, face=face_policy
+        net, detector_path=detector, flip=flip, refine_landmarks=refine, warn=_ignore, face=face_policy
     )
-    for i, p in enumerate(paths):
-        notes.clear()
+    for i, (p, found) in enumerate(pipe.embed_many(paths)):  # detection on worker threads, the network here
         try:
-            e = pipe.embed_image(p)
+            if isinstance(found, EdgefaceError):
+                raise found
+            e = one_face(found)
         except EdgefaceError as err:
             out.failures.append((p, str(err)))
         else:
@@ -119,5 +123,5 @@ def _photos(
             out.ok[i] = True
             if e.faces_found > 1:
                 out.several_faces.append((p, e.faces_found))
-            out.photos_with_degenerate += any("degenerate detection" in n for n in notes)
+            out.photos_with_degenerate += e.degenerate > 0
         bar.update(1)
