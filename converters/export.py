@@ -340,12 +340,14 @@ def _build_onnx(
     onnx_plan = plan.get("onnx") if plan else None
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.equalize import equalize_prelu
-        from edgeface.converters.onnx_float import prelu_as_max
+        from edgeface.converters.onnx_float import grouped_as_depthwise, prelu_as_max
         from edgeface.converters.sensitivity import fragile_tensors
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
         if not onnx_plan:  # learned activation ranges and weight scales belong to the unscaled channels
             graph, _ONNX_CACHE["equalized"] = equalize_prelu(graph, _batches(x_cal))
+            # after equalization, which scales the grouped conv's weights as one conv
+            graph, _ONNX_CACHE["grouped_as_depthwise"] = grouped_as_depthwise(graph)
         _ONNX_CACHE["quantized_from"] = graph
         stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
         fragile: list[tuple[str, float]] = []
@@ -389,6 +391,8 @@ def _build_onnx(
         extra["kept_float_tensors"] = {t: round(c, 4) for t, c in fragile}
     if prec != "fp32" and _ONNX_CACHE.get("equalized"):
         extra["prelu_layers_equalized"] = _ONNX_CACHE["equalized"]
+    if prec != "fp32" and _ONNX_CACHE.get("grouped_as_depthwise"):
+        extra["grouped_convs_as_depthwise"] = _ONNX_CACHE["grouped_as_depthwise"]
     return Build(b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, extra)
 
 

@@ -546,3 +546,76 @@ def _flip_channels(m: Any, inits: dict[str, np.ndarray], prelu: Any, flip: np.nd
             col[g * per_out : (g + 1) * per_out, ch % per_in] = -1.0
         replace(c, 1, wc * col.reshape(col.shape + (1,) * (wc.ndim - 2)))
     return True
+
+
+GROUPED_MAX_PER_GROUP = 4  # input channels per group up to which a grouped conv becomes depthwise convs
+
+
+def grouped_as_depthwise(proto: Any, max_per_group: int = GROUPED_MAX_PER_GROUP) -> tuple[Any, list[str]]:
+    """Rewrite each grouped conv (k input channels per group, 1 < k <= max_per_group) into k depthwise convs
+    summed, exact in float; returns the graph and the rewritten nodes' names.
+
+    ORT has no fast int8 kernel for grouped convs (one tiny GEMM per group: mbf's 64-group conv at 56x56
+    runs ~10x slower as QLinearConv than as a float Conv), so they used to stay float in the integer graph,
+    an island with a dequantize and a quantize around it. Output channel o of group g reads input channels
+    g k + i, i < k; term r (r < k) gives every output channel the input channel i = (j + r) mod k, j being
+    o's index in its group, through a channel Gather (a copy of codes, no arithmetic, skipped where it is
+    the identity), and a depthwise conv with the weights W[o, i]. Each term is one integer depthwise conv
+    and the sum one integer Add. Larger groups (k > max_per_group) stay one conv: k terms would cost more
+    than the grouped kernel saves.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    inits = {t.name: t for t in m.graph.initializer}
+    nodes, rewritten = [], []
+    for n in m.graph.node:
+        w_init = inits.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        group = int(attrs.get("group", 1))
+        w = numpy_helper.to_array(w_init) if w_init is not None else None
+        if w is None or group == 1 or w.ndim != 4 or not 1 < w.shape[1] <= max_per_group:
+            nodes.append(n)
+            continue
+        k, outs = w.shape[1], w.shape[0]
+        per_out = outs // group
+        o = np.arange(outs)
+        g, j = o // per_out, o % per_out
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        base = n.name or n.output[0]
+        terms = []
+        for r in range(k):
+            i = (j + r) % k
+            idx = g * k + i
+            src = n.input[0]
+            if not (outs == group * k and np.array_equal(idx, np.arange(outs))):
+                src = f"{base}/gather{r}_out"
+                iname = f"{base}/gather{r}.indices"
+                m.graph.initializer.append(numpy_helper.from_array(idx.astype(np.int64), iname))
+                nodes.append(
+                    helper.make_node("Gather", [n.input[0], iname], [src], name=f"{base}/gather{r}", axis=1)
+                )
+            wname = f"{base}/dw{r}.weight"
+            m.graph.initializer.append(numpy_helper.from_array(w[o, i][:, None].astype(np.float32), wname))
+            out = n.output[0] if k == 1 else f"{base}/dw{r}_out"
+            inputs = [src, wname] + ([bias] if bias and r == 0 else [])
+            dw_attrs = {a: v for a, v in attrs.items() if a != "group"}
+            nodes.append(
+                helper.make_node("Conv", inputs, [out], name=f"{base}/dw{r}", group=outs, **dw_attrs)
+            )
+            terms.append(out)
+        acc = terms[0]
+        for r, t in enumerate(terms[1:], start=1):
+            out = n.output[0] if r == k - 1 else f"{base}/sum{r}_out"
+            nodes.append(helper.make_node("Add", [acc, t], [out], name=f"{base}/sum{r}"))
+            acc = out
+        rewritten.append(n.name)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    kept = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    return m, rewritten

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from edgeface.converters import qdq
 from edgeface.converters.onnx import build_onnx
@@ -173,6 +174,61 @@ def test_grouped_conv_stays_float_and_prelu_is_max_in_every_precision(tmp_path: 
         g = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "group"), 1)
         groups.setdefault(g, set()).add(n.op_type)
     assert "QLinearConv" not in groups[8] and groups[8] & {"Conv", "FusedConv", "NchwcConv"}, groups
+    q = built.spec.input_quant.quantize(x).transpose(0, 2, 3, 1)
+    y = built.spec.output_quant.dequantize(sess.run(None, {"input": np.ascontiguousarray(q)})[0])
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert cosine_rows(y, ref).mean() > 0.98
+
+
+@pytest.mark.parametrize(
+    "cin, cout, groups, stride, bias",
+    [(16, 16, 8, 1, False), (12, 4, 4, 2, True), (12, 24, 4, 1, True), (16, 32, 4, 2, False)],
+)
+def test_grouped_conv_as_depthwise_convs_is_exact_in_float(cin, cout, groups, stride, bias) -> None:
+    """k input channels per group -> k depthwise convs (the channel each reads picked by a Gather) summed:
+    the same function, for groups of 2-4 channels and any number of outputs per group."""
+    from edgeface.converters.onnx_float import grouped_as_depthwise
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, cin, 1), nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=bias))
+    proto = export_float_onnx(net.eval(), (20, 20))
+    proto = onnx.shape_inference.infer_shapes(proto)
+    graph, rewritten = grouped_as_depthwise(proto)
+    assert len(rewritten) == 1
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("Conv") == 1 + cin // groups and ops.count("Add") == cin // groups - 1
+    for n in graph.graph.node[1:]:
+        if n.op_type == "Conv":  # every term is depthwise: one input channel per output channel
+            assert dict((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute)["group"] == cout
+    x = np.random.default_rng(0).standard_normal((2, 3, 20, 20)).astype(np.float32)
+    run = [
+        ort.InferenceSession(g.SerializeToString(), providers=["CPUExecutionProvider"])
+        for g in (proto, graph)
+    ]
+    a, b = (r.run(None, {r.get_inputs()[0].name: x})[0] for r in run)
+    np.testing.assert_allclose(b, a, atol=1e-5)
+
+
+def test_grouped_conv_runs_integer_after_the_rewrite(tmp_path: Path) -> None:
+    """With the rewrite (export._build_onnx applies it), mbf's grouped conv is no longer a float island:
+    every conv of the integer graph is a QLinearConv in ORT, and the embedding follows PyTorch."""
+    from edgeface.converters.onnx import grouped_convs
+    from edgeface.converters.onnx_float import grouped_as_depthwise
+
+    net = GroupedNet().eval()
+    graph, rewritten = grouped_as_depthwise(prelu_as_max(export_float_onnx(net, SPEC.input_size)))
+    assert rewritten and not grouped_convs(graph)
+    x = _faces(32)
+    stats = qdq.collect_stats(graph, qdq.quant_points(graph), [x])
+    built = build_onnx(graph, SPEC, "int8", stats)
+    assert "kept float" not in built.spec.weight_quant
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    sess = ort.InferenceSession(built.proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "QLinearConv" in ops and not {"Conv", "FusedConv", "NchwcConv"} & set(ops), ops
     q = built.spec.input_quant.quantize(x).transpose(0, 2, 3, 1)
     y = built.spec.output_quant.dequantize(sess.run(None, {"input": np.ascontiguousarray(q)})[0])
     with torch.no_grad():
