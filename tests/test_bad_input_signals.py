@@ -105,7 +105,7 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_cancels(tmp_path: Path, c
             stopped.append(time.monotonic())  # that collection is over (seconds on a big test-session heap)
 
     def slow_callback(phase: str, info: dict[str, int]) -> None:
-        time.sleep(0.002)  # like jax's callback, which calls into XLA on every collection
+        time.sleep(0.005)  # like jax's callback, which calls into XLA on every collection
 
     gc.collect()  # earlier tests' garbage first: its finalizers are not what is tested here
     with pytest.raises(Interrupted):
@@ -123,7 +123,7 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_cancels(tmp_path: Path, c
                 gc.callbacks.remove(callback)
                 gc.callbacks.remove(slow_callback)
     # raised soon after the collection it was swallowed in, not after the 10 s the loop would run
-    assert delivered and stopped and time.monotonic() - stopped[0] < 1
+    assert delivered and stopped and time.monotonic() - stopped[0] < 1.5
     assert list(out.iterdir()) == []
     assert "Exception ignored" not in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
