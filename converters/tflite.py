@@ -156,6 +156,7 @@ def build_tflite(
     float_ops = mixed.rule_float_ops(data)
     for k in mixed.float_ops_for(data, [t for t, _ in kept]):
         float_ops.setdefault(k, "keeps a tensor that int8 cannot carry float (sensitivity pass)")
+    float_ops = mixed.spread_float(data, float_ops)
     qsvs = {}
     for name, t in targets.items():
         lo, hi = t.int8_range()
@@ -294,6 +295,8 @@ def inspect_tflite(data: bytes) -> dict[str, Any]:
     details = {t["index"]: t for t in interp.get_tensor_details()}
     per_channel, weight_bytes, float_ops = 0, 0, []
     for op in interp._get_ops_details():
+        if op["op_name"] == "DELEGATE":  # a delegate node repeats the ops it took, which are listed too
+            continue
         ins = [details[i] for i in op["inputs"] if i >= 0]
         if op["op_name"] in WEIGHTED_OPS and len(ins) > 1:
             w = ins[1]

@@ -26,6 +26,16 @@ import numpy as np
 DIVISOR_GUARDS = ("MAXIMUM", "ADD")
 SENSITIVITY_IMAGES = 8  # calibration images for the measurement, as in the ONNX export
 FLAG = "edgeface_fq_flag"
+# int8 ops that XNNPACK's delegate leaves to TFLite's reference kernels, against its own float kernels, each
+# timed alone on EdgeFace-XS (benchmarks/litert_ops.py, docs/export_hybrid.md): kept float once a graph
+# has float ops anyway, never in a fully integer one
+SLOW_INT8 = {
+    "SQUARED_DIFFERENCE": "no XNNPACK int8 kernel (0.06x its float time)",
+    "RSQRT": "no XNNPACK int8 kernel (0.04x its float time)",
+    "SUB": "slower in int8 than in float here (0.31x)",
+    "BATCH_MATMUL": "no XNNPACK int8 kernel (0.24x its float time)",
+    "SOFTMAX": "no XNNPACK int8 kernel (0.52x its float time)",
+}
 
 
 def _graph(data: bytes) -> tuple[Any, Any, list[str], dict[int, int], dict[int, list[int]]]:
@@ -71,6 +81,34 @@ def rule_float_ops(data: bytes) -> dict[int, str]:
                 keep[p] = "guards a divisor away from zero (float, so the guard survives)"
             break
     return keep
+
+
+def spread_float(data: bytes, ops: Mapping[int, str]) -> dict[int, str]:
+    """Grow a non-empty set of float ops where int8 only costs time: ops XNNPACK runs in float but not in
+    int8 (SLOW_INT8), then, until nothing changes, every op without weights whose activation inputs all
+    come from float ops (in int8 it would need a QUANTIZE in front and a DEQUANTIZE behind: a decomposed
+    LayerNorm between a float residual stream and a float Linear)."""
+    from edgeface.converters import tflite_learned as tl
+
+    out = dict(ops)
+    if not out:
+        return out
+    model, graph, _, producer, _ = _graph(data)
+    kinds = [tl.op_name(model, op) for op in graph.operators]
+    for k, kind in enumerate(kinds):
+        if kind in SLOW_INT8:
+            out.setdefault(k, SLOW_INT8[kind])
+    changed = True
+    while changed:
+        changed = False
+        for k, op in enumerate(graph.operators):
+            if k in out or kinds[k] in tl.WEIGHTED_OPS:
+                continue
+            act = [int(i) for i in op.inputs if i >= 0 and not _is_const(model, graph, int(i))]
+            if act and all(i in producer and producer[i] in out for i in act):
+                out[k] = "reads only float tensors (int8 would add a QUANTIZE and a DEQUANTIZE)"
+                changed = True
+    return out
 
 
 def float_ops_for(data: bytes, tensors: Iterable[str]) -> set[int]:
