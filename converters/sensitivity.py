@@ -111,13 +111,14 @@ def select(
     cand: Sequence[str],
     target: float = 0.996,
     trigger: float = 0.99,
-    scan: bool = False,
+    scan: Callable[[Sequence[int]], set[int]] | None = None,
 ) -> tuple[list[tuple[str, float]], float]:
     """The measurement and choice of `fragile_tensors` for any backend: `run(on)` embeds the images with the
     candidates whose indices are in `on` quantized and the others float (TFLite: tflite_mixed.py).
 
     With `scan`, the number kept float is measured rather than predicted: the shortest worst-first prefix
-    whose float keeping brings the pass with every other candidate quantized to `target` (where many
+    whose float keeping brings the pass with every other candidate quantized to `target`; `scan(prefix)`
+    says which candidates end up float when that prefix is kept float (where many
     tensors each drop a little, TFLite's decomposed LayerNorms, the sum of their drops overstates the
     loss; where quantizing one tensor alone is harmless but not together with its neighbours, the sum
     understates it)."""
@@ -131,9 +132,10 @@ def select(
     if full >= trigger:
         return [], full
     alone = sorted(((k, cos({k})) for k in range(len(cand))), key=lambda r: r[1])
-    if scan:
-        for n in range(1, len(alone) + 1):
-            if cos({k for k, _ in alone[n:]}) >= target:
+    if scan is not None:
+        everything = set(range(len(cand)))
+        for n in range(len(alone) + 1):
+            if cos(everything - scan([k for k, _ in alone[:n]])) >= target:
                 break
         return [(cand[k], c) for k, c in alone[:n]], full
     budget = 1.0 - target

@@ -148,15 +148,13 @@ def build_tflite(
     if bits == 8 and learned is None:  # learned scales are the checkpoint's decision, not ours
         if "fragile" not in _FLOAT_CACHE:
             images = np.concatenate(batches)[: mixed.SENSITIVITY_IMAGES]
-            _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images)[0]
+            base = mixed.rule_float_ops(data)
+            _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
         kept = _FLOAT_CACHE["fragile"]
     if bits < 8:
         data, extra = tl.insert_clamps(data, targets)
         targets.update(extra)
-    float_ops = mixed.rule_float_ops(data)
-    for k in mixed.float_ops_for(data, [t for t, _ in kept]):
-        float_ops.setdefault(k, "keeps a tensor that int8 cannot carry float (sensitivity pass)")
-    float_ops = mixed.spread_float(data, float_ops)
+    float_ops = mixed.plan_float_ops(data, mixed.rule_float_ops(data), [t for t, _ in kept])
     qsvs = {}
     for name, t in targets.items():
         lo, hi = t.int8_range()
