@@ -434,7 +434,7 @@ def impose_weights(
             fb = buffer_array(f, fg.tensors[fop.inputs[2]], np.float32)
             s_in = float(qg.tensors[qop.inputs[0]].quantization.scale[0])
             bscale = (s_in * s).astype(np.float32)
-            qb = np.clip(np.round(fb / bscale.astype(np.float64)), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            qb = np.clip(np.round(fb / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
             _set_buffer(q, bt, qb, buffer_users)
             bt.quantization.scale = bscale
             bt.quantization.zeroPoint = np.zeros(s.shape, np.int64)
