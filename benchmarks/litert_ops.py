@@ -99,9 +99,8 @@ def main() -> None:
     for key, (f, q, nf, nq) in sorted(per_type.items(), key=lambda kv: -max(kv[1][0], kv[1][1])):
         ratio = f"{f / q:.2f}x" if f and q else "-"
         lines.append(f"| {key} | {nf} / {nq} | {f:.0f} | {q:.0f} | {ratio} |")
-    lines.append(
-        f"| **all** | {len(f_ops)} / {len(q_ops)} | {total_f:.0f} | {total_q:.0f} | {total_f / total_q:.2f}x |"
-    )
+    counts = f"{len(f_ops)} / {len(q_ops)}"
+    lines.append(f"| **all** | {counts} | {total_f:.0f} | {total_q:.0f} | {total_f / total_q:.2f}x |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

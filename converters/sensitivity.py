@@ -8,7 +8,9 @@ to 0.5-0.9 (EdgeFace-XS, docs/export_hybrid.md), while every other tensor of the
 The measurement is one ONNX session: every candidate tensor p is replaced by p + f_p * (QDQ(p) - p), where
 f_p is a scalar graph input. All f = 0 is the float graph, all f = 1 the fully fake-quantized one, and a
 one-hot f quantizes one tensor alone. The full pass runs first; when it already keeps the cosine above
-`trigger` nothing is measured further (plain CNNs take this exit), else each candidate alone.
+`trigger` nothing is measured further (plain CNNs take this exit), else each candidate alone. `select` is
+the backend-free part, which the TFLite export shares (tflite_mixed.py) with a measured rather than
+predicted number of tensors kept float.
 """
 
 from __future__ import annotations

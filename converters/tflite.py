@@ -10,6 +10,11 @@ export (qdq.RangeCollector), so both artifacts of one export agree. Weight scale
 (tflite_learned.py), since the quantizer always derives its own. w6a6 holds weights to [-31, 31] and every
 activation but the graph's ends to 64 codes (tflite_learned.py says how). litert-torch's PT2E quantizer was
 measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
+
+Before quantization, computations on constants are folded (tflite_fold.py), and tflite_mixed.py decides
+which ops stay float: a DIV by rule, and, when the fully fake-quantized graph misses the parity trigger
+(hybrids with outlier residual streams, not plain CNNs), the ops of the tensors a measured sensitivity pass
+keeps float.
 """
 
 from __future__ import annotations
@@ -231,7 +236,10 @@ def activation_targets(
     Learned scales win; the rest come from the calibration statistics. As in the ONNX export, the graph's
     input and output stay 8-bit in w6a6; ops that pass codes through (pad, reshape, max-pool) keep their
     input's grid, and a PReLU-as-max lives on its input's grid (its negative side must not be clipped before
-    the slope is applied).
+    the slope is applied), as does max(x, eps). Where ai-edge-quantizer decides a grid itself, the target is
+    what it will do, so that check_targets stays exact: softmax/logistic/tanh write the kernel's fixed grid,
+    and an input of a concat (which puts its inputs on its output's grid) that only the concat reads is
+    written on the concat's grid by its producer.
     """
     from edgeface.converters import tflite_learned as tl
 
