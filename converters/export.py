@@ -316,10 +316,11 @@ def _build(
 
     data, new_spec, info = build_tflite(net, base, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
     floats = info.pop("float_ops", [])
+    reasons = info.pop("float_op_reasons", {})  # ops the exporter keeps float, and why
     if floats:
+        none = "ai-edge-quantizer has no int8 kernel for it"
         info["float_ops"] = {
-            op: {"count": floats.count(op), "why": "ai-edge-quantizer has no int8 kernel for it"}
-            for op in sorted(set(floats))
+            op: {"count": floats.count(op), "why": reasons.get(op, none)} for op in sorted(set(floats))
         }
     return Build(data, new_spec, info["per_channel_layers"], info.get("int8_weight_bytes", 0), None, info)
 

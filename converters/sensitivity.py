@@ -8,12 +8,14 @@ to 0.5-0.9 (EdgeFace-XS, docs/export_hybrid.md), while every other tensor of the
 The measurement is one ONNX session: every candidate tensor p is replaced by p + f_p * (QDQ(p) - p), where
 f_p is a scalar graph input. All f = 0 is the float graph, all f = 1 the fully fake-quantized one, and a
 one-hot f quantizes one tensor alone. The full pass runs first; when it already keeps the cosine above
-`trigger` nothing is measured further (plain CNNs take this exit), else each candidate alone.
+`trigger` nothing is measured further (plain CNNs take this exit), else each candidate alone. `select` is
+the backend-free part, which the TFLite export shares (tflite_mixed.py) with a measured rather than
+predicted number of tensors kept float.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,7 +88,6 @@ def fragile_tensors(
     1 - target: drops this small add up nearly linearly (EdgeFace-XS: predicted 0.961, measured 0.969).
     """
     import onnxruntime as ort
-    from edgeface.converters.parity import cosine_rows
 
     cand = [p for p in points if p in act and p != proto.graph.input[0].name]
     if not cand:
@@ -104,19 +105,47 @@ def fragile_tensors(
             return np.concatenate([sess.run([out], {inp: x[i : i + 1], **feeds})[0] for i in range(len(x))])
         return sess.run([out], {inp: x, **feeds})[0]
 
+    return select(run, cand, target, trigger)
+
+
+def select(
+    run: Callable[[set[int]], np.ndarray],
+    cand: Sequence[str],
+    target: float = 0.996,
+    trigger: float = 0.99,
+    scan: Callable[[Sequence[int]], set[int]] | None = None,
+) -> tuple[list[tuple[str, float]], float]:
+    """The measurement and choice of `fragile_tensors` for any backend: `run(on)` embeds the images with the
+    candidates whose indices are in `on` quantized and the others float (TFLite: tflite_mixed.py).
+
+    With `scan`, the number kept float is measured rather than predicted: the shortest worst-first prefix
+    whose float keeping brings the pass with every other candidate quantized to `target`; `scan(prefix)`
+    says which candidates end up float when that prefix is kept float (where many
+    tensors each drop a little, TFLite's decomposed LayerNorms, the sum of their drops overstates the
+    loss; where quantizing one tensor alone is harmless but not together with its neighbours, the sum
+    understates it)."""
+    from edgeface.converters.parity import cosine_rows
+
+    def cos(on: set[int]) -> float:
+        return float(np.nan_to_num(cosine_rows(run(on), ref), nan=-1.0).mean())  # inf/nan: the worst
+
     ref = run(set())
-    full = float(cosine_rows(run(set(range(len(cand)))), ref).mean())
+    full = cos(set(range(len(cand))))
     if full >= trigger:
         return [], full
-    alone = sorted(
-        ((p, float(cosine_rows(run({k}), ref).mean())) for k, p in enumerate(cand)), key=lambda r: r[1]
-    )
+    alone = sorted(((k, cos({k})) for k in range(len(cand))), key=lambda r: r[1])
+    if scan is not None:
+        everything = set(range(len(cand)))
+        for n in range(len(alone) + 1):
+            if cos(everything - scan([k for k, _ in alone[:n]])) >= target:
+                break
+        return [(cand[k], c) for k, c in alone[:n]], full
     budget = 1.0 - target
     left = sum(1.0 - c for _, c in alone)
     chosen = []
-    for p, c in alone:
+    for k, c in alone:
         if left <= budget:
             break
-        chosen.append((p, c))
+        chosen.append((cand[k], c))
         left -= 1.0 - c
     return chosen, full

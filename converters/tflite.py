@@ -10,6 +10,11 @@ export (qdq.RangeCollector), so both artifacts of one export agree. Weight scale
 (tflite_learned.py), since the quantizer always derives its own. w6a6 holds weights to [-31, 31] and every
 activation but the graph's ends to 64 codes (tflite_learned.py says how). litert-torch's PT2E quantizer was
 measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
+
+Before quantization, computations on constants are folded (tflite_fold.py), and tflite_mixed.py decides
+which ops stay float: a DIV by rule, and, when the fully fake-quantized graph misses the parity trigger
+(hybrids with outlier residual streams, not plain CNNs), the ops of the tensors a measured sensitivity pass
+keeps float.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any
 
 import numpy as np
 from edgeface.converters import qdq
+from edgeface.converters import tflite_mixed as mixed
 from edgeface.converters.staging import native_section
+from edgeface.converters.tflite_fold import fold_constants
 
 from edgeface.errors import EdgefaceError
 from edgeface.quiet import native_quiet
@@ -120,7 +127,7 @@ def build_tflite(
     key = id(net)
     if _FLOAT_CACHE.get("key") != key:  # every precision of one export shares the slow conversion
         _FLOAT_CACHE.clear()
-        _FLOAT_CACHE.update(key=key, data=float_tflite(net, spec))
+        _FLOAT_CACHE.update(key=key, data=fold_constants(float_tflite(net, spec))[0])
     data = _FLOAT_CACHE["data"]
     spec = spec.replace(layout="NHWC")
     if precision == "fp32":
@@ -142,9 +149,17 @@ def build_tflite(
     stats, _ = _FLOAT_CACHE["stats"]
     targets = activation_targets(data, stats, bits, learned, method)
     n_activations = len(targets)
+    kept: list[tuple[str, float]] = []
+    if bits == 8 and learned is None:  # learned scales are the checkpoint's decision, not ours
+        if "fragile" not in _FLOAT_CACHE:
+            images = np.concatenate(batches)[: mixed.SENSITIVITY_IMAGES]
+            base = mixed.rule_float_ops(data)
+            _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
+        kept = _FLOAT_CACHE["fragile"]
     if bits < 8:
         data, extra = tl.insert_clamps(data, targets)
         targets.update(extra)
+    float_ops = mixed.plan_float_ops(data, mixed.rule_float_ops(data), [t for t, _ in kept])
     qsvs = {}
     for name, t in targets.items():
         lo, hi = t.int8_range()
@@ -153,6 +168,9 @@ def build_tflite(
             "max": np.array(hi, np.float32).reshape(1, 1, 1, 1),
         }
     q = quantizer.Quantizer(data, recipe.static_wi8_ai8())
+    keep_regex = mixed.no_quantize_regex(data, float_ops)
+    if keep_regex is not None:
+        q.update_quantization_recipe(keep_regex, "*", None, "no_quantize")
     with contextlib.redirect_stdout(sys.stderr), native_section(), native_quiet():  # its bars, absl lines
         result = q.quantize(qsvs, enable_progress_bar=False, enable_progress_report=False)
     if learned is not None:
@@ -193,6 +211,14 @@ def build_tflite(
         "int8_weight_bytes": info["int8_weight_bytes"],
         "float_ops": info["float_op_list"],  # export.py reports them, and warns when int8 is not faster
     }
+    reasons = {}
+    model = tl.read(data)
+    for k, why in float_ops.items():
+        reasons.setdefault(tl.op_name(model, model.subgraphs[0].operators[k]), why)
+    if reasons:
+        build_info["float_op_reasons"] = reasons
+    if kept:
+        build_info["kept_float_tensors"] = {t: round(c, 4) for t, c in kept}
     if learned is not None:  # how much of the graph the checkpoint's scales cover (the rest: calibrated)
         build_info["learned_activation_tensors"] = len(learned.activations)
         build_info["activation_tensors"] = n_activations
@@ -210,7 +236,10 @@ def activation_targets(
     Learned scales win; the rest come from the calibration statistics. As in the ONNX export, the graph's
     input and output stay 8-bit in w6a6; ops that pass codes through (pad, reshape, max-pool) keep their
     input's grid, and a PReLU-as-max lives on its input's grid (its negative side must not be clipped before
-    the slope is applied).
+    the slope is applied), as does max(x, eps). Where ai-edge-quantizer decides a grid itself, the target is
+    what it will do, so that check_targets stays exact: softmax/logistic/tanh write the kernel's fixed grid,
+    and an input of a concat (which puts its inputs on its output's grid) that only the concat reads is
+    written on the concat's grid by its producer.
     """
     from edgeface.converters import tflite_learned as tl
 
@@ -234,6 +263,12 @@ def activation_targets(
         p = qdq.activation_qparams(*stats.range(n, method, b), bits=b, dtype="int8")
         return tl.from_affine(p.scale, p.zero_point, p.qmin, b, hold=b < 8)
 
+    readers: dict[str, int] = {}
+    for op in graph.operators:
+        for i in op.inputs:
+            if i >= 0:
+                readers[name[i]] = readers.get(name[i], 0) + 1
+    requantizes: set[str] = set()  # outputs of ops that write any grid asked for
     targets = {name[i]: target(name[i]) for i in graph.inputs}
     for op in graph.operators:
         kind = tl.op_name(model, op)
@@ -242,10 +277,21 @@ def activation_targets(
         if kind in tl.SAME_AS_INPUT and ins:
             for o in op.outputs:  # SPLIT / UNPACK: every output keeps the input's grid
                 targets[name[o]] = targets[ins[0]]
-        elif kind == "MAXIMUM" and len(ins) == 2:
-            targets[out] = targets[ins[1]] = targets[ins[0]]
+        elif kind == "MAXIMUM" and ins:  # max(x, a x) or max(x, eps): on x's grid, as the quantizer wants
+            targets[out] = targets[ins[0]]
+            if len(ins) == 2:
+                targets[ins[1]] = targets[ins[0]]
+        elif kind in tl.FIXED_OUTPUT_GRID:
+            targets[out] = tl.Target(*tl.FIXED_OUTPUT_GRID[kind])
         else:
             targets[out] = target(out)
+            requantizes.add(out)
+        if kind in tl.SAME_AS_OUTPUT:
+            # an input only this op reads is written on the output's grid by its producer (no requantize);
+            # the quantizer requantizes the others, which keep their own grid
+            for i in ins:
+                if i in requantizes and readers.get(i) == 1 and i not in known and i not in ends:
+                    targets[i] = targets[out]
     return targets
 
 
@@ -255,6 +301,8 @@ def inspect_tflite(data: bytes) -> dict[str, Any]:
     details = {t["index"]: t for t in interp.get_tensor_details()}
     per_channel, weight_bytes, float_ops = 0, 0, []
     for op in interp._get_ops_details():
+        if op["op_name"] == "DELEGATE":  # a delegate node repeats the ops it took, which are listed too
+            continue
         ins = [details[i] for i in op["inputs"] if i >= 0]
         if op["op_name"] in WEIGHTED_OPS and len(ins) > 1:
             w = ins[1]

@@ -46,9 +46,19 @@ SAME_AS_INPUT = (
     "GATHER",
     "UNPACK",
     "BROADCAST_TO",
+    "AVERAGE_POOL_2D",
+    "MIRROR_PAD",
+    "SPACE_TO_DEPTH",
+    "RESIZE_BILINEAR",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "GATHER_ND",
+    "REDUCE_MIN",
 )
-# int8 kernels whose output grid is fixed by the kernel (scale 1/256 or 1/128), not by calibration
-FIXED_OUTPUT_GRID = ("SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX")
+# ops whose every input ai-edge-quantizer puts on the output's grid (it inserts an int8 requantize in front
+# of an input whose producer wrote another grid)
+SAME_AS_OUTPUT = ("CONCATENATION", "PACK", "SELECT", "SELECT_V2", "DYNAMIC_UPDATE_SLICE")
+# int8 kernels whose output grid is fixed by the kernel, not by calibration: (scale, zero point)
+FIXED_OUTPUT_GRID = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
 CLAMP_SUFFIX = "/grid6"  # the tensors an inserted clamp writes
 FUSED_LOWER = {1: 0.0, 2: -1.0, 3: 0.0}  # RELU, RELU_N1_TO_1, RELU6: the real value they clamp below at
@@ -400,12 +410,15 @@ def impose_weights(
         axis = 3 if kind == "DEPTHWISE_CONV_2D" else 0
         w = buffer_array(f, fg.tensors[fop.inputs[1]], np.float32)
         wt = qg.tensors[qop.inputs[1]]
+        if wt.type == 0:  # an op the recipe left float (tflite_mixed.py) keeps its float weights
+            continue
         if tuple(wt.shape) != w.shape or op_name(f, fop) != kind:
             raise EdgefaceError(f"TFLite op #{qk} ({kind}) does not match its float op #{fk}")
         qmax = 2 ** (bits - 1) - 1
         wm = np.moveaxis(w, axis, 0)
         if s is None:
-            s = np.maximum(np.abs(wm.reshape(wm.shape[0], -1)).max(axis=1) / qmax, 1e-12)
+            top = np.abs(wm.reshape(wm.shape[0], -1)).max(axis=1)
+            s = np.where(top > 0, top / qmax, 1.0 / qmax)  # a dead channel: any step, its bias must fit
         s = np.asarray(s, np.float32)
         if s.shape != (wm.shape[0],):
             raise EdgefaceError(f"{s.size} weight scales for TFLite op #{qk} with {wm.shape[0]} channels")
@@ -425,7 +438,7 @@ def impose_weights(
             _set_buffer(q, bt, qb, buffer_users)
             bt.quantization.scale = bscale
             bt.quantization.zeroPoint = np.zeros(s.shape, np.int64)
-            bt.quantization.quantizedDimension = 0
+            bt.quantization.quantizedDimension = len(bt.shape) - 1  # [C], or [1, 1, 1, C] from litert-torch
     return write(q), narrow_bytes
 
 
@@ -447,16 +460,11 @@ def check_targets(quant_data: bytes, targets: Mapping[str, Target]) -> list[str]
     model = read(quant_data)
     graph = model.subgraphs[0]
     by_name = {tensor_name(t): t for t in graph.tensors}
-    fixed = {
-        tensor_name(graph.tensors[op.outputs[0]])
-        for op in graph.operators
-        if op_name(model, op) in FIXED_OUTPUT_GRID
-    }
     bad = []
     for name, tgt in targets.items():
         t = by_name.get(name)
-        if t is not None and (t.type == 0 or name in fixed):
-            continue  # left float by the quantizer (reported as a float op), or a kernel-fixed grid
+        if t is not None and t.type == 0:
+            continue  # left float by the quantizer (reported as a float op)
         qp = None if t is None else t.quantization
         if qp is None or qp.scale is None or len(qp.scale) != 1:
             bad.append(name)
