@@ -138,3 +138,37 @@ def test_w6a6_checkpoint_keeps_its_per_layer_bits_in_onnx(
             if s.shape == want.shape and (np.allclose(s, want, rtol=1e-6) or np.allclose(s, want * widen))
         )
         assert (codes[k] <= 31) == (got_bits == 6), (got_bits, codes[k])
+
+
+def test_cli_quantized_checkpoint_exports_int8_onnx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`edgeface quantize` writes the integer input/output grids into the checkpoint's spec; the export's
+    speed check builds a float twin from that spec, which must not inherit them (it failed with "the spec
+    declares an int8 input but the artifact takes float32", losing the artifact)."""
+    import json
+
+    ref, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", ref, "--calib", str(calib), "--num-images", "32", "--calibration", "minmax"]
+    assert main([*args, "-o", str(ckpt)]) == 0, capsys.readouterr().err[-1500:]
+    capsys.readouterr()
+    out = tmp_path / "out"
+    args = ["export", "-m", ref, "-w", str(ckpt), "--int8", "--format", "onnx", "--calib", str(calib)]
+    code = main(
+        [
+            *args,
+            "-o",
+            str(out),
+            "--calib-images",
+            "48",
+            "--parity-images",
+            "16",
+            "--min-cosine",
+            "0.9",
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    report = json.loads(captured.out)
+    assert (out / "tinyface_int8.onnx").is_file()
+    assert report[0]["speedup_vs_fp32"] > 0  # the speed check against the float twin ran
