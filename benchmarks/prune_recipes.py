@@ -21,8 +21,11 @@ which leaves out the element-wise work of the BatchNorm/PReLU modules that Torch
 is a little lower.
 
     python benchmarks/prune_recipes.py                     # everything (resumes)
-    python benchmarks/prune_recipes.py --recipes cosine,ekd --minutes 15 --steps 400
     python benchmarks/prune_recipes.py --docs-only         # rewrite the docs from the cached results
+    # a longer budget in its own folder (copy ratio.json there to skip the search), then into the docs:
+    python benchmarks/prune_recipes.py --work artifacts/prune_recipes_cos45 --recipes cosine --minutes 45 \
+        --threads 2 --no-chain --md artifacts/prune_recipes_cos45/prune_recipes.md
+    python benchmarks/prune_recipes.py --docs-only --also artifacts/prune_recipes_cos45
 """
 
 from __future__ import annotations
@@ -50,7 +53,13 @@ RECIPES = {  # name -> --loss
     "cosine+ekd": "cosine+ekd",
     "cosine+relation": "cosine+relation",
 }
-TAR_KEY = "1e-03"  # edgeface.eval.lfw_eval.far_key(1e-3)
+TAR_KEY = "1e-03"
+TABLE_HEADER = [
+    "| recipe (`--loss`) | MACs (conv+linear) | ratio | params | steps x batch (fine-tune / run min) "
+    "| last val cos @step | ONNX parity | LFW acc. | change | TAR@1e-3 | change | TAR@1e-2 "
+    "| per-group change vs fp32 (flag rule) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+]  # edgeface.eval.lfw_eval.far_key(1e-3)
 
 
 def run(cmd: list[str], stdout: Path | None = None) -> None:
@@ -178,6 +187,7 @@ def run_recipes(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any
         log.close()
         data = json.loads(raw.read_text())
         data["command"] = cmds[name]
+        data["threads"] = args.threads
         (work / f"{name}.prune.json").write_text(json.dumps(data, indent=1))
         raw.unlink()
     # evaluated as exported fp32 ONNX in ONNX Runtime: ~5x faster than torch eager here, and the export's
@@ -323,6 +333,83 @@ def groups_cell(gc: dict[str, Any]) -> str:
     return "; ".join(parts) if parts else "n/a"
 
 
+def recipe_row(
+    name: str, r: dict[str, Any], work: Path, fp32: dict[str, Any], base_conv: int, batch: int, tag: str = ""
+) -> tuple[str, dict[str, Any]]:
+    """One table line and one JSON row of a fine-tuned recipe."""
+    ref = metrics(fp32)
+    pr, ev = r["prune"], r["eval"]
+    m = metrics(ev)
+    p = pr["prune"]
+    conv = count_conv_macs(work / f"{name}.pt")
+    ft = pr["finetune"] or {}
+    fts = ft if isinstance(ft, dict) else (ft[-1] if ft else {})
+    steps = fts.get("steps", "?")
+    val = fts.get("val") or []
+    last_val = f"{val[-1]['cos']:.4f} @{val[-1]['step']}" if val and isinstance(val[-1], dict) else "?"
+    mins = f"{fts.get('train_s', 0) / 60:.1f} / {pr['wall_s'] / 60:.1f}"
+    mr = p["macs_after"] / p["macs_before"]
+    line = (
+        f"| {name}{tag} | {p['macs_after'] / 1e6:.1f} M ({conv / 1e6:.1f} M) | {mr * 100:.1f} % "
+        f"({conv / base_conv * 100:.1f} %) "
+        f"| {p['params_after'] / 1e3:,.0f} k | {steps} x {batch} ({mins}) | {last_val} "
+        f"| {parity(work / f'{name}.export.json')} "
+        f"| {pct(m['acc'])} | {pp(m['acc'] - ref['acc'])} | {pct(m['tar_1e3'])} "
+        f"| {pp(m['tar_1e3'] - ref['tar_1e3'])} | {pct(m['tar_1e2'])} "
+        f"| {groups_cell(group_change(fp32, ev))} |"
+    )
+    item = {
+        "name": f"prune_{name}{tag.replace(' ', '_')}",
+        "macs_ratio": round(mr, 4),
+        "acc_drop_pp": round((ref["acc"] - m["acc"]) * 100, 3),
+        "tar_1e3_drop_pp": round((ref["tar_1e3"] - m["tar_1e3"]) * 100, 3),
+        "int8": False,
+        "command": cmdline(r["command"]),
+    }
+    return line, item
+
+
+def also_rows(
+    dirs: list[Path], fp32: dict[str, Any], base_conv: int, header: list[str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of other budgets (their own --work folders, run alone rather than side by side)."""
+    lines: list[str] = []
+    items: list[dict[str, Any]] = []
+    cmds: list[str] = []
+    for d in dirs:
+        budget = load(d / "settings.json")
+        for name in RECIPES:
+            if not (d / f"{name}.eval.json").exists():
+                continue
+            pr = load(d / f"{name}.prune.json")
+            r = {"prune": pr, "eval": load(d / f"{name}.eval.json"), "command": pr["command"]}
+            tag = f" {budget['minutes']:g}min"
+            line, item = recipe_row(name, r, d, fp32, base_conv, budget["batch_size"], tag)
+            lines.append(line)
+            items.append(item)
+            threads = pr.get("threads")
+            env = f"OMP_NUM_THREADS={threads} " if threads else ""
+            cmds.append(env + cmdline(pr["command"]))
+    if not lines:
+        return [], []
+    out = [
+        "### Other budgets",
+        "",
+        "The same structure and settings with a longer fine-tune, run by itself (not side by side with the "
+        "other recipes, so not comparable with them step for step); cached in its own `--work` folder and "
+        "added here with `--also DIR`.",
+        "",
+        *header,
+        *lines,
+        "",
+        "```bash",
+        *cmds,
+        "```",
+        "",
+    ]
+    return out, items
+
+
 def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dict[str, Any] | None,
                args: argparse.Namespace, work: Path) -> None:  # fmt: skip
     ref = metrics(fp32)
@@ -382,44 +469,12 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
             "compression-split faces (every 25 steps); relation KD and EKD leave the embedding space free "
             "to rotate, so it says little for them: TAR on the test folds is the measure.",
             "",
-            "| recipe (`--loss`) | MACs (conv+linear) | ratio | params | steps x batch (fine-tune / run min) "
-            "| last val cos @step | ONNX parity | LFW acc. | change | TAR@1e-3 | change | TAR@1e-2 "
-            "| per-group change vs fp32 (flag rule) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            *TABLE_HEADER,
         ]
         for name, r in rows.items():
-            pr, ev = r["prune"], r["eval"]
-            m = metrics(ev)
-            p = pr["prune"]
-            conv = count_conv_macs(work / f"{name}.pt")
-            ft = pr["finetune"] or {}
-            fts = ft if isinstance(ft, dict) else (ft[-1] if ft else {})
-            steps = fts.get("steps", "?")
-            val = fts.get("val") or []
-            last_val = (
-                f"{val[-1]['cos']:.4f} @{val[-1]['step']}" if val and isinstance(val[-1], dict) else "?"
-            )
-            mins = f"{fts.get('train_s', 0) / 60:.1f} / {pr['wall_s'] / 60:.1f}"
-            mr = p["macs_after"] / p["macs_before"]
-            lines.append(
-                f"| {name} | {p['macs_after'] / 1e6:.1f} M ({conv / 1e6:.1f} M) | {mr * 100:.1f} % "
-                f"({conv / base_conv * 100:.1f} %) "
-                f"| {p['params_after'] / 1e3:,.0f} k | {steps} x {args.batch_size} ({mins}) | {last_val} "
-                f"| {parity(work / f'{name}.export.json')} "
-                f"| {pct(m['acc'])} | {pp(m['acc'] - ref['acc'])} | {pct(m['tar_1e3'])} "
-                f"| {pp(m['tar_1e3'] - ref['tar_1e3'])} | {pct(m['tar_1e2'])} "
-                f"| {groups_cell(group_change(fp32, ev))} |"
-            )
-            items.append(
-                {
-                    "name": f"prune_{name}",
-                    "macs_ratio": round(mr, 4),
-                    "acc_drop_pp": round((ref["acc"] - m["acc"]) * 100, 3),
-                    "tar_1e3_drop_pp": round((ref["tar_1e3"] - m["tar_1e3"]) * 100, 3),
-                    "int8": False,
-                    "command": cmdline(r["command"]),
-                }
-            )
+            line, item = recipe_row(name, r, work, fp32, base_conv, args.batch_size)
+            lines.append(line)
+            items.append(item)
         lines += [
             "",
             "Commands (each row, run concurrently; then the fp32 ONNX export and `edgeface eval` of the "
@@ -433,6 +488,9 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
         lines += [cmdline(export_fp32_cmd(first_name, work))]
         lines += [cmdline(eval_cmd(rel(art), None, work / f"{first_name}.eval.json") + ["--threads", "1"])]
         lines += ["```", ""]
+        extra, extra_items = also_rows(args.also, fp32, base_conv, TABLE_HEADER)
+        lines += extra
+        items += extra_items
         best = best_recipe(rows)
         bm = metrics(rows[best]["eval"])
         macs_ok = all(
@@ -448,6 +506,15 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
             f"{pp(bm['tar_1e3'] - ref['tar_1e3'])} ({'met' if tar_ok else 'NOT met'}).",
             "",
         ]
+        if extra_items:
+            eb = min(extra_items, key=lambda r: r["tar_1e3_drop_pp"])
+            a_ok, t_ok = eb["acc_drop_pp"] <= 0.3, eb["tar_1e3_drop_pp"] <= 1.0
+            lines += [
+                f"Best of the other budgets by TAR@FAR=1e-3: `{eb['name']}`: accuracy "
+                f"{pp(-eb['acc_drop_pp'] / 100)} ({'met' if a_ok else 'NOT met'}), TAR@1e-3 "
+                f"{pp(-eb['tar_1e3_drop_pp'] / 100)} ({'met' if t_ok else 'NOT met'}).",
+                "",
+            ]
     if chain is not None:
         be, ce = metrics(chain["base_eval"]), metrics(chain["chain_eval"])
         lat = chain["latency"]
@@ -581,6 +648,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each concurrent fine-tune")
     ap.add_argument("--no-chain", action="store_true")
+    ap.add_argument("--also", type=Path, action="append", default=[], help="--work folder of another budget")
     ap.add_argument(
         "--md", type=Path, default=ROOT / "docs" / "prune_recipes.md", help="tables (+ .json rows)"
     )
