@@ -5,12 +5,14 @@ Every step is an `edgeface` CLI command (printed, and written beside its numbers
 is cached in --work: a step whose result file exists is skipped, so an interrupted run continues where it
 stopped (an interrupted fine-tune also continues inside `edgeface prune`, from OUT.pt.resume/). Rows:
 
-1. fp32: `edgeface eval` of mobilefacenet_ms1m on LFW folds 6-10 with flip and per-group rates.
+1. fp32: mobilefacenet_ms1m exported as fp32 ONNX and measured with `edgeface eval` (ONNX Runtime) on LFW
+   folds 6-10 with flip and per-group rates; every fp32 row is measured the same way.
 2. One row per recovery loss, all on the same structure and budget: global L2 pruning to <= 65 % of the
-   MACs (`--target-macs 0.65`; the first recipe bisects the ratio, the others reuse the ratio it found,
-   which gives the same structure without repeating the search), then the same fine-tune (same images of
-   the compression split, same augmentation and seed, same step cap and wall-clock cap). Evaluated like
-   fp32; per-group FNMR/FMR changes against fp32 with the flag rule of `edgeface.eval.groups`.
+   MACs (`--target-macs 0.65` bisects the ratio once, in a one-shot cut without fine-tune; every recipe
+   then passes that ratio, which gives the same structure), then the same fine-tune (same images of the
+   compression split, same augmentation and seed, same step and wall-clock caps), all recipes side by
+   side so that they share the machine's load alike. Per-group FNMR/FMR changes against fp32 with the
+   flag rule of `edgeface.eval.groups`.
 3. Chain: the recipe with the best TAR@FAR=1e-3 -> `edgeface quantize --method qat` (int8, short) ->
    `edgeface export --int8 --format onnx`, evaluated as an artifact; against `edgeface export --int8` of
    the unpruned model. ORT latency: batch 1, one thread, the two artifacts interleaved round by round.
