@@ -271,9 +271,7 @@ def _fp32_twin(fmt: str, net: Any, spec: ModelSpec) -> bytes:
 
         if "float" not in _ONNX_CACHE:
             _ONNX_CACHE["float"] = onnx_conv.float_graph(net, spec)
-        # a quantized checkpoint's spec declares the integer artifact's input/output grids: not the twin's
-        float_spec = spec.replace(layout="NCHW", input_quant=None, output_quant=None)
-        b = onnx_conv.build_onnx(_ONNX_CACHE["float"], float_spec, "fp32")
+        b = onnx_conv.build_onnx(_ONNX_CACHE["float"], spec.replace(layout="NCHW"), "fp32")
         return metadata.embed_onnx_spec(b.proto, b.spec).SerializeToString()
     from edgeface.converters.tflite import build_tflite
 
