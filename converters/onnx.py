@@ -63,7 +63,9 @@ def build_onnx(
     # iresnet18 1.1x, docs/speed.md), so every precision ships it and speed-ups compare like with like
     float_proto = prelu_as_max(float_proto, any_slope=bits is not None)
     if bits is None:
-        return OnnxBuild(float_proto, spec.replace(precision="fp32"), float_proto, [])
+        # a quantized checkpoint's spec carries the integer artifact's input/output grids: not a float graph's
+        float_spec = spec.replace(precision="fp32", input_quant=None, output_quant=None)
+        return OnnxBuild(float_proto, float_spec, float_proto, [])
     float_convs = grouped_convs(float_proto)
     gplan = qdq.plan_graph(
         float_proto,

@@ -138,3 +138,28 @@ def test_w6a6_checkpoint_keeps_its_per_layer_bits_in_onnx(
             if s.shape == want.shape and (np.allclose(s, want, rtol=1e-6) or np.allclose(s, want * widen))
         )
         assert (codes[k] <= 31) == (got_bits == 6), (got_bits, codes[k])
+
+
+def test_cli_quantized_checkpoint_exports_onnx(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`edgeface quantize` writes the integer input/output grids into the checkpoint's spec; a float ONNX
+    graph built from that spec (the fp32 artifact, the int8 export's speed-check twin) must not inherit them
+    (it failed with "the spec declares an int8 input but the artifact takes float32")."""
+    import json
+
+    from edgeface.converters.metadata import read_onnx_spec
+
+    ref, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", ref, "--calib", str(calib), "--num-images", "32", "--calibration", "minmax"]
+    assert main([*args, "-o", str(ckpt)]) == 0, capsys.readouterr().err[-1500:]
+    capsys.readouterr()
+    out = tmp_path / "out"
+    args = ["export", "-m", ref, "-w", str(ckpt), "--precision", "fp32,int8", "--format", "onnx"]
+    args += ["--calib", str(calib), "--calib-images", "48", "--parity-images", "16", "--min-cosine", "0.9"]
+    code = main([*args, "-o", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    report = {r["precision"]: r for r in json.loads(captured.out)}
+    assert (out / "tinyface_int8.onnx").is_file() and (out / "tinyface_fp32.onnx").is_file()
+    assert report["int8"]["speedup_vs_fp32"] > 0  # the speed check against the float twin ran
+    assert read_onnx_spec(onnx.load(str(out / "tinyface_fp32.onnx"))).input_quant is None
