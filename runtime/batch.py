@@ -173,8 +173,6 @@ def embed_identity(
     skipped: list[tuple[Path, str]] = []
     for p, found in pipe.embed_many(images):
         try:
-            if isinstance(found, EdgefaceError):
-                raise found
             e = one_face(found)
             if check is not None:
                 check([e])

@@ -33,6 +33,7 @@ from edgeface.runtime.select import DEFAULT_POLICY, check_policy, select, visibl
 
 from edgeface.errors import EdgefaceError
 from edgeface.io import printable
+from edgeface.machine import machine_cores
 from edgeface.spec import ALIGNED_SIDE, ModelSpec
 
 STAGES = ("decode", "detect", "align", "embed", "match")
@@ -81,13 +82,6 @@ class _Located:
     degenerate: int = 0
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def aligned_face(shape: tuple[int, ...], spec: ModelSpec) -> Face:
     """The face an aligned crop holds: the whole image, its landmarks where the ArcFace template lands in
     it under the mapping `crop_aligned` uses (so the quality gate measures an aligned crop like any face)."""
@@ -104,9 +98,12 @@ def aligned_face(shape: tuple[int, ...], spec: ModelSpec) -> Face:
     return Face((0.0, 0.0, float(fw), float(fh)), lm.astype(np.float32), 1.0, float(max(fw, fh)))
 
 
-def one_face(found: list[FaceEmbedding]) -> FaceEmbedding:
-    """The one face of a photo; several (policy `all`) is refused, because one template per photo (enroll)
-    must not silently become "whichever face came first"."""
+def one_face(found: list[FaceEmbedding] | EdgefaceError) -> FaceEmbedding:
+    """The one face of a photo, from `embed_faces` or an `embed_many` result (whose error is raised here);
+    several (policy `all`) is refused, because one template per photo (enroll) must not silently become
+    "whichever face came first"."""
+    if isinstance(found, EdgefaceError):
+        raise found
     if len(found) > 1:
         raise EdgefaceError(
             f"{found[0].faces_found} faces found in {found[0].path}; --face all gives one result per face, "
@@ -239,7 +236,7 @@ class Pipeline:
         budget, else every core), each with its own detector, a few images ahead, while the network runs
         here, in order (a TFLite interpreter must not be called from two threads).
         """
-        n = workers if workers is not None else (self.artifact.num_threads or _cores())
+        n = workers if workers is not None else (self.artifact.num_threads or machine_cores())
         todo = iter(paths)
         if n <= 1:
             for p in todo:

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from edgeface.machine import machine_cores
+
 F = Callable[..., Any]
 
 C_INT_MAX = 2**31 - 1  # the largest count a C `int` parameter (thread pools, batch sizes) takes
@@ -44,14 +46,6 @@ class Count(click.IntRange):
 
     def __init__(self, min: int = 1, max: int = C_INT_MAX) -> None:
         super().__init__(min=min, max=max)
-
-
-def machine_cores() -> int:
-    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 class ThreadCount(Count):

@@ -113,8 +113,6 @@ def _photos(
     )
     for i, (p, found) in enumerate(pipe.embed_many(paths)):  # detection on worker threads, the network here
         try:
-            if isinstance(found, EdgefaceError):
-                raise found
             e = one_face(found)
         except EdgefaceError as err:
             out.failures.append((p, str(err)))
