@@ -342,7 +342,7 @@ def _build_onnx(
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.equalize import equalize_prelu
         from edgeface.converters.onnx_float import grouped_as_depthwise, prelu_as_max
-        from edgeface.converters.sensitivity import fragile_tensors
+        from edgeface.converters.sensitivity import SENSITIVITY_IMAGES, fragile_tensors
 
         graph = prelu_as_max(float_proto, any_slope=True)  # the graph build_onnx quantizes
         if not onnx_plan:  # learned activation ranges and weight scales belong to the unscaled channels
@@ -395,9 +395,6 @@ def _build_onnx(
     if prec != "fp32" and _ONNX_CACHE.get("grouped_as_depthwise"):
         extra["grouped_convs_as_depthwise"] = _ONNX_CACHE["grouped_as_depthwise"]
     return Build(b.proto.SerializeToString(), b.spec, len(per_channel), int8_bytes, drift, extra)
-
-
-SENSITIVITY_IMAGES = 8  # calibration images for the per-tensor sensitivity pass (sensitivity.py)
 
 
 def _embed(fmt: str, data: bytes, spec: ModelSpec) -> bytes:

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from edgeface.converters.qdq import QParams
 
+SENSITIVITY_IMAGES = 8  # calibration images for the per-tensor pass, ONNX (export.py) and TFLite (tflite.py)
+
 
 def _flagged_graph(proto: Any, act: Mapping[str, QParams], points: Sequence[str]) -> Any:
     import onnx

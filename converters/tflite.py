@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from edgeface.converters import qdq
 from edgeface.converters import tflite_mixed as mixed
+from edgeface.converters.sensitivity import SENSITIVITY_IMAGES
 from edgeface.converters.staging import native_section
 from edgeface.converters.tflite_fold import fold_constants
 
@@ -152,7 +153,7 @@ def build_tflite(
     kept: list[tuple[str, float]] = []
     if bits == 8 and learned is None:  # learned scales are the checkpoint's decision, not ours
         if "fragile" not in _FLOAT_CACHE:
-            images = np.concatenate(batches)[: mixed.SENSITIVITY_IMAGES]
+            images = np.concatenate(batches)[:SENSITIVITY_IMAGES]
             base = mixed.rule_float_ops(data)
             _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
         kept = _FLOAT_CACHE["fragile"]

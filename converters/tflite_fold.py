@@ -20,11 +20,7 @@ def foldable_ops(model: Any) -> list[int]:
     from edgeface.converters import tflite_learned as tl
 
     graph = model.subgraphs[0]
-    const = {
-        i
-        for i, t in enumerate(graph.tensors)
-        if (data := model.buffers[t.buffer].data) is not None and len(data) > 0
-    }
+    const = {i for i in range(len(graph.tensors)) if tl.is_const(model, graph, i)}
     fold = []
     for k, op in enumerate(graph.operators):
         ins = [int(i) for i in op.inputs if i >= 0]

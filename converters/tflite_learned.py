@@ -131,7 +131,14 @@ def buffer_array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
     return np.frombuffer(np.asarray(raw, np.uint8).tobytes(), dtype).reshape(tuple(tensor.shape))
 
 
-def _consumers(graph: Any) -> dict[int, list[int]]:
+def is_const(model: Any, graph: Any, i: int) -> bool:
+    """Tensor `i` holds constant data (weights, a folded value), not an activation."""
+    data = model.buffers[graph.tensors[i].buffer].data
+    return data is not None and len(data) > 0
+
+
+def consumers(graph: Any) -> dict[int, list[int]]:
+    """Tensor index -> the indices of the ops that read it."""
     users: dict[int, list[int]] = {}
     for k, op in enumerate(graph.operators):
         for i in op.inputs:
@@ -181,7 +188,7 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
 def weighted_ops(model: Any) -> tuple[list[int], list[int]]:
     """(learnable weighted ops, PReLU slope convs), op indices in execution order."""
     graph = model.subgraphs[0]
-    users = _consumers(graph)
+    users = consumers(graph)
     main, slopes = [], []
     for k, op in enumerate(graph.operators):
         if op_name(model, op) in WEIGHTED_OPS:
@@ -200,7 +207,7 @@ def activation_output(model: Any, k: int) -> str:
     """The tensor holding a weighted op's activated output: its own (ReLU/ReLU6 are fused) or, for a
     rewritten PReLU, the MAXIMUM or ADD after its slope conv."""
     graph = model.subgraphs[0]
-    users = _consumers(graph)
+    users = consumers(graph)
     out = int(graph.operators[k].outputs[0])
     nxt = users.get(out, [])
     if len(nxt) == 2:

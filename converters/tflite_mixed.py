@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 DIVISOR_GUARDS = ("MAXIMUM", "ADD")
-SENSITIVITY_IMAGES = 8  # calibration images for the measurement, as in the ONNX export
 # the fake-quantized pass leaves out weight rounding and the int8 kernels' own rounding, which cost
 # EdgeFace-XS about 0.002 more on held-out faces: a target of 0.996 gave 0.9940 (docs/export_hybrid.md)
 TARGET = 0.998
@@ -50,17 +49,7 @@ def _graph(data: bytes) -> tuple[Any, Any, list[str], dict[int, int], dict[int, 
     graph = model.subgraphs[0]
     names = [tl.tensor_name(t) for t in graph.tensors]
     producer = {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
-    readers: dict[int, list[int]] = {}
-    for k, op in enumerate(graph.operators):
-        for i in op.inputs:
-            if i >= 0:
-                readers.setdefault(int(i), []).append(k)
-    return model, graph, names, producer, readers
-
-
-def _is_const(model: Any, graph: Any, i: int) -> bool:
-    data = model.buffers[graph.tensors[i].buffer].data
-    return data is not None and len(data) > 0
+    return model, graph, names, producer, tl.consumers(graph)
 
 
 def rule_float_ops(data: bytes) -> dict[int, str]:
@@ -82,7 +71,7 @@ def rule_float_ops(data: bytes) -> dict[int, str]:
                 i = int(graph.operators[p].inputs[0])
                 continue
             ins = [int(j) for j in graph.operators[p].inputs if j >= 0]
-            if kind in DIVISOR_GUARDS and any(_is_const(model, graph, j) for j in ins):
+            if kind in DIVISOR_GUARDS and any(tl.is_const(model, graph, j) for j in ins):
                 keep[p] = "guards a divisor away from zero (float, so the guard survives)"
             break
     return keep
@@ -109,7 +98,7 @@ def spread_float(data: bytes, ops: Mapping[int, str]) -> dict[int, str]:
         for k, op in enumerate(graph.operators):
             if k in out or kinds[k] in tl.WEIGHTED_OPS:
                 continue
-            act = [int(i) for i in op.inputs if i >= 0 and not _is_const(model, graph, int(i))]
+            act = [int(i) for i in op.inputs if i >= 0 and not tl.is_const(model, graph, int(i))]
             if act and all(i in producer and producer[i] in out for i in act):
                 out[k] = "reads only float tensors (int8 would add a QUANTIZE and a DEQUANTIZE)"
                 changed = True
