@@ -117,6 +117,20 @@ FACE_POLICIES = ("auto", "largest", "center", "highest-score", "all")
 ONE_FACE_POLICIES = FACE_POLICIES[:-1]
 
 
+detector_option = click.option(
+    "--detector",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YuNet ONNX file (default: the pack's, else $EDGEFACE_YUNET, else "
+    "../shared/models/face_detection_yunet_2026may.onnx).",
+)
+no_refine_option = click.option(
+    "--no-refine",
+    is_flag=True,
+    help="Use YuNet's first landmarks; skip re-detecting small faces upscaled (faster detection).",
+)
+
+
 def face_source_options(fn: F) -> F:
     """How faces are taken from the images of --data (eval, compare, threshold): aligned crops as they are,
     else detection with one face per photo."""
@@ -135,12 +149,8 @@ def face_source_options(fn: F) -> F:
                 show_default=True,
                 help="--data photos: which face of a photo (as edgeface verify).",
             ),
-            click.option(
-                "--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file."
-            ),
-            click.option(
-                "--no-refine", is_flag=True, help="--data photos: skip re-detecting small faces upscaled."
-            ),
+            detector_option,
+            no_refine_option,
         ]
     ):
         fn = opt(fn)

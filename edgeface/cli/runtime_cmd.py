@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import FACE_POLICIES, SECONDS, Count, threads_option, threshold_option
+from edgeface.cli.options import (
+    FACE_POLICIES,
+    SECONDS,
+    Count,
+    detector_option,
+    no_refine_option,
+    threads_option,
+    threshold_option,
+)
 from edgeface.cli.quality_options import check_faces, enroll_gate, verify_gate
 from edgeface.io import dumps_json, emit, printable
 
@@ -75,13 +83,7 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
             artifact_option,
-            click.option(
-                "--detector",
-                type=click.Path(dir_okay=False),
-                default=None,
-                help="YuNet ONNX file (default: the pack's, else $EDGEFACE_YUNET, else "
-                "../shared/models/face_detection_yunet_2026may.onnx).",
-            ),
+            detector_option,
             click.option(
                 "--face",
                 "face_policy",
@@ -98,11 +100,7 @@ def pipeline_options(f: Callable[..., Any]) -> Callable[..., Any]:
             ),
             threads_option,
             click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time)."),
-            click.option(
-                "--no-refine",
-                is_flag=True,
-                help="Use YuNet's first landmarks; skip re-detecting small faces upscaled.",
-            ),
+            no_refine_option,
             click.option(
                 "--aligned",
                 is_flag=True,
@@ -619,9 +617,9 @@ def gallery_remove(name: str, gallery_path: str | None, as_json: bool) -> None:
     help="Time budget of the warm-up and timed runs; fewer runs are reported (with a warning) when it ends.",
 )
 @threads_option
-@click.option("--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file.")
+@detector_option
 @click.option("--no-operators", is_flag=True, help="Skip the per-operator profile.")
-@click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled (faster detect).")
+@no_refine_option
 @click.option(
     "--gallery",
     "gallery_path",

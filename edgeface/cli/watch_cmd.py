@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from edgeface.cli.options import Count, threads_option, threshold_option
+from edgeface.cli.options import Count, detector_option, no_refine_option, threads_option, threshold_option
 from edgeface.cli.quality_options import quality_options, thresholds_from_context
 from edgeface.cli.runtime_cmd import artifact_option
 
@@ -57,12 +57,10 @@ from edgeface.cli.runtime_cmd import artifact_option
     show_default=True,
     help="Frames larger than this are detected downscaled to it (cheaper on a Pi).",
 )
-@click.option(
-    "--detector", type=click.Path(dir_okay=False), default=None, help="YuNet ONNX file (default: the pack's)."
-)
+@detector_option
 @threads_option
 @click.option("--flip", is_flag=True, help="Add the mirrored face's embedding (2x embed time).")
-@click.option("--no-refine", is_flag=True, help="Skip re-detecting small faces upscaled before embedding.")
+@no_refine_option
 @click.option("--width", type=Count(16, 16384), default=None, help="Camera frame width to request.")
 @click.option("--height", type=Count(16, 16384), default=None, help="Camera frame height to request.")
 @quality_options
