@@ -29,6 +29,8 @@ from edgeface.io import printable
 from edgeface.spec import METADATA_KEY, ModelSpec, spec_path_for
 
 DEFAULT_IMPOSTORS = 1_000_000  # FMR 1e-4 lets 100 of them pass: a stable quantile
+DEFAULT_CONFIDENCE = 0.95  # people-level: see rates.threshold_at_fmr_bound
+DEFAULT_REPLICATES = 200
 
 
 def impostor_scores(embeddings: np.ndarray, identities: Sequence[str]) -> np.ndarray:
@@ -173,25 +175,33 @@ def calibrate_artifact(
     aligned: bool = False,
     face_policy: str = "auto",
     detector: str | os.PathLike[str] | None = None,
-    refine: bool = True,
+    refine: bool | str | os.PathLike[str] = True,
     flip: bool = False,
     max_impostors: int = DEFAULT_IMPOSTORS,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
     write: bool = True,
+    confidence: float = DEFAULT_CONFIDENCE,
+    replicates: int = DEFAULT_REPLICATES,
 ) -> dict[str, Any]:
     """Set the artifact's threshold at `fmr` on the impostor pairs of `data_dir` and write it into the
-    artifact and its sidecar. Returns the calibration record (also stored in the spec's provenance)."""
+    artifact and its sidecar. Returns the calibration record (also stored in the spec's provenance).
+
+    The threshold is the people-level bound of `rates.threshold_at_fmr_bound` at `confidence` (0: the
+    point threshold): the impostor pairs of a dataset share its people, and the FMR a deployment sees is
+    over other people, so the point estimate would miss the target about half the time."""
     from edgeface.runtime.backends import load_artifact
 
     from edgeface.eval.acquire import acquire
     from edgeface.eval.dataset import make_pairs
     from edgeface.eval.folder_eval import pair_scores
-    from edgeface.eval.rates import rate
+    from edgeface.eval.rates import rate, threshold_at_fmr_bound
 
     if not 0.0 < fmr < 1.0:
         raise EdgefaceError(f"--fmr must be in (0, 1), got {fmr}")
+    if not 0.0 <= confidence < 1.0:
+        raise EdgefaceError(f"--confidence must be in [0, 1), got {confidence}")
     data = load_calibration_data(data_dir)  # layout errors before the artifact loads
     pairs = make_pairs(data.identity, max_impostors, seed)
     art = load_artifact(artifact, num_threads=threads)
@@ -217,8 +227,12 @@ def calibrate_artifact(
             f"no impostor pairs: images of at least two identities in {printable(data_dir)} must give a face "
             f"({len(got.failures)} of {len(data.images)} images gave none)"
         )
-    t = threshold_at_fmr(pair_scores(got.embeddings, imp), fmr)
-    threshold = _clip(t.threshold)
+    scores = pair_scores(got.embeddings, imp)
+    t, bound = threshold_at_fmr_bound(
+        scores, data.identity[imp], len(data.names), fmr, confidence, replicates, seed
+    )
+    threshold = _clip(bound)
+    passed = int(np.count_nonzero(scores >= threshold))
     genuine = pair_scores(got.embeddings, gen) if len(gen) else np.zeros(0)
     fnmr = rate(int(np.count_nonzero(genuine < threshold)), genuine.size)
     old = art.spec
@@ -237,8 +251,11 @@ def calibrate_artifact(
         "impostor_sampled": pairs.sampled,
         "seed": seed,
         "fmr_target": fmr,
-        "false_matches": t.false_matches,
-        "fmr_achieved": t.fmr,
+        "confidence": confidence,
+        "bootstrap_replicates": replicates if confidence > 0 else 0,
+        "threshold_point": _clip(t.threshold),
+        "false_matches": passed,
+        "fmr_achieved": passed / t.impostors,
         "fmr_reachable": 1.0 / t.impostors,
         "resolved": t.resolved,
         "fnmr": fnmr,

@@ -27,7 +27,8 @@ def _embedded(path: Path):
 
 def test_onnx_threshold_rewritten_inside_and_beside(capsys, tmp_path: Path) -> None:
     art = embedded_onnx(tmp_path)
-    r = run(capsys, "threshold", art, "--data", aligned_dataset(), "--aligned", "--fmr", "1e-2", "--json")
+    args = ("threshold", art, "--data", aligned_dataset(), "--aligned", "--fmr", "1e-2")
+    r = run(capsys, *args, "--confidence", "0", "--json")
     assert r.code == 0, r.err
     rec = strict_json(r.out)
     assert isinstance(rec, dict)
@@ -50,10 +51,23 @@ def test_onnx_threshold_rewritten_inside_and_beside(capsys, tmp_path: Path) -> N
     iu = np.triu_indices(len(e), 1)
     imp = np.sort(s[iu][data.identity[iu[0]] != data.identity[iu[1]]])[::-1]
     assert imp[10] < inside.threshold <= imp[9] + 1e-6  # 10 of 1,080 may pass (FMR 1e-2)
+    assert cal["threshold_point"] == pytest.approx(inside.threshold) and cal["bootstrap_replicates"] == 0
+    # the default: the 95 % people-level bound, from the same pairs, above the point estimate
+    b = run(capsys, *args, "--json")
+    assert b.code == 0, b.err
+    bound = strict_json(b.out)
+    from edgeface.eval.rates import threshold_at_fmr_bound
+
+    ii = np.stack(iu, axis=1)[data.identity[iu[0]] != data.identity[iu[1]]]
+    _, expected = threshold_at_fmr_bound(s[ii[:, 0], ii[:, 1]], data.identity[ii], 16, 1e-2, 0.95)
+    assert bound["confidence"] == 0.95 and bound["threshold_point"] == pytest.approx(inside.threshold)
+    assert bound["threshold"] == pytest.approx(expected) and bound["threshold"] > inside.threshold
+    near = [int(np.count_nonzero(imp >= bound["threshold"] + d)) for d in (1e-6, -1e-6)]  # float32 here
+    assert near[0] <= bound["false_matches"] <= near[1] and bound["false_matches"] < 10
     # and verify now uses it
     v = run(capsys, "verify", *data.images[:2], "--aligned", "--model", art, "--json")
     assert v.code == 0, v.err
-    assert json.loads(v.out)["threshold"] == pytest.approx(inside.threshold)
+    assert json.loads(v.out)["threshold"] == pytest.approx(bound["threshold"])
 
 
 def test_too_few_impostors_for_the_target_is_said_and_recorded(capsys, tmp_path: Path) -> None:

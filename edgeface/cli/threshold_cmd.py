@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from edgeface.cli.options import PROBABILITY_OPEN, SEED, THREADS, Count, face_source_options
+from edgeface.cli.options import (
+    PROBABILITY_OPEN,
+    SEED,
+    THREADS,
+    Count,
+    FiniteFloat,
+    face_source_options,
+    refine_setting,
+)
 from edgeface.io import dumps_json, emit, printable
 
 
@@ -23,6 +31,22 @@ from edgeface.io import dumps_json, emit, printable
     show_default=True,
     help="Target false match rate in (0, 1); FMR f needs at least 1/f impostor pairs.",
 )
+@click.option(
+    "--confidence",
+    type=FiniteFloat(0.0, 1.0, max_open=True),
+    default=0.95,
+    show_default=True,
+    help="Confidence, over people, that the FMR on other people like those of --data stays at or below "
+    "--fmr: the threshold is this quantile of thresholds calibrated on people resampled with replacement "
+    "(pairs share people, so their count overstates the certainty). 0: the point estimate.",
+)
+@click.option(
+    "--replicates",
+    type=Count(20, 100_000),
+    default=200,
+    show_default=True,
+    help="People-resampling replicates behind --confidence.",
+)
 @face_source_options
 @click.option("--flip", is_flag=True, help="Calibrate for `verify --flip` (face plus its mirror).")
 @click.option(
@@ -39,6 +63,8 @@ def threshold_cmd(
     artifact: str,
     data: str,
     fmr: float,
+    confidence: float,
+    replicates: int,
     aligned: bool,
     face_policy: str,
     detector: str | None,
@@ -69,12 +95,14 @@ def threshold_cmd(
         aligned=aligned,
         face_policy=face_policy,
         detector=detector,
-        refine=not no_refine,
+        refine=refine_setting(no_refine),
         flip=flip,
         max_impostors=impostors,
         seed=seed,
         threads=threads,
         progress=not as_json,
+        confidence=confidence,
+        replicates=replicates,
     )
     if not r["resolved"]:
         click.echo(
@@ -101,7 +129,12 @@ def threshold_cmd(
         else f"{r['previous_threshold']:.4f}"
         + (f" at FMR {r['previous_threshold_far']:g}" if r["previous_threshold_far"] else "")
     )
-    emit(f"threshold {r['threshold']:.4f} at FMR {fmr:g} written to {', '.join(r['written'])}")
+    how = (
+        f"{confidence * 100:g} % people-level bound; point estimate {r['threshold_point']:.4f}"
+        if confidence > 0
+        else "point estimate"
+    )
+    emit(f"threshold {r['threshold']:.4f} at FMR {fmr:g} ({how}) written to {', '.join(r['written'])}")
     emit(
         f"  data            {r['identities']:,} identities, {r['images']:,} images "
         f"({r['images_without_face']} without a usable face)"

@@ -165,33 +165,113 @@ def fnmr_at_fmr(
     return out
 
 
+def threshold_at_fmr_bound(
+    impostor: np.ndarray,
+    impostor_ids: np.ndarray,
+    n_identities: int,
+    fmr: float,
+    confidence: float,
+    replicates: int = 200,
+    seed: int = 0,
+) -> tuple[FmrThreshold, float]:
+    """(the point threshold at `fmr`, a threshold that holds `fmr` with `confidence` over people).
+
+    Impostor pairs share people, and people differ in how easily they are mistaken for others, so an FMR
+    measured on m pairs is far less certain than m independent trials would make it (on LFW: a Wilson
+    interval over pairs of +-3 % where resampling people gives -30/+50 %). The bound is the `confidence`
+    quantile of the thresholds calibrated on people resampled with replacement (the subject bootstrap of
+    the FNMR intervals), never below the point threshold: on another set of people like these, the FMR
+    stays at or below the target with about that confidence. It does not cover a different mix of
+    people, e.g. one person in a tenth of the comparisons. `confidence` 0: the point threshold itself.
+    """
+    point = threshold_at_fmr(impostor, fmr)
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must be in [0, 1), got {confidence}")
+    if confidence == 0.0 or replicates < 1:
+        return point, point.threshold
+    scores = np.asarray(impostor, np.float64)
+    order = np.argsort(-scores, kind="stable")
+    found = [
+        t[0]
+        for _, t in _replicate_thresholds(
+            scores[order], np.asarray(impostor_ids)[order], n_identities, (fmr,), replicates, seed
+        )
+    ]
+    finite = np.asarray([t for t in found if np.isfinite(t)])
+    bound = float(np.quantile(finite, confidence)) if finite.size else point.threshold
+    return point, float(min(max(bound, point.threshold), 1.0))
+
+
+def fmr_people_interval(
+    impostor: np.ndarray,
+    impostor_ids: np.ndarray,
+    n_identities: int,
+    threshold: float,
+    replicates: int = BOOTSTRAP,
+    seed: int = 0,
+) -> list[float]:
+    """95 % interval of the FMR at a fixed threshold with people resampled (pairs sharing people are not
+    independent trials, so a Wilson interval over pairs is far too narrow when a few people are in many
+    pairs)."""
+    hit = np.asarray(impostor, np.float64) >= threshold
+    ids = np.asarray(impostor_ids)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(replicates):
+        w = np.bincount(rng.integers(0, n_identities, n_identities), minlength=n_identities)
+        wi = w[ids[:, 0]].astype(np.float64) * w[ids[:, 1]]
+        if wi.sum() > 0:
+            out.append(float((wi * hit).sum() / wi.sum()))
+    return [float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))] if out else [np.nan, np.nan]
+
+
+def _replicate_thresholds(
+    i_sorted: np.ndarray,
+    i_ids: np.ndarray,
+    n: int,
+    targets: tuple[float, ...],
+    replicates: int,
+    seed: int,
+):
+    """For each identity-resampled replicate: (draws per identity, the threshold at each target, NaN when
+    the replicate drew no impostor pair). `i_sorted` descending, `i_ids` in the same order."""
+    rng = np.random.default_rng(seed)
+    for _ in range(replicates):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # draws per identity
+        wi = w[i_ids[:, 0]] * w[i_ids[:, 1]]
+        ti = wi.sum()
+        if ti <= 0:
+            yield w, [np.nan] * len(targets)
+            continue
+        ci = np.cumsum(wi)  # impostor weight at or above each (descending) score
+        found = []
+        for fmr in targets:
+            # the first descending position whose cumulated weight exceeds what the target lets pass
+            k = int(np.searchsorted(ci, fmr * ti * (1 + 1e-12), side="right"))
+            found.append(np.nextafter(i_sorted[k], np.inf) if k < i_sorted.size else i_sorted[-1])
+        yield w, found
+
+
 def _subject_bootstrap(
     pairs: PairScores, targets: tuple[float, ...], replicates: int, seed: int
 ) -> list[np.ndarray]:
     """FNMR at each target in `replicates` identity-resampled replicates (NaN where a replicate drew no
     genuine or no impostor pair)."""
-    rng = np.random.default_rng(seed)
     g_order = np.argsort(pairs.genuine, kind="stable")
     g_sorted = np.asarray(pairs.genuine, np.float64)[g_order]
     g_ids = np.asarray(pairs.genuine_ids)[g_order]
     i_order = np.argsort(-np.asarray(pairs.impostor, np.float64), kind="stable")
     i_sorted = np.asarray(pairs.impostor, np.float64)[i_order]
     i_ids = np.asarray(pairs.impostor_ids)[i_order]
-    n = pairs.n_identities
     out = [np.full(replicates, np.nan) for _ in targets]
-    for r in range(replicates):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # draws per identity
-        wi = w[i_ids[:, 0]] * w[i_ids[:, 1]]
+    replicas = _replicate_thresholds(i_sorted, i_ids, pairs.n_identities, targets, replicates, seed)
+    for r, (w, thresholds) in enumerate(replicas):
         wg = w[g_ids]
-        ti, tg = wi.sum(), wg.sum()
-        if ti <= 0 or tg <= 0:
+        tg = wg.sum()
+        if tg <= 0:
             continue
-        ci = np.cumsum(wi)  # impostor weight at or above each (descending) score
         cg = np.concatenate([[0.0], np.cumsum(wg)])  # genuine weight below each (ascending) score
-        for n_t, fmr in enumerate(targets):
-            # the first descending position whose cumulated weight exceeds what the target lets pass
-            k = int(np.searchsorted(ci, fmr * ti * (1 + 1e-12), side="right"))
-            thr = np.nextafter(i_sorted[k], np.inf) if k < i_sorted.size else i_sorted[-1]
-            below = int(np.searchsorted(g_sorted, thr, side="left"))
-            out[n_t][r] = cg[below] / tg
+        for n_t, thr in enumerate(thresholds):
+            if np.isfinite(thr):
+                out[n_t][r] = cg[int(np.searchsorted(g_sorted, thr, side="left"))] / tg
     return out
