@@ -2,7 +2,9 @@
 4000x3000 photo (the same photo upscaled, like a 12 MP phone picture) at full size versus downscaled to
 640 px as `YuNetDetector` does. Best of N runs (the minimum is the least contended figure).
 
-    python benchmarks/detect_speed.py [--runs 5]
+    python benchmarks/detect_speed.py [--runs 5] [--landmarker face_landmark.tflite]
+
+With --landmarker, a row for the face-mesh refinement (runtime.landmarks) that replaces YuNet's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def best_ms(fn, runs: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description="YuNet detection cost")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--landmarker", help="face-mesh model file: also time its refinement")
     a = ap.parse_args()
     cv2.setNumThreads(1)
     photo = cv2.imread(str(PHOTO))
@@ -47,6 +50,15 @@ def main() -> None:
             best_ms(lambda: det.detect(big), a.runs),
         ),
     ]
+    if a.landmarker:
+        mesh = YuNetDetector(landmarker=a.landmarker)
+        rows.insert(
+            2,
+            (
+                "250x250 photo, refine with --landmarker (extra)",
+                best_ms(lambda: mesh.refine(photo, face), a.runs),
+            ),
+        )
     print("| case (1 OpenCV thread) | best ms |\n|---|---:|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} |")

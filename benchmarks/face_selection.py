@@ -204,7 +204,13 @@ def _rates(
     return r
 
 
-def run(model: str, threads: int | None = 1, raw: Path = RAW, scenes: tuple[str, ...] = SCENES) -> dict:
+def run(
+    model: str,
+    threads: int | None = 1,
+    raw: Path = RAW,
+    scenes: tuple[str, ...] = SCENES,
+    landmarker: str | None = None,
+) -> dict:
     artifact = load_artifact(model, num_threads=threads)
     thr = artifact.spec.threshold
     if thr is None:
@@ -260,7 +266,9 @@ def run(model: str, threads: int | None = 1, raw: Path = RAW, scenes: tuple[str,
             rows: dict[str, dict] = {}
             for policy in POLICIES:
                 warnings: list[str] = []
-                pipe = Pipeline(artifact, warn=warnings.append, face=policy)
+                pipe = Pipeline(
+                    artifact, warn=warnings.append, face=policy, refine_landmarks=landmarker or True
+                )
                 faces = [pipe.embed_faces(f) for f in files]
                 accept = {
                     (i, j): any(cosine(a.embedding, b.embedding) >= thr for a in faces[i] for b in faces[j])
@@ -296,6 +304,19 @@ def run(model: str, threads: int | None = 1, raw: Path = RAW, scenes: tuple[str,
                         else {}
                     ),
                     "subject_chosen": int(sum(chosen)),
+                    # where the subject was taken: how far its landmarks are from the reference ones
+                    "landmark_error_iod_median": float(
+                        np.median(
+                            [
+                                np.linalg.norm(e.face.landmarks - t, axis=1).mean()
+                                / np.linalg.norm(t[0] - t[1])
+                                for fs, t in zip(faces, truths, strict=True)
+                                for e in fs[:1]
+                                if _is_subject(e.face.landmarks, t)
+                            ]
+                            or [np.nan]
+                        )
+                    ),
                     "multi_face_photos": int(sum(fs[0].faces_found > 1 for fs in faces)),
                     "wrong_face": [files[i].stem for i, ok in enumerate(chosen) if not ok],
                 }
@@ -359,6 +380,9 @@ def main() -> None:
     ap.add_argument("--scenes", default=None, help=f"comma-separated, of {SCENES + SWEEP_SCENES[3:]}")
     ap.add_argument("--sweep", action="store_true", help="auto's choices per score power, no model needed")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--landmarker", help="face-mesh model (edgeface --landmarker) instead of YuNet refinement"
+    )
     a = ap.parse_args()
     scenes = tuple(s for s in a.scenes.split(",") if s) if a.scenes else None
     if a.sweep:
@@ -383,12 +407,15 @@ def main() -> None:
         return
     if not a.model:
         ap.error("--model is required (except with --sweep)")
-    r = run(a.model, a.threads, scenes=scenes or SCENES)
+    r = run(a.model, a.threads, scenes=scenes or SCENES, landmarker=a.landmarker)
     if a.json:
         print(json.dumps(r, indent=2))
         return
     pa = r["pre_aligned"]
-    print(f"{r['model']} ({r['precision']}), shipped threshold {r['threshold']:.4f}, {r['photos']} photos")
+    print(
+        f"{r['model']} ({r['precision']}), shipped threshold {r['threshold']:.4f}, {r['photos']} photos, "
+        f"landmarks: {a.landmarker or 'YuNet with refinement'}"
+    )
     print(
         f"pre-aligned (aligned112): FRR {100 * pa['frr']:.2f} % ({pa['false_rejects']}/{pa['same_pairs']}), "
         f"FAR {100 * pa['far']:.2f} % ({pa['false_accepts']}/{pa['different_pairs']})"
@@ -400,14 +427,15 @@ def main() -> None:
         f"({rl['false_accepts']}/{rl['different_pairs']})"
     )
     print(
-        "| scene | policy | subject chosen | false rejects | FRR | false accepts | FAR "
-        "| false accepts between strangers |"
+        "| scene | policy | subject chosen | landmark error (median IOD) | false rejects | FRR "
+        "| false accepts | FAR | false accepts between strangers |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for scene, rows in r["scenes"].items():
         for policy, m in rows.items():
             print(
-                f"| {scene} | {policy} | {m['subject_chosen']}/{r['photos']} | {m['false_rejects']} | "
+                f"| {scene} | {policy} | {m['subject_chosen']}/{r['photos']} | "
+                f"{m['landmark_error_iod_median']:.3f} | {m['false_rejects']} | "
                 f"{100 * m['frr']:.2f} % | {m['false_accepts']} | {100 * m['far']:.2f} % | "
                 f"{m['stranger_false_accepts']}/{m['stranger_pairs']} |"
             )

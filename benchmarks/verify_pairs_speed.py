@@ -8,6 +8,8 @@ Both run the real CLI in fresh processes, as a user's script would. Pair lists:
 Each is compared with one process per pair on the same kind of input (raw, or --aligned).
 
     python benchmarks/verify_pairs_speed.py --model /tmp/evalart/art/mobilefacenet_int8.onnx
+    python benchmarks/verify_pairs_speed.py --model /tmp/evalart/art/mobilefacenet_int8.onnx --threads 2 \
+        --landmarker face_landmark.tflite
 
 Results go to docs/evaluation.md by hand, with the command and the machine's load.
 """
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=60, help="raw photos used (all pairs: N(N-1)/2)")
     ap.add_argument("--single", type=int, default=8, help="pairs timed one process each, per input kind")
     ap.add_argument("--threads", default="1")
+    ap.add_argument("--landmarker", help="face-mesh model for both sides (edgeface verify --landmarker)")
     args = ap.parse_args()
 
     photos = sorted(RAW.rglob("*.jpg"))[: args.photos]
@@ -52,6 +55,8 @@ def main() -> None:
         ("aligned crops, disjoint", list(zip(crops[0::2], crops[1::2], strict=False)), ["--aligned"]),
     ]
     common = ["--model", args.model, "--threads", args.threads]
+    if args.landmarker:
+        common += ["--landmarker", args.landmarker]
     per_process: dict[str, float] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +72,10 @@ def main() -> None:
             total = cli("verify", "--pairs", str(listing), *common, *flags)
             each = total / len(pairs)
             rows.append((name, len(pairs), per_process[kind], total, each))
-    print(f"model {args.model}, threads {args.threads}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model}, threads {args.threads}, landmarker {args.landmarker}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(
         "| pair list | pairs | one process per pair, ms | --pairs total s | --pairs ms per pair | speed-up |"
     )

@@ -90,7 +90,14 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 50,
         max_side: int = MAX_SIDE,
+        landmarker: str | os.PathLike[str] | None = None,
     ) -> None:
+        """`landmarker`: a face-mesh model file (runtime.landmarks) that `refine` uses instead of YuNet
+        re-detection; default $EDGEFACE_LANDMARKER, else none."""
+        from edgeface.runtime.landmarks import MeshLandmarker, default_landmarker_path
+
+        mesh = Path(landmarker) if landmarker else default_landmarker_path()
+        self.landmarker = MeshLandmarker(mesh) if mesh else None
         path = Path(model_path) if model_path else default_detector_path()
         if not path.is_file():
             raise EdgefaceError(
@@ -112,7 +119,8 @@ class YuNetDetector:
     def clone(self) -> YuNetDetector:
         """A detector with the same model and settings for another thread: one cv2 net must not run in
         two threads at once."""
-        return YuNetDetector(self.path, *self._settings)
+        mesh = self.landmarker.path if self.landmarker is not None else None
+        return YuNetDetector(self.path, *self._settings, landmarker=mesh)
 
     def detect(self, image_bgr: np.ndarray, rejected: list[str] | None = None) -> list[Face]:
         """Usable faces in `image_bgr` coordinates, largest first; why any others were dropped is appended
@@ -178,7 +186,10 @@ class YuNetDetector:
         detector sees some context (2.0 gave the same error at 1.8x the pixels). Faces the detector already
         saw at `face_size` or more are returned unchanged, so the cost (one detection on a 384 px square)
         is paid only where it helps; a big face found in a downscaled photo is re-detected at that size.
+        With a face-mesh `landmarker`, that model gives the landmarks instead, at every face size.
         """
+        if self.landmarker is not None:
+            return self.landmarker.refine(image_bgr, face)
         x, y, w, h = face.box
         size = max(w, h)
         if size <= 0 or (face.detected_size or size) >= face_size:

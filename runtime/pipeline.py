@@ -130,8 +130,9 @@ class Pipeline:
     """`face`: which face of a photo is used (`select.POLICIES`; `all` embeds every face, see
     `embed_faces`). `strict_single_face`: several usable faces in one photo is an error instead.
 
-    `refine_landmarks` re-detects small faces upscaled for better landmarks (YuNetDetector.refine); it
-    counts in the detect stage.
+    `refine_landmarks`: True re-detects small faces upscaled for better landmarks (YuNetDetector.refine;
+    with $EDGEFACE_LANDMARKER set, that face-mesh model gives them instead, runtime.landmarks); a path to a
+    face-mesh model uses that one; False keeps YuNet's first landmarks. It counts in the detect stage.
 
     `flip` adds the mirrored face's embedding (test-time augmentation, twice the embed cost); it must match
     how the artifact's threshold was calibrated.
@@ -148,7 +149,7 @@ class Pipeline:
         detector_path: str | os.PathLike[str] | None = None,
         strict_single_face: bool = False,
         flip: bool = False,
-        refine_landmarks: bool = True,
+        refine_landmarks: bool | str | os.PathLike[str] = True,
         warn: Callable[[str], None] = _stderr,
         face: str = DEFAULT_POLICY,
         aligned: bool = False,
@@ -162,11 +163,17 @@ class Pipeline:
         self.detector = (
             None
             if aligned
-            else (detector or YuNetDetector(detector_path or getattr(artifact, "detector_path", None)))
+            else (
+                detector
+                or YuNetDetector(
+                    detector_path or getattr(artifact, "detector_path", None),
+                    landmarker=None if isinstance(refine_landmarks, bool) else refine_landmarks,
+                )
+            )
         )
         self.strict_single_face = strict_single_face
         self.flip = flip
-        self.refine_landmarks = refine_landmarks
+        self.refine_landmarks = refine_landmarks is not False
         self.warn = warn
         self.face = check_policy(face)
 

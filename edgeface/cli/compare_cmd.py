@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import BATCH, SEED, THREADS, Count, face_source_options
+from edgeface.cli.options import BATCH, SEED, THREADS, Count, face_source_options, refine_setting
 from edgeface.io import emit, printable
 
 MAX_PROFILE_RUNS = 10_000
@@ -135,8 +135,9 @@ def compare_cmd(
         dataset = read_identity_folders(data)
         pair_set = make_pairs(dataset.identity, impostors, seed)
         how = "aligned crops" if aligned else f"photos through detection (--face {face_policy})"
+        refine = refine_setting(no_refine)
         settings.update(data=printable(data), aligned=aligned, face_policy=None if aligned else face_policy,
-                        refine=None if aligned else not no_refine, impostors=impostors)  # fmt: skip
+                        refine=None if aligned else refine, impostors=impostors)  # fmt: skip
         description = (
             f"identity folders {printable(data)}: {len(dataset.names):,} identities, {len(dataset.images):,} "
             f"images, {how}; {len(pair_set.genuine):,} genuine and {len(pair_set.impostor):,} impostor pairs"
@@ -152,7 +153,7 @@ def compare_cmd(
             meas = measure_lfw(m, pairs, images, fold_ids, groups, flip, batch_size, bootstrap, seed)
         else:
             meas = measure_folders(m, dataset, pair_set, groups, aligned, flip, face_policy, detector,
-                                   not no_refine, bootstrap, seed)  # fmt: skip
+                                   refine, bootstrap, seed)  # fmt: skip
         opened.append(m)
         measured.append(meas)
         latencies.append(latency(m, profile_runs, threads, detector))

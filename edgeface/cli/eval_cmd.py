@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgeface.cli.options import BATCH, SEED, THREADS, THRESHOLD, Count, face_source_options
+from edgeface.cli.options import BATCH, SEED, THREADS, THRESHOLD, Count, face_source_options, refine_setting
 from edgeface.io import emit, printable
 
 MAX_BOOTSTRAP = 100_000
@@ -287,7 +287,7 @@ def eval_cmd(
             flip,
             face_policy,
             detector,
-            refine=not no_refine,
+            refine=refine_setting(no_refine),
             progress="embedding",
         )
         thr, source = (
@@ -299,7 +299,7 @@ def eval_cmd(
             data=printable(data),
             aligned=aligned,
             face_policy=None if aligned else face_policy,
-            refine=None if aligned else not no_refine,
+            refine=None if aligned else refine_setting(no_refine),
             impostors=impostors,
             seed=seed,
             bootstrap=bootstrap,

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from edgeface.errors import EdgefaceError
 from edgeface.machine import machine_cores
 
 F = Callable[..., Any]
@@ -124,11 +125,48 @@ detector_option = click.option(
     help="YuNet ONNX file (default: the pack's, else $EDGEFACE_YUNET, else "
     "../shared/models/face_detection_yunet_2026may.onnx).",
 )
-no_refine_option = click.option(
-    "--no-refine",
-    is_flag=True,
-    help="Use YuNet's first landmarks; skip re-detecting small faces upscaled (faster detection).",
-)
+_LANDMARKER_KEY = "edgeface.landmarker"
+
+
+def _keep_landmarker(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_LANDMARKER_KEY] = value
+
+
+def _no_refine_flag(fn: F) -> F:
+    return click.option(
+        "--no-refine",
+        is_flag=True,
+        help="Use YuNet's first landmarks; skip re-detecting small faces upscaled (faster detection).",
+    )(fn)
+
+
+def no_refine_option(fn: F) -> F:
+    """--no-refine and --landmarker: how landmarks are refined after detection (read back with
+    `refine_setting`)."""
+    fn = click.option(
+        "--landmarker",
+        type=click.Path(dir_okay=False),
+        default=None,
+        expose_value=False,
+        callback=_keep_landmarker,
+        help="Face-mesh landmark model (MediaPipe face_landmark.tflite, needs ai-edge-litert) giving the "
+        "landmarks instead of YuNet's re-detection: more precise and faster (docs/face_selection.md) "
+        "[env EDGEFACE_LANDMARKER].",
+    )(fn)
+    return _no_refine_flag(fn)
+
+
+def refine_setting(no_refine: bool) -> bool | str:
+    """What the runtime's `refine_landmarks` takes: False (--no-refine), the --landmarker path, or True."""
+    ctx = click.get_current_context(silent=True)
+    path = ctx.meta.get(_LANDMARKER_KEY) if ctx is not None else None
+    if no_refine and path:
+        raise EdgefaceError(
+            "--no-refine keeps YuNet's first landmarks and --landmarker replaces them: pass one"
+        )
+    if no_refine:
+        return False
+    return path or True
 
 
 def face_source_options(fn: F) -> F:

@@ -19,6 +19,7 @@ from edgeface.cli.options import (
     Count,
     detector_option,
     no_refine_option,
+    refine_setting,
     threads_option,
     threshold_option,
 )
@@ -142,7 +143,7 @@ def _pipeline(
         detector_path=detector,
         strict_single_face=strict,
         flip=flip,
-        refine_landmarks=not no_refine,
+        refine_landmarks=refine_setting(no_refine),
         face=face_policy,
         aligned=aligned,
     )
@@ -654,7 +655,7 @@ def profile_cmd(
         detector,
         operators=not no_operators,
         progress=not as_json,
-        refine_landmarks=not no_refine,
+        refine_landmarks=refine_setting(no_refine),
         gallery=gallery_path,
         max_seconds=max_seconds,
     )

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import click
 
-from edgeface.cli.options import Count, detector_option, no_refine_option, threads_option, threshold_option
+from edgeface.cli.options import (
+    Count,
+    detector_option,
+    no_refine_option,
+    refine_setting,
+    threads_option,
+    threshold_option,
+)
 from edgeface.cli.quality_options import quality_options, thresholds_from_context
 from edgeface.cli.runtime_cmd import artifact_option
 
@@ -100,11 +107,12 @@ def watch_cmd(
         if out is not None:
             check_output_file(out)  # before anything slow is loaded
     quality = thresholds_from_context()
+    refine = refine_setting(no_refine)
     config = WatchConfig(
         detect_every=detect_every,
         min_views=min_views,
         flow=not no_flow,
-        refine_landmarks=not no_refine,
+        refine_landmarks=refine is not False,
         flip=flip,
     )
     artifact = load_artifact(model, num_threads=threads)
@@ -121,7 +129,11 @@ def watch_cmd(
                 raise EdgefaceError(f"gallery {printable(g.path)} is empty; enroll someone first")
     watcher = Watcher(
         artifact,
-        YuNetDetector(detector or artifact.detector_path, max_side=detect_side),  # else the pack's
+        YuNetDetector(  # else the pack's
+            detector or artifact.detector_path,
+            max_side=detect_side,
+            landmarker=None if isinstance(refine, bool) else refine,
+        ),
         gallery=index,
         threshold=threshold,
         config=config,

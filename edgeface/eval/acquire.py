@@ -46,7 +46,7 @@ def acquire(
     flip: bool = False,
     face_policy: str = "auto",
     detector: str | os.PathLike[str] | None = None,
-    refine: bool = True,
+    refine: bool | str | os.PathLike[str] = True,  # Pipeline.refine_landmarks
     progress: str | None = None,
 ) -> Acquired:
     """Embed every image of `paths` with `net` (an Artifact or TorchFaceModel)."""
@@ -102,7 +102,7 @@ def _photos(
     flip: bool,
     face_policy: str,
     detector: str | os.PathLike[str] | None,
-    refine: bool,
+    refine: bool | str | os.PathLike[str],
     out: Acquired,
     bar: Any,
 ) -> None:

@@ -96,7 +96,7 @@ def measure_folders(
     flip: bool,
     face_policy: str,
     detector: str | os.PathLike[str] | None,
-    refine: bool,
+    refine: bool | str | os.PathLike[str],
     bootstrap: int,
     seed: int,
 ) -> Measured:
