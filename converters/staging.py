@@ -122,6 +122,8 @@ class _SignalGuard:
         global _ACTIVE
         if threading.current_thread() is threading.main_thread():
             for s in _SIGNALS:
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # started with the signal ignored (nohup, a background job): it stays so
                 self._previous[s] = signal.signal(s, self._handle)
             _ACTIVE = self
         return self

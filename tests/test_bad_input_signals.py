@@ -52,6 +52,8 @@ def _export(out: Path, fmt: str, sig: int, delay: float) -> tuple[int, str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # as a terminal's foreground job has it, even when these tests run with SIGINT ignored (nohup, &)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     mine = f"{STAGE_PREFIX}{proc.pid}-"
     deadline = time.monotonic() + 300
@@ -93,9 +95,17 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_cancels(tmp_path: Path, c
     neither raises there nor loses it: it is raised a moment later, outside, and nothing is written."""
     out = tmp_path / "out"
     delivered: list[float] = []
-
     stopped: list[float] = []
+    gc.collect()  # earlier tests' garbage first: its finalizers are not what is tested here
+    # the handler a foreground process has (a background job's SIGINT is ignored, and stays so: below)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _interrupt_inside_gc_callback(out, delivered, stopped, capfd)
+    finally:
+        signal.signal(signal.SIGINT, before)
 
+
+def _interrupt_inside_gc_callback(out: Path, delivered: list[float], stopped: list[float], capfd) -> None:
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start" and not delivered:
             delivered.append(time.monotonic())
@@ -107,7 +117,6 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_cancels(tmp_path: Path, c
     def slow_callback(phase: str, info: dict[str, int]) -> None:
         time.sleep(0.005)  # like jax's callback, which calls into XLA on every collection
 
-    gc.collect()  # earlier tests' garbage first: its finalizers are not what is tested here
     with pytest.raises(Interrupted):
         with staged(out) as stage:
             (stage / "model.onnx").write_bytes(b"artifact")
@@ -127,6 +136,21 @@ def test_an_interrupt_swallowed_by_a_gc_callback_still_cancels(tmp_path: Path, c
     assert list(out.iterdir()) == []
     assert "Exception ignored" not in capfd.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_ignored_interrupt_stays_ignored(tmp_path: Path) -> None:
+    """A process started with SIGINT ignored (`nohup`, `cmd &` in a script) is not made interruptible by
+    the guard: the signal does nothing and the output is written."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with staged(tmp_path / "out") as stage:
+            (stage / "model.onnx").write_bytes(b"artifact")
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"artifact"
 
 
 def test_sweep_keeps_live_and_foreign_staging_folders(tmp_path: Path) -> None:
