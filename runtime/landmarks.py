@@ -103,7 +103,10 @@ class MeshLandmarker:
     def refine(self, image_bgr: np.ndarray, face: Face) -> Face:
         n = self.side
         s = n * FACE_FRACTION / 112.0
-        m = similarity_transform(face.landmarks, ARCFACE_TEMPLATE * s + (n - 112.0 * s) / 2)
+        try:
+            m = similarity_transform(face.landmarks, ARCFACE_TEMPLATE * s + (n - 112.0 * s) / 2)
+        except EdgefaceError:  # coinciding landmarks: nothing to cut a crop from, alignment will say so
+            return face
         crop = cv2.warpAffine(image_bgr, m, (n, n), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         found = []
         direct = self._five(crop)

@@ -106,6 +106,8 @@ def test_no_face_in_the_crop_keeps_the_detector_landmarks(fake_models: dict[str,
     face = _face()
     out = MeshLandmarker(fake_models["noface"]).refine(np.zeros((300, 320, 3), np.uint8), face)
     assert out is face
+    point = Face(face.box, np.tile(face.landmarks[:1], (5, 1)), face.score)  # five coinciding landmarks
+    assert MeshLandmarker(fake_models["face"]).refine(np.zeros((300, 320, 3), np.uint8), point) is point
 
 
 def test_a_result_far_from_the_detection_is_not_taken(fake_models: dict[str, Path]) -> None:
