@@ -38,20 +38,20 @@ from edgeface.spec import ModelSpec, TensorQuant
 WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
-def float_tflite(
-    net: Any, spec: ModelSpec, calib: Iterable[np.ndarray] | None = None, flip: bool = True
-) -> tuple[bytes, Any]:
-    """(NHWC float32 TFLite flatbuffer of an eval-mode nn.Module, torch_rewrite.PReLURewrite).
-
-    PReLU layers are rewritten first (torch_rewrite.prelu_as_max, exact in float): with `calib` (NCHW
-    calibration batches) their channels are also range-equalized for int8; `flip=False` keeps every layer in
-    the form its slopes allow (a checkpoint's learned grids belong to the original channels)."""
-    import litert_torch
-    import torch
+def float_tflite(net: Any, spec: ModelSpec) -> bytes:
+    """NHWC float32 TFLite flatbuffer of an eval-mode nn.Module, its PReLUs rewritten first
+    (torch_rewrite.prelu_as_max without calibration: channels negated, not equalized)."""
     from edgeface.converters.torch_rewrite import prelu_as_max
 
+    return _convert(prelu_as_max(net)[0], spec)
+
+
+def _convert(net: Any, spec: ModelSpec) -> bytes:
+    """litert-torch conversion of a module whose PReLUs are already rewritten."""
+    import litert_torch
+    import torch
+
     h, w = spec.input_size
-    net, rewrite = prelu_as_max(net, calib, flip=flip)
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
     # litert-torch prints its progress on stdout, which belongs to `--json`, and its converter logs through
     # absl on fd 2: both only with `edgeface -v` (native_quiet replays them if the conversion fails)
@@ -65,7 +65,7 @@ def float_tflite(
             # the model a contiguous NCHW copy of the NHWC input (one TRANSPOSE in the graph) keeps every
             # tensor contiguous, as the model's author assumed
             edge = litert_torch.convert(_ContiguousNCHW(net).eval(), (torch.zeros(1, h, w, 3),))
-        return bytes(edge.model_content()), rewrite
+        return bytes(edge.model_content())
 
 
 def _contiguous_nchw_class() -> Any:
@@ -136,12 +136,19 @@ def build_tflite(
     # belong to the original channels); exact in float, so the fp32 artifact shares the equalized graph
     equalize = bool(batches) and not plan
     if _FLOAT_CACHE.get("key") != key or (
-        equalize and precision != "fp32" and not _FLOAT_CACHE.get("equalized")
+        equalize and precision != "fp32" and not _FLOAT_CACHE.get("calibrated")
     ):  # every precision of one export shares the slow conversion
+        from edgeface.converters.torch_rewrite import prelu_as_max
+
         _FLOAT_CACHE.clear()
         calib = [b.transpose(0, 3, 1, 2) for b in batches] if equalize else None
-        float_data, rewrite = float_tflite(net, spec, calib, flip=not plan)
-        _FLOAT_CACHE.update(key=key, data=fold_constants(float_data)[0], equalized=len(rewrite.equalized))
+        rewritten, rewrite = prelu_as_max(net, calib, flip=not plan)
+        _FLOAT_CACHE.update(
+            key=key,
+            data=fold_constants(_convert(rewritten, spec))[0],
+            calibrated=equalize,
+            equalized=len(rewrite.equalized),
+        )
     data = _FLOAT_CACHE["data"]
     spec = spec.replace(layout="NHWC")
     if precision == "fp32":

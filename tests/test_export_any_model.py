@@ -58,8 +58,8 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
     a = _session(proto).run(None, {"input": x[:1].numpy()})[0]
     b = _session(rewritten).run(None, {"input": x[:1].numpy()})[0]
     assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
-    module, count = torch_prelu_rewrite(net)
-    assert count == 6
+    module, rewrite = torch_prelu_rewrite(net)
+    assert rewrite.rewritten == 6
     with torch.no_grad():
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
 
