@@ -12,8 +12,9 @@ input channel on its own scale, so it takes all of it (alpha 1); a dense consume
 per output channel across its input channels, so it takes half (alpha 0.5, a choice, not tuned).
 
 Applied to the ONNX integer export (export._build_onnx), after onnx_float.prelu_as_max and before
-calibration, unless the checkpoint brings learned scales (they belong to the unscaled channels). Not applied
-to TFLite. Measured effect: docs/export_hybrid.md.
+calibration, unless the checkpoint brings learned scales (they belong to the unscaled channels). TFLite gets
+the same scales (`prelu_scales`) on the PyTorch module before conversion (torch_rewrite.prelu_as_max, same
+rules and exceptions). Measured effect: docs/export_hybrid.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def channel_scales(
     logd = np.log(d)
     logd -= logd.mean()  # the layer's overall scale stays where it was
     return np.exp(np.clip(logd, -np.log(MAX_SPREAD), np.log(MAX_SPREAD)))
+
+
+def prelu_scales(
+    lo: Sequence[np.ndarray],
+    hi: Sequence[np.ndarray],
+    readers: Sequence[tuple[np.ndarray, int]],
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """d_c for one PReLU layer. `lo`/`hi`: per-channel minima/maxima of its input and of its output (the
+    grid they share spans both, and 0); `readers`: (weight [O, C/g, ...], groups) of each conv reading the
+    output. Depthwise readers only: all of the spread moves into their weights (alpha 1)."""
+    clo = np.minimum(np.min(np.stack(lo), axis=0), 0.0)
+    chi = np.maximum(np.max(np.stack(hi), axis=0), 0.0)
+    depthwise = all(g == clo.size and w.shape[1] == 1 for w, g in readers)
+    if depthwise:
+        return channel_scales(clo, chi, None, 1.0)
+    cols = np.max([_input_column_max(w, g) for w, g in readers], axis=0)
+    return channel_scales(clo, chi, cols, alpha)
 
 
 @dataclass
@@ -136,23 +155,14 @@ def equalize_prelu(proto: Any, batches: Iterable[np.ndarray], alpha: float = 0.5
         x, y = s.max_node.input[0], s.max_node.output[0]
         if x not in lo or y not in lo:
             continue
-        clo = np.minimum(np.minimum(lo[x], lo[y]), 0.0)
-        chi = np.maximum(np.maximum(hi[x], hi[y]), 0.0)
-        cols, depthwise = [], True
-        for c in s.readers:
-            w = inits[c.input[1]]
-            group = next((helper.get_attribute_value(a) for a in c.attribute if a.name == "group"), 1)
-            if not (group == clo.size and w.shape[1] == 1):
-                depthwise = False
-            cols.append(_input_column_max(w, group, clo.size))
-        d = channel_scales(clo, chi, None if depthwise else np.max(cols, axis=0), 1.0 if depthwise else alpha)
+        readers = [(inits[c.input[1]], _group(c)) for c in s.readers]
+        d = prelu_scales((lo[x], lo[y]), (hi[x], hi[y]), readers, alpha)
         tag = s.max_node.name.strip("/").replace("/", ".")
         _scale_input(m, inits, s.producer, 1, d, axis=0, tag=tag)
         if len(s.producer.input) > 2 and s.producer.input[2]:
             _scale_input(m, inits, s.producer, 2, d, axis=0, tag=tag)
         for c in s.readers:
-            group = next((helper.get_attribute_value(a) for a in c.attribute if a.name == "group"), 1)
-            _scale_columns(m, inits, c, 1.0 / d, group, tag)
+            _scale_columns(m, inits, c, 1.0 / d, _group(c), tag)
         changed += 1
     used = {i for n in m.graph.node for i in n.input}
     kept = [t for t in m.graph.initializer if t.name in used]
@@ -161,18 +171,30 @@ def equalize_prelu(proto: Any, batches: Iterable[np.ndarray], alpha: float = 0.5
     return m, changed
 
 
-def _input_column_max(w: np.ndarray, group: int, channels: int) -> np.ndarray:
+def _group(conv: Any) -> int:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
+
+
+def _input_column_max(w: np.ndarray, group: int) -> np.ndarray:
     """max |w| over everything that reads each input channel of a (grouped) conv weight [O, C/g, ...]."""
     per_in, per_out = w.shape[1], w.shape[0] // group
     a = np.abs(w).reshape(group, per_out, per_in, -1).max(axis=(1, 3))  # [group, per_in]
-    return a.reshape(channels)
+    return a.reshape(group * per_in)
+
+
+def column_factors(f: np.ndarray, shape: Sequence[int], group: int) -> np.ndarray:
+    """Per-input-channel factors `f` laid out to multiply a (grouped) conv weight of `shape` [O, C/g, ...]
+    (PyTorch's and ONNX's layout): input channel ch is column ch % (C/g) of group ch // (C/g)'s rows."""
+    per_in, per_out = shape[1], shape[0] // group
+    col = f.reshape(group, 1, per_in).repeat(per_out, axis=1).reshape(shape[0], per_in)
+    return col.reshape(col.shape + (1,) * (len(shape) - 2))
 
 
 def _scale_columns(m: Any, inits: dict, conv: Any, f: np.ndarray, group: int, tag: str) -> None:
     w = inits[conv.input[1]]
-    per_in, per_out = w.shape[1], w.shape[0] // group
-    col = f.reshape(group, 1, per_in).repeat(per_out, axis=1).reshape(w.shape[0], per_in)
-    _set(m, inits, conv, 1, w * col.reshape(col.shape + (1,) * (w.ndim - 2)), tag)
+    _set(m, inits, conv, 1, w * column_factors(f, w.shape, group), tag)
 
 
 def _scale_input(m: Any, inits: dict, node: Any, k: int, f: np.ndarray, axis: int, tag: str) -> None:

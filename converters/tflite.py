@@ -39,13 +39,19 @@ WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 def float_tflite(net: Any, spec: ModelSpec) -> bytes:
-    """NHWC float32 TFLite flatbuffer of an eval-mode nn.Module."""
-    import litert_torch
-    import torch
+    """NHWC float32 TFLite flatbuffer of an eval-mode nn.Module, its PReLUs rewritten first
+    (torch_rewrite.prelu_as_max without calibration: channels negated, not equalized)."""
     from edgeface.converters.torch_rewrite import prelu_as_max
 
+    return _convert(prelu_as_max(net)[0], spec)
+
+
+def _convert(net: Any, spec: ModelSpec) -> bytes:
+    """litert-torch conversion of a module whose PReLUs are already rewritten."""
+    import litert_torch
+    import torch
+
     h, w = spec.input_size
-    net, _ = prelu_as_max(net)
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
     # litert-torch prints its progress on stdout, which belongs to `--json`, and its converter logs through
     # absl on fd 2: both only with `edgeface -v` (native_quiet replays them if the conversion fails)
@@ -126,9 +132,23 @@ def build_tflite(
     if precision not in ("fp32", "int8", "w6a6"):
         raise EdgefaceError(f"unknown TFLite precision '{precision}' (fp32, int8, w6a6)")
     key = id(net)
-    if _FLOAT_CACHE.get("key") != key:  # every precision of one export shares the slow conversion
+    # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales (they
+    # belong to the original channels); exact in float, so the fp32 artifact shares the equalized graph
+    equalize = bool(batches) and not plan
+    if _FLOAT_CACHE.get("key") != key or (
+        equalize and precision != "fp32" and not _FLOAT_CACHE.get("calibrated")
+    ):  # every precision of one export shares the slow conversion
+        from edgeface.converters.torch_rewrite import prelu_as_max
+
         _FLOAT_CACHE.clear()
-        _FLOAT_CACHE.update(key=key, data=fold_constants(float_tflite(net, spec))[0])
+        calib = [b.transpose(0, 3, 1, 2) for b in batches] if equalize else None
+        rewritten, rewrite = prelu_as_max(net, calib, flip=not plan)
+        _FLOAT_CACHE.update(
+            key=key,
+            data=fold_constants(_convert(rewritten, spec))[0],
+            calibrated=equalize,
+            equalized=len(rewrite.equalized),
+        )
     data = _FLOAT_CACHE["data"]
     spec = spec.replace(layout="NHWC")
     if precision == "fp32":
@@ -223,6 +243,8 @@ def build_tflite(
     if learned is not None:  # how much of the graph the checkpoint's scales cover (the rest: calibrated)
         build_info["learned_activation_tensors"] = len(learned.activations)
         build_info["activation_tensors"] = n_activations
+    if _FLOAT_CACHE.get("equalized"):
+        build_info["prelu_layers_equalized"] = _FLOAT_CACHE["equalized"]
     if bits < 8:  # only weights on the 6-bit grid pack; PReLU slopes and 8-bit layers stay int8
         build_info["int8_weight_bytes"] = narrow_bytes
         build_info["grid_clamps"] = len(extra)
@@ -237,10 +259,11 @@ def activation_targets(
     Learned scales win; the rest come from the calibration statistics. As in the ONNX export, the graph's
     input and output stay 8-bit in w6a6; ops that pass codes through (pad, reshape, max-pool) keep their
     input's grid, and a PReLU-as-max lives on its input's grid (its negative side must not be clipped before
-    the slope is applied), as does max(x, eps). Where ai-edge-quantizer decides a grid itself, the target is
-    what it will do, so that check_targets stays exact: softmax/logistic/tanh write the kernel's fixed grid,
-    and an input of a concat (which puts its inputs on its output's grid) that only the concat reads is
-    written on the concat's grid by its producer.
+    the slope is applied), widened to span the max's output too (negative slopes reach beyond x's range; as
+    qdq.prelu_ranges for ONNX), as does max(x, eps). Where ai-edge-quantizer decides a grid itself, the
+    target is what it will do, so that check_targets stays exact: softmax/logistic/tanh write the kernel's
+    fixed grid, and an input of a concat (which puts its inputs on its output's grid) that only the concat
+    reads is written on the concat's grid by its producer.
     """
     from edgeface.converters import tflite_learned as tl
 
@@ -255,13 +278,24 @@ def activation_targets(
             ends.add(name[op.inputs[0]])
             op = producers.get(int(op.inputs[0]))
     known = learned.activations if learned is not None else {}
+    users = tl.consumers(graph)
+    widen: dict[str, str] = {}  # PReLU-as-max input -> its output, whose range the input's grid spans
+    for k, op in enumerate(graph.operators):
+        if tl.is_prelu_slope(model, graph, k, users) and tl.op_name(model, op) == "DEPTHWISE_CONV_2D":
+            m = graph.operators[users[int(op.outputs[0])][0]]
+            if tl.op_name(model, m) == "MAXIMUM":
+                widen[name[op.inputs[0]]] = name[m.outputs[0]]
 
     def target(n: str) -> Any:
         if n in known:
             s, z, qmin, b = known[n]
             return tl.from_affine(s, z, qmin, b, hold=bits < 8 and n not in ends)
         b = 8 if n in ends else bits
-        p = qdq.activation_qparams(*stats.range(n, method, b), bits=b, dtype="int8")
+        lo, hi = stats.range(n, method, b)
+        if n in widen:  # see torch_rewrite: the max's output reaches beyond x's range for slopes < 0
+            y_lo, y_hi = stats.range(widen[n], method, b)
+            lo, hi = min(lo, y_lo), max(hi, y_hi)
+        p = qdq.activation_qparams(lo, hi, bits=b, dtype="int8")
         return tl.from_affine(p.scale, p.zero_point, p.qmin, b, hold=b < 8)
 
     readers: dict[str, int] = {}
@@ -279,9 +313,10 @@ def activation_targets(
             for o in op.outputs:  # SPLIT / UNPACK: every output keeps the input's grid
                 targets[name[o]] = targets[ins[0]]
         elif kind == "MAXIMUM" and ins:  # max(x, a x) or max(x, eps): on x's grid, as the quantizer wants
-            targets[out] = targets[ins[0]]
-            if len(ins) == 2:
-                targets[ins[1]] = targets[ins[0]]
+            x = next((i for i in ins if i in widen), ins[0])
+            targets[out] = targets[x]
+            for i in ins:
+                targets[i] = targets[x]
         elif kind in tl.FIXED_OUTPUT_GRID:
             targets[out] = tl.Target(*tl.FIXED_OUTPUT_GRID[kind])
         else:

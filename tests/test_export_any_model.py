@@ -58,8 +58,8 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
     a = _session(proto).run(None, {"input": x[:1].numpy()})[0]
     b = _session(rewritten).run(None, {"input": x[:1].numpy()})[0]
     assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(a).max())
-    module, count = torch_prelu_rewrite(net)
-    assert count == 6
+    module, rewrite = torch_prelu_rewrite(net)
+    assert rewrite.rewritten == 6
     with torch.no_grad():
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
 
@@ -169,8 +169,9 @@ def test_prelu_view_112x96_exports_int8_in_both_formats(awkward_export: tuple[in
     proto = onnx.load(str(out / f"{PV.replace(':', '_')}_int8.onnx"))
     assert "PRelu" not in {n.op_type for n in proto.graph.node}  # every slope has its integer form
     by_format = {Path(r["path"]).suffix: r for r in reports}
-    assert by_format[".onnx"].get("prelu_layers_equalized") == 4  # equalize.py, ONNX only
-    assert "prelu_layers_equalized" not in by_format[".tflite"]
+    assert by_format[".onnx"].get("prelu_layers_equalized") == 4  # equalize.py on the graph
+    # torch_rewrite on the module: the last PReLU's reader is a Linear behind a view (a Conv in ONNX)
+    assert by_format[".tflite"].get("prelu_layers_equalized") == 3
 
 
 def test_multi_format_keeps_what_passes(calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
