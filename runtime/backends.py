@@ -49,6 +49,11 @@ class Artifact:
         """The pack's face detector, checked against its manifest; None outside a pack."""
         return self.pack.detector_path if self.pack is not None else None
 
+    @property
+    def landmarker_path(self) -> Path | None:
+        """The pack's face-mesh landmark model, if it holds one (checked like the detector)."""
+        return self.pack.landmarker_path if self.pack is not None else None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
         if batch.ndim != 4:

@@ -18,6 +18,7 @@ Layout (version 1):
     edgeface-pack.json                      the manifest (below)
     mobilefacenet_int8.onnx[.json]          artifacts and their spec sidecars, at the top
     face_detection_yunet_2026may.onnx       the detector, at the top
+    face_landmark.tflite                    optional: a face-mesh landmark model (runtime.landmarks)
     licenses/LICENSE.mobilefacenet_ms1m     licence texts; the manifest says what each covers and
     licenses/LICENSE.yunet                  where it came from
 
@@ -44,6 +45,7 @@ MANIFEST = "edgeface-pack.json"
 FORMAT = "edgeface-pack"
 VERSION = 1
 LICENSES_DIR = "licenses"
+LANDMARKER_KIND = "face-mesh"
 ARTIFACT_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 PRECISIONS = ("fp32", "w8a8", "w6a6", "mixed")
@@ -126,6 +128,7 @@ class Manifest:
     detector: str
     licenses: tuple[LicenseEntry, ...]
     files: dict[str, FileEntry] = field(default_factory=dict)
+    landmarker: str | None = None  # a face-mesh landmark model (runtime.landmarks), optional
 
     def artifact(self, name: str) -> ArtifactEntry | None:
         return next((a for a in self.artifacts if a.file == name), None)
@@ -139,6 +142,7 @@ class Manifest:
             "default_artifact": self.default_artifact,
             "artifacts": [a.__dict__ for a in self.artifacts],
             "detector": {"file": self.detector, "kind": "yunet"},
+            **({"landmarker": {"file": self.landmarker, "kind": LANDMARKER_KIND}} if self.landmarker else {}),
             "licenses": [{**lic.__dict__, "covers": list(lic.covers)} for lic in self.licenses],
             "files": {k: {"sha256": v.sha256, "size": v.size} for k, v in sorted(self.files.items())},
         }
@@ -232,10 +236,18 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
     detector = listed(det.get("file"), "detector")  # type: ignore[union-attr]
     if not detector.lower().endswith(".onnx"):
         fail(f"detector '{printable(detector)}' must be a YuNet .onnx file")
+    landmarker = None
+    mesh = data.get("landmarker")
+    if mesh is not None:
+        if not isinstance(mesh, dict) or mesh.get("kind") != LANDMARKER_KIND:
+            fail(f'\'landmarker\' must be {{"file": ..., "kind": "{LANDMARKER_KIND}"}}')
+        landmarker = listed(mesh.get("file"), "landmarker")  # type: ignore[union-attr]
+        if not landmarker.lower().endswith(".tflite"):
+            fail(f"landmarker '{printable(landmarker)}' must be a .tflite file")
     lic_raw = data.get("licenses", [])
     if not isinstance(lic_raw, list) or len(lic_raw) > MAX_FILES:
         fail("'licenses' must be a list")
-    models = {a.file for a in artifacts} | {detector}
+    models = {a.file for a in artifacts} | {detector} | ({landmarker} if landmarker else set())
     licenses = []
     for lic in lic_raw:
         if not isinstance(lic, dict):
@@ -243,7 +255,7 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
         file = listed(lic.get("file"), "licence", top=False)
         covers = lic.get("covers")
         if not isinstance(covers, list) or not covers or any(c not in models for c in covers):
-            fail(f"licence '{printable(file)}' must cover a list of the pack's artifacts or its detector")
+            fail(f"licence '{printable(file)}' must cover a list of the pack's artifacts or models")
         licenses.append(LicenseEntry(file, tuple(covers), text(lic, "origin")))
     return Manifest(
         edgeface_version=text(data, "edgeface_version", 64),
@@ -253,6 +265,7 @@ def _parse_manifest(data: Any, where: str) -> Manifest:
         detector=detector,
         licenses=tuple(licenses),
         files=files,
+        landmarker=landmarker,
     )
 
 
@@ -357,9 +370,14 @@ class Pack:
     def detector_path(self) -> Path:
         return self.file(self.manifest.detector)
 
+    @property
+    def landmarker_path(self) -> Path | None:
+        return self.file(self.manifest.landmarker) if self.manifest.landmarker else None
+
     def verify_for(self, artifact: ArtifactEntry) -> None:
-        """What running `artifact` reads: the artifact, its spec and the detector."""
-        self.verify([artifact.file, artifact.spec, self.manifest.detector])
+        """What running `artifact` reads: the artifact, its spec, the detector and the landmark model."""
+        mesh = [self.manifest.landmarker] if self.manifest.landmarker else []
+        self.verify([artifact.file, artifact.spec, self.manifest.detector, *mesh])
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -370,6 +388,7 @@ class Pack:
             "default_artifact": m.default_artifact,
             "artifacts": [a.__dict__ for a in m.artifacts],
             "detector": m.detector,
+            "landmarker": m.landmarker,
             "licenses": [{**lic.__dict__, "covers": list(lic.covers)} for lic in m.licenses],
             "files": len(m.files),
             "bytes": sum(f.size for f in m.files.values()),

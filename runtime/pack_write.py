@@ -83,6 +83,8 @@ def write_pack(
     default: str | None = None,
     merge: bool = False,
     warn: Callable[[str], None] = _warn_stderr,
+    landmarker: str | os.PathLike[str] | None = None,
+    landmarker_license: LicenseSource | None = None,
 ) -> Pack:
     """Make `out` a pack of `artifacts` (files, or packs whose artifacts, licences and detector are taken).
 
@@ -91,13 +93,23 @@ def write_pack(
     `detector_license`, else a source pack's, else the copy edgeface ships. `default`: the artifact
     `--model PACK` takes (default: the int8 ONNX among those given, see pack.rank). `merge` (export):
     artifacts a previous manifest in `out` listed stay in the pack when their files are unchanged.
+    `landmarker`: a face-mesh landmark model (runtime.landmarks) the runtime then refines landmarks with
+    (default: a source pack's, or with `merge` the previous pack's; else none), with its licence
+    `landmarker_license` (or the source pack's): required, edgeface ships no licence for it.
     """
     out = Path(out)
-    for lic in [*licenses, *([detector_license] if detector_license else [])]:
+    for lic in [
+        *licenses,
+        *([detector_license] if detector_license else []),
+        *([landmarker_license] if landmarker_license else []),
+    ]:
         if not lic.path.is_file():  # before anything is written
             raise EdgefaceError(f"licence file not found: {printable(lic.path)}")
-    inputs, source_det = _collect(artifacts)
+    inputs, source_det, source_mesh = _collect(artifacts)
     det_src, det_lic = _detector(detector, source_det, detector_license)
+    if source_mesh is None and merge:
+        source_mesh = _previous_landmarker(out)
+    mesh = _landmarker(landmarker, source_mesh, landmarker_license)
     _check_out(out, inputs)
     names = [i.name for i in inputs]
     if len(set(names)) != len(names):
@@ -106,6 +118,11 @@ def write_pack(
     det_name = safe_name(det_src.name)
     if det_name in names or any(det_name == n + ".json" for n in names):
         raise EdgefaceError(f"the detector's name {printable(det_name)} clashes with an artifact's")
+    mesh_name = safe_name(mesh[0].name) if mesh else None
+    if mesh_name is not None and (
+        mesh_name in names or mesh_name == det_name or any(mesh_name == n + ".json" for n in names)
+    ):
+        raise EdgefaceError(f"the landmark model's name {printable(mesh_name)} clashes with another file's")
     if default is not None and default not in names:
         raise EdgefaceError(
             f"--default {printable(default)} is not one of the packed artifacts: {', '.join(names)}"
@@ -127,7 +144,11 @@ def write_pack(
                 ArtifactEntry(i.name, i.name + ".json", fmt, spec.name, spec.precision, spec.embedding_dim)
             )
         _place(plan, det_src, det_name)
-        lic_entries = _licenses(plan, kept, inputs, licenses, det_name, det_lic, warn)
+        models = [(det_name, det_lic)]
+        if mesh is not None and mesh_name is not None:
+            _place(plan, mesh[0], mesh_name)
+            models.append((mesh_name, mesh[1]))
+        lic_entries = _licenses(plan, kept, inputs, licenses, models, warn)
         files = {name: _entry(path, name) for name, path in plan.files.items()}
         manifest = Manifest(
             edgeface_version=_version(),
@@ -137,6 +158,7 @@ def write_pack(
             detector=det_name,
             licenses=tuple(lic_entries),
             files=files,
+            landmarker=mesh_name,
         )
         (stage / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         _commit(plan)
@@ -148,14 +170,19 @@ def write_pack(
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
+_Model = tuple[Path, LicenseSource | None]  # a model file of a source pack, with its licence
+
+
 def _collect(
     artifacts: Sequence[str | os.PathLike[str]],
-) -> tuple[list[_Input], tuple[Path, LicenseSource | None] | None]:
-    """The artifacts to pack, and the detector (with its licence) of the first source pack, if any."""
+) -> tuple[list[_Input], _Model | None, _Model | None]:
+    """The artifacts to pack, and the detector and landmark model (with their licences) of the first
+    source pack that has one, if any."""
     if not artifacts:
         raise EdgefaceError("nothing to pack: name at least one artifact (.onnx or .tflite) or pack")
     inputs: list[_Input] = []
     detector = None
+    mesh = None
     for a in artifacts:
         path = Path(a)
         if is_pack(path):
@@ -165,6 +192,7 @@ def _collect(
                 src = pack.file(entry.file)
                 inputs.append(_Input(src, entry.file, _spec_of(src), _carried(pack, entry.file)))
             detector = detector or _pack_detector(pack)
+            mesh = mesh or _pack_landmarker(pack)
             continue
         if not path.is_file():
             raise EdgefaceError(f"artifact not found: {printable(path)}")
@@ -179,8 +207,9 @@ def _collect(
             pack.verify_for(entry)
             carried = _carried(pack, entry.file)
             detector = detector or _pack_detector(pack)
+            mesh = mesh or _pack_landmarker(pack)
         inputs.append(_Input(path, safe_name(path.name), _spec_of(path), carried))
-    return inputs, detector
+    return inputs, detector, mesh
 
 
 def _carried(pack: Pack, name: str) -> list[LicenseSource]:
@@ -192,10 +221,58 @@ def _carried(pack: Pack, name: str) -> list[LicenseSource]:
     return out
 
 
-def _pack_detector(pack: Pack) -> tuple[Path, LicenseSource | None]:
+def _pack_detector(pack: Pack) -> _Model:
     pack.verify([pack.manifest.detector])
     lic = _carried(pack, pack.manifest.detector)
     return pack.detector_path, (lic[0] if lic else None)
+
+
+def _pack_landmarker(pack: Pack) -> _Model | None:
+    name = pack.manifest.landmarker
+    if name is None:
+        return None
+    pack.verify([name])
+    lic = _carried(pack, name)
+    return pack.file(name), (lic[0] if lic else None)
+
+
+def _previous_landmarker(out: Path) -> _Model | None:
+    """With `merge` (an export into its pack folder): the landmark model the previous manifest listed, so
+    re-exporting does not drop it; none when it is unreadable or changed (as for artifacts in `_kept`)."""
+    if not (out / MANIFEST).exists():
+        return None
+    try:
+        return _pack_landmarker(open_pack(out))
+    except EdgefaceError:
+        return None
+
+
+def _landmarker(
+    given: str | os.PathLike[str] | None, from_pack: _Model | None, license: LicenseSource | None
+) -> tuple[Path, LicenseSource] | None:
+    """The landmark model a pack will hold, loaded once to refuse a file that is not one, with its
+    licence (required: a pack records the licence of every model in it)."""
+    from edgeface.runtime.landmarks import MeshLandmarker
+
+    carried = None
+    if given:
+        path = Path(given)
+    elif from_pack is not None:
+        path, carried = from_pack
+    else:
+        if license is not None:
+            raise EdgefaceError("--landmarker-license names the licence of a --landmarker model: give both")
+        return None
+    if path.suffix.lower() != ".tflite":
+        raise EdgefaceError(f"--landmarker {printable(path)}: expected a face-mesh .tflite file")
+    MeshLandmarker(path)  # missing, unreadable or not a face-mesh model: one error line, nothing written
+    lic = license or carried
+    if lic is None:
+        raise EdgefaceError(
+            f"no licence for the landmark model {printable(path)}: pass --landmarker-license FILE "
+            "(MediaPipe's face_landmark.tflite is Apache-2.0: the LICENSE in its wheel's .dist-info)"
+        )
+    return path, lic
 
 
 def _spec_of(path: Path) -> ModelSpec:
@@ -356,8 +433,7 @@ def _licenses(
     kept: list[_Input],
     inputs: list[_Input],
     given: Sequence[LicenseSource],
-    det_name: str,
-    det_lic: LicenseSource,
+    models: Sequence[tuple[str, LicenseSource]],
     warn: Callable[[str], None],
 ) -> list[LicenseEntry]:
     covers: dict[str, tuple[LicenseSource, list[str]]] = {}  # pack name -> (source, covered files)
@@ -386,7 +462,8 @@ def _licenses(
             warn(f"no licence for {i.name}: pass --license FILE (the pack records none for it)")
         for src in sources:
             add(src, i.name)
-    add(det_lic, det_name)
+    for name, lic in models:  # the detector and the landmark model
+        add(lic, name)
     entries = []
     for name, (src, covered) in covers.items():
         _place(plan, src.path, name)

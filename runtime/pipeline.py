@@ -126,13 +126,22 @@ def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
     return pipe.spec.threshold
 
 
+def _landmarker(artifact: object, refine: bool | str | os.PathLike[str]) -> str | os.PathLike[str] | None:
+    """The face-mesh model refinement uses: the one given, else the pack's; None without refinement (the
+    detector then falls back to $EDGEFACE_LANDMARKER, or to YuNet's own refinement)."""
+    if refine is False:
+        return None
+    return getattr(artifact, "landmarker_path", None) if refine is True else refine
+
+
 class Pipeline:
     """`face`: which face of a photo is used (`select.POLICIES`; `all` embeds every face, see
     `embed_faces`). `strict_single_face`: several usable faces in one photo is an error instead.
 
-    `refine_landmarks`: True re-detects small faces upscaled for better landmarks (YuNetDetector.refine;
-    with $EDGEFACE_LANDMARKER set, that face-mesh model gives them instead, runtime.landmarks); a path to a
-    face-mesh model uses that one; False keeps YuNet's first landmarks. It counts in the detect stage.
+    `refine_landmarks`: True re-detects small faces upscaled for better landmarks (YuNetDetector.refine),
+    or takes them from a face-mesh model (runtime.landmarks) when the artifact's pack holds one or
+    $EDGEFACE_LANDMARKER names one; a path to a face-mesh model uses that one; False keeps YuNet's first
+    landmarks. It counts in the detect stage.
 
     `flip` adds the mirrored face's embedding (test-time augmentation, twice the embed cost); it must match
     how the artifact's threshold was calibrated.
@@ -167,7 +176,7 @@ class Pipeline:
                 detector
                 or YuNetDetector(
                     detector_path or getattr(artifact, "detector_path", None),
-                    landmarker=None if isinstance(refine_landmarks, bool) else refine_landmarks,
+                    landmarker=_landmarker(artifact, refine_landmarks),
                 )
             )
         )

@@ -15,61 +15,24 @@ from edgeface.runtime.align import ARCFACE_TEMPLATE, similarity_transform
 from edgeface.runtime.detect import MIRROR, Face, YuNetDetector
 from edgeface.runtime.landmarks import (
     FACE_FRACTION,
-    LEFT_EYE,
-    MESH_POINTS,
-    MOUTH,
-    NOSE_TIP,
-    RIGHT_EYE,
     MeshLandmarker,
 )
 
 from edgeface.errors import EdgefaceError
 from tests.eval_support import embedded_onnx
+from tests.landmark_support import SHIFT, SIDE, fake_mesh_model
 from tests.test_bad_input_support import assert_one_error, run
 from tests.test_runtime_support import SHARED
-
-SIDE = 192
-SHIFT = np.array([2.0, 3.0])  # the fake model's error, in crop pixels
-
-
-def _mesh_points(shift: np.ndarray) -> np.ndarray:
-    """468 points: the five named vertices at the ArcFace template's place in the crop, plus `shift`."""
-    s = SIDE * FACE_FRACTION / 112.0
-    t = ARCFACE_TEMPLATE * s + (SIDE - 112.0 * s) / 2 + shift
-    p = np.zeros((MESH_POINTS, 3), np.float32)
-    p[:, :2] = SIDE / 2
-    for i, idx in enumerate((LEFT_EYE, RIGHT_EYE, (NOSE_TIP,), (MOUTH[0],), (MOUTH[1],))):
-        p[list(idx), :2] = t[i]
-    return p
-
-
-def _tflite(
-    path: Path, logit: float, input_shape: tuple[int, ...] = (1, SIDE, SIDE, 3), shift: np.ndarray = SHIFT
-) -> Path:
-    """A real TFLite file with the face-mesh model's signature: NHWC float image -> (1, 1, 1, 1404) points
-    and a (1, 1, 1, 1) face logit. Its points do not depend on the image (geometry is what is tested)."""
-    import litert_torch
-    import torch
-
-    points = torch.from_numpy(_mesh_points(shift).reshape(1, 1, 1, -1))
-
-    class FakeMesh(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            zero = x.mean() * 0.0  # keeps the input in the graph
-            return points + zero, torch.full((1, 1, 1, 1), logit) + zero
-
-    litert_torch.convert(FakeMesh().eval(), (torch.zeros(input_shape),)).export(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
 def fake_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("mesh")
     return {
-        "face": _tflite(d / "face.tflite", 8.0),
-        "noface": _tflite(d / "noface.tflite", -8.0),
-        "wrong": _tflite(d / "wrong.tflite", 8.0, (1, SIDE, SIDE // 2, 3)),
-        "elsewhere": _tflite(d / "elsewhere.tflite", 8.0, shift=np.array([0.0, 40.0])),
+        "face": fake_mesh_model(d / "face.tflite", 8.0),
+        "noface": fake_mesh_model(d / "noface.tflite", -8.0),
+        "wrong": fake_mesh_model(d / "wrong.tflite", 8.0, (1, SIDE, SIDE // 2, 3)),
+        "elsewhere": fake_mesh_model(d / "elsewhere.tflite", 8.0, shift=np.array([0.0, 40.0])),
     }
 
 

@@ -71,10 +71,11 @@ def check_archive(archive: str | None) -> None:
 def describe(pack: Any, archive: Path | None) -> list[str]:
     d = pack.describe()
     mb = d["bytes"] / 1e6
+    mesh = f", landmark model {d['landmarker']}" if d["landmarker"] else ""
     lines = [
         f"pack {printable(pack.source)}: {len(d['artifacts'])} artifact(s) "
-        f"(default {d['default_artifact']}), detector {d['detector']}, {len(d['licenses'])} licence(s), "
-        f"{d['files']} files, {mb:.2f} MB"
+        f"(default {d['default_artifact']}), detector {d['detector']}{mesh}, "
+        f"{len(d['licenses'])} licence(s), {d['files']} files, {mb:.2f} MB"
     ]
     if archive is not None:
         lines.append(f"archive {printable(archive)} ({archive.stat().st_size / 1e6:.2f} MB)")
@@ -88,6 +89,8 @@ def _details(pack: Any) -> list[str]:
         mark = "  (default)" if a.file == m.default_artifact else ""
         lines.append(f"  artifact {a.file}: {a.model}, {a.precision}, {a.format}, {a.embedding_dim}-d{mark}")
     lines.append(f"  detector {m.detector}")
+    if m.landmarker:
+        lines.append(f"  landmark model {m.landmarker}")
     for lic in m.licenses:
         lines.append(f"  licence {lic.file} covers {', '.join(lic.covers)}; {lic.origin}")
     uncovered = [a.file for a in m.artifacts if not any(a.file in lic.covers for lic in m.licenses)]
@@ -110,6 +113,19 @@ def _details(pack: Any) -> list[str]:
 @pack_options
 @click.option("--default", "default", default=None, help="Artifact file name --model PACK takes by default.")
 @click.option(
+    "--landmarker",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Face-mesh landmark model (MediaPipe face_landmark.tflite) the pack carries: the runtime then "
+    "takes landmarks from it (as --landmarker) wherever the pack runs. Default: a source pack's.",
+)
+@click.option(
+    "--landmarker-license",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Licence file of --landmarker (required with it: a pack records every model's licence).",
+)
+@click.option(
     "--check",
     "check",
     type=click.Path(),
@@ -125,6 +141,8 @@ def pack_cmd(
     detector_license: str | None,
     archive: str | None,
     default: str | None,
+    landmarker: str | None,
+    landmarker_license: str | None,
     check: str | None,
     as_json: bool,
 ) -> None:
@@ -163,6 +181,10 @@ def pack_cmd(
         default=default,
         merge=True,
         warn=lambda m: click.echo(f"warning: {printable(m)}", err=True),
+        landmarker=landmarker,
+        landmarker_license=(
+            license_source(landmarker_license, "--landmarker-license") if landmarker_license else None
+        ),
     )
     archive_path = None
     if archive:

@@ -132,7 +132,7 @@ def watch_cmd(
         YuNetDetector(  # else the pack's
             detector or artifact.detector_path,
             max_side=detect_side,
-            landmarker=None if isinstance(refine, bool) else refine,
+            landmarker=None if refine is False else artifact.landmarker_path if refine is True else refine,
         ),
         gallery=index,
         threshold=threshold,
