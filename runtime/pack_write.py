@@ -265,7 +265,8 @@ def _landmarker(
         return None
     if path.suffix.lower() != ".tflite":
         raise EdgefaceError(f"--landmarker {printable(path)}: expected a face-mesh .tflite file")
-    MeshLandmarker(path)  # missing, unreadable or not a face-mesh model: one error line, nothing written
+    if given:  # a source pack's was hash-checked against its manifest; loading it would need LiteRT here
+        MeshLandmarker(path)  # missing, unreadable or not a face-mesh model: one error line, nothing written
     lic = license or carried
     if lic is None:
         raise EdgefaceError(
