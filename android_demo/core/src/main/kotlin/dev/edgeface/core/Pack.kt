@@ -26,7 +26,9 @@ class PackManifest private constructor(
     val artifacts: List<PackArtifact>,
     val detector: String,
     val licenses: List<PackLicense>,
-    val files: Map<String, PackFile>
+    val files: Map<String, PackFile>,
+    /** A face-mesh landmark model the pack carries (optional; the app does not use it yet). */
+    val landmarker: String? = null
 ) {
     /**
      * The artifact to run on Android (LiteRT runs `.tflite`): the one named, else the pack's default when
@@ -165,14 +167,22 @@ class PackManifest private constructor(
             if (det == null || det.opt("kind") != "yunet") fail("'detector' must be {\"file\": ..., \"kind\": \"yunet\"}")
             val detector = listed(det.opt("file"), "detector")
             if (!detector.toLowerCase().endsWith(".onnx")) fail("detector '$detector' must be a YuNet .onnx file")
+            val mesh = data.opt("landmarker")
+            val landmarker = if (mesh == null || mesh == JSONObject.NULL) null else {
+                val m = mesh as? JSONObject
+                if (m == null || m.opt("kind") != "face-mesh") fail("'landmarker' must be {\"file\": ..., \"kind\": \"face-mesh\"}")
+                val f = listed(m.opt("file"), "landmarker")
+                if (!f.toLowerCase().endsWith(".tflite")) fail("landmarker '$f' must be a .tflite file")
+                f
+            }
             val licRaw = if (data.has("licenses")) data.opt("licenses") as? JSONArray ?: fail("'licenses' must be a list") else JSONArray()
-            val models = artifacts.map { it.file }.toSet() + detector
+            val models = artifacts.map { it.file }.toSet() + detector + listOfNotNull(landmarker)
             val licenses = (0 until licRaw.length()).map { i ->
                 val lic = licRaw.opt(i) as? JSONObject ?: fail("each of 'licenses' must be an object")
                 val file = listed(lic.opt("file"), "licence", depth = 2)
                 val covers = lic.opt("covers") as? JSONArray
                 if (covers == null || covers.length() == 0 || (0 until covers.length()).any { covers.opt(it) !in models }) {
-                    fail("licence '$file' must cover a list of the pack's artifacts or its detector")
+                    fail("licence '$file' must cover a list of the pack's artifacts or models")
                 }
                 val origin = lic.opt("origin")
                 if (origin !is String || origin.length == 0) fail("licence '$file' needs its origin")
@@ -180,7 +190,7 @@ class PackManifest private constructor(
             }
             val version0 = data.opt("edgeface_version")
             if (version0 !is String || version0.length == 0 || version0.length > 64) fail("'edgeface_version' must be a string")
-            return PackManifest(version0, default as String, artifacts, detector, licenses, files)
+            return PackManifest(version0, default as String, artifacts, detector, licenses, files, landmarker)
         }
 
         private fun hex(bytes: ByteArray): String = bytes.joinToString("") { String.format("%02x", it) }

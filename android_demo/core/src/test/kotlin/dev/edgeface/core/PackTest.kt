@@ -3,6 +3,7 @@ package dev.edgeface.core
 import org.json.JSONObject
 import org.junit.After
 import org.junit.Assert.assertEquals
+import org.junit.Assert.assertNull
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
 import org.junit.Test
@@ -108,6 +109,20 @@ class PackTest {
             }
             expectPackError("file name") { PackManifest.fromJson(m) }
         }
+    }
+
+    @Test
+    fun anOptionalLandmarkModelIsReadAndChecked() {
+        assertNull(PackManifest.fromJson(withManifest { }).landmarker)
+        val m = withManifest {
+            val files = it.getJSONObject("files")
+            files.put("face_landmark.tflite", JSONObject(files.getJSONObject("licenses/LICENSE.yunet").toString()))
+            it.put("landmarker", JSONObject().put("file", "face_landmark.tflite").put("kind", "face-mesh"))
+            it.getJSONArray("licenses").getJSONObject(0).getJSONArray("covers").put("face_landmark.tflite")
+        }
+        assertEquals("face_landmark.tflite", PackManifest.fromJson(m).landmarker)
+        m.getJSONObject("landmarker").put("kind", "python")
+        expectPackError("'landmarker' must be") { PackManifest.fromJson(m) }
     }
 
     @Test
