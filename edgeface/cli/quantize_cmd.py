@@ -63,6 +63,8 @@ def summary_line(data: dict[str, Any]) -> str:
         parts.append(f"calibration {r['calibration']} on {r.get('num_images')} images")
     if r["method"] == "qat":
         parts.append(f"{r['steps']} steps ({r['loss']})")
+        if r.get("kept") == "ptq":
+            parts.append("QAT lowered the held-out cosine to fp32, so the PTQ weights were kept")
     parts.append(f"{data['size_bytes']:,} bytes (fp32 {data['fp32_bytes']:,}), {data['wall_s']:.0f} s")
     return ", ".join(parts)
 
