@@ -13,9 +13,14 @@ stopped (an interrupted fine-tune also continues inside `edgeface prune`, from O
    compression split, same augmentation and seed, same step and wall-clock caps), all recipes side by
    side so that they share the machine's load alike. Per-group FNMR/FMR changes against fp32 with the
    flag rule of `edgeface.eval.groups`.
-3. Chain: the recipe with the best TAR@FAR=1e-3 -> `edgeface quantize --method qat` (int8, short) ->
-   `edgeface export --int8 --format onnx`, evaluated as an artifact; against `edgeface export --int8` of
-   the unpruned model. ORT latency: batch 1, one thread, the two artifacts interleaved round by round.
+3. Chain: the recipe with the best TAR@FAR=1e-3 (of --work, or of another budget's folder given by
+   --chain-from) -> `edgeface quantize --method qat` (int8, short) -> `edgeface export --int8 --format
+   onnx`, evaluated as an artifact; beside it `edgeface export --int8` of the same pruned fp32 checkpoint
+   (the exporter's PTQ: what QAT adds) and of the unpruned model. ORT latency: batch 1, one thread, the
+   artifacts interleaved round by round.
+
+Rows whose cached results are gone (a removed --work folder) are kept from the current docs as they were
+written and marked "(earlier run)"; their JSON rows (with commands) are kept too.
 
 MACs are Torch-Pruning's count (`tp.utils.count_ops_and_params`), the one `--target-macs` bisects on; the
 table also gives the conv+linear count of `edgeface.compress.quant.count_macs` (the compression report's),
@@ -28,6 +33,9 @@ is a little lower.
     python benchmarks/prune_recipes.py --work artifacts/prune_recipes_cos45 --recipes cosine --minutes 45 \
         --threads 2 --no-chain --md artifacts/prune_recipes_cos45/prune_recipes.md
     python benchmarks/prune_recipes.py --docs-only --also artifacts/prune_recipes_cos45
+    # the chain from that folder's model (--work then only provides fp32 and the unpruned int8 artifact):
+    python benchmarks/prune_recipes.py --recipes none --also artifacts/prune_recipes_cos45 \
+        --chain-from artifacts/prune_recipes_cos45 --qat-minutes 8
 """
 
 from __future__ import annotations
