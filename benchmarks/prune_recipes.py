@@ -800,6 +800,24 @@ def chain_section(
     ]
     if carried:
         out += [EARLIER_NOTE + " Their latency was measured in that run's session.", ""]
+    if rec.get("held_out_cos_ptq") is not None:
+        out += [
+            f"QAT's own check (`edgeface quantize` record): mean cosine to the pruned fp32 model on "
+            f"{rec['held_out_images']} compression-split faces kept out of training: PTQ start "
+            f"{rec['held_out_cos_ptq']:.5f}, after QAT {rec['held_out_cos_qat']:.5f}; kept: "
+            f"**{rec['kept']}** (QAT hands back its PTQ start when training lowered it).",
+            "",
+        ]
+    fts = chain["prune"].get("finetune") or {}
+    fts = fts if isinstance(fts, dict) else (fts[-1] if fts else {})
+    budget = load(chain["work"] / "settings.json")
+    if fts.get("steps", 0) < budget["steps"]:
+        out += [
+            f"The chain's pruned model ran into its wall-clock cap: {fts.get('steps')} of at most "
+            f"{budget['steps']} fine-tune steps in {budget['minutes']:g} min on the shared machine, so its "
+            "fp32 quality (its row under Other budgets) bounds what int8 can reach.",
+            "",
+        ]
     out += [
         "```bash",
         *(cmdline(c) for c in chain["commands"].values()),
@@ -857,6 +875,9 @@ def chain_args(args: argparse.Namespace) -> list[str]:
     """The options of this run that decide the chain's files (printed beside its numbers)."""
     out = []
     if args.chain_from is not None:
+        out += ["--recipes", "none"] if not args.recipes else []
+        for d in args.also:
+            out += ["--also", rel(d.resolve())]
         out += ["--chain-from", rel(args.chain_from.resolve())]
     out += ["--qat-minutes", f"{args.qat_minutes:g}"]
     if args.qat_steps is not None:
