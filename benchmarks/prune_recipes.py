@@ -13,9 +13,14 @@ stopped (an interrupted fine-tune also continues inside `edgeface prune`, from O
    compression split, same augmentation and seed, same step and wall-clock caps), all recipes side by
    side so that they share the machine's load alike. Per-group FNMR/FMR changes against fp32 with the
    flag rule of `edgeface.eval.groups`.
-3. Chain: the recipe with the best TAR@FAR=1e-3 -> `edgeface quantize --method qat` (int8, short) ->
-   `edgeface export --int8 --format onnx`, evaluated as an artifact; against `edgeface export --int8` of
-   the unpruned model. ORT latency: batch 1, one thread, the two artifacts interleaved round by round.
+3. Chain: the recipe with the best TAR@FAR=1e-3 (of --work, or of another budget's folder given by
+   --chain-from) -> `edgeface quantize --method qat` (int8, short) -> `edgeface export --int8 --format
+   onnx`, evaluated as an artifact; beside it `edgeface export --int8` of the same pruned fp32 checkpoint
+   (the exporter's PTQ: what QAT adds) and of the unpruned model. ORT latency: batch 1, one thread, the
+   artifacts interleaved round by round.
+
+Rows whose cached results are gone (a removed --work folder) are kept from the current docs as they were
+written and marked "(earlier run)"; their JSON rows (with commands) are kept too.
 
 MACs are Torch-Pruning's count (`tp.utils.count_ops_and_params`), the one `--target-macs` bisects on; the
 table also gives the conv+linear count of `edgeface.compress.quant.count_macs` (the compression report's),
@@ -28,12 +33,16 @@ is a little lower.
     python benchmarks/prune_recipes.py --work artifacts/prune_recipes_cos45 --recipes cosine --minutes 45 \
         --threads 2 --no-chain --md artifacts/prune_recipes_cos45/prune_recipes.md
     python benchmarks/prune_recipes.py --docs-only --also artifacts/prune_recipes_cos45
+    # the chain from that folder's model (--work then only provides fp32 and the unpruned int8 artifact):
+    python benchmarks/prune_recipes.py --recipes none --also artifacts/prune_recipes_cos45 \
+        --chain-from artifacts/prune_recipes_cos45 --qat-minutes 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -169,6 +178,8 @@ def search_ratio(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def run_recipes(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
     """Fine-tune every recipe at once (same wall-clock budget under the same load), then evaluate each."""
+    if not args.recipes:
+        return {}
     found = search_ratio(args, work)
     budget = ["--ratio", str(found["ratio"])]
     cmds = {n: prune_cmd(RECIPES[n], budget, work / f"{n}.pt", args) for n in args.recipes}
@@ -241,6 +252,11 @@ def latency(paths: dict[str, Path], rounds: int, runs: int) -> dict[str, Any]:
         "rounds": times,
         "speedup": {
             "chain_vs_int8_unpruned": speedup("int8_unpruned", "chain"),
+            **(
+                {"ptq_vs_int8_unpruned": speedup("int8_unpruned", "ptq_pruned")}
+                if "ptq_pruned" in times
+                else {}
+            ),
             "fp32_pruned_vs_fp32_unpruned": speedup("fp32_unpruned", "fp32_pruned"),
         },
         "n_rounds": rounds,
@@ -248,31 +264,61 @@ def latency(paths: dict[str, Path], rounds: int, runs: int) -> dict[str, Any]:
     }
 
 
-def run_chain(best: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    base_dir = work / "int8_unpruned"
-    base_art = base_dir / f"{MODEL}_int8.onnx"
-    export_base = [
-        "edgeface", "export", "-m", MODEL, "-w", WEIGHTS, "--int8", "--format", "onnx",
-        "--calib", LFW, "--no-pack", "-o", rel(base_dir), "--json",
-    ]  # fmt: skip
-    if not base_art.exists():
-        run(export_base, stdout=work / "int8_unpruned.export.json")
-    base_ev = evaluate("int8_unpruned", rel(base_art), None, work)
-
-    qat = work / f"chain_{best}.qat.pt"
-    quant = [
+def qat_cmd(best: str, args: argparse.Namespace, work: Path) -> list[str]:
+    cmd = [
         "edgeface", "quantize", "-m", MODEL, "-w", rel(work / f"{best}.pt"), "--method", "qat",
         "--bits", "w8a8", "--calib", LFW, "--num-images", "512", "--epochs", "1",
-        "--max-minutes", str(args.qat_minutes), "-o", rel(qat), "--json",
+        "--max-minutes", str(args.qat_minutes),
     ]  # fmt: skip
+    if args.qat_steps is not None:
+        cmd += ["--max-steps", str(args.qat_steps)]
+    if args.qat_lr is not None:
+        cmd += ["--lr", str(args.qat_lr)]
+    return cmd + ["-o", rel(work / f"chain_{best}.qat.pt"), "--json"]
+
+
+def int8_export_cmd(weights: str, out_dir: Path, min_cosine: str | None = None) -> list[str]:
+    cmd = ["edgeface", "export", "-m", MODEL, "-w", weights, "--int8", "--format", "onnx", "--calib", LFW]
+    cmd += ["--no-pack"] + (["--min-cosine", min_cosine] if min_cosine else [])
+    return cmd + ["-o", rel(out_dir), "--json"]
+
+
+def run_chain(best: str, args: argparse.Namespace, work: Path, base_work: Path) -> dict[str, Any]:
+    """Pruned `best` of `work` -> int8 QAT -> ONNX export, and its plain PTQ export for comparison.
+
+    The unpruned int8 artifact and both fp32 references of the latency come from `base_work` (the --work
+    folder); the pruned model's files from `work` (its own budget's folder, e.g. a longer fine-tune).
+    """
+    qat_settings = {k: getattr(args, k) for k in ("qat_minutes", "qat_steps", "qat_lr")}
+    settings = work / f"chain_{best}.settings.json"  # the QAT the cached chain files were made with
+    if settings.exists() and load(settings) != qat_settings:
+        sys.exit(
+            f"error: {rel(work)}/chain_{best}.* were made with {load(settings)}, not {qat_settings}; "
+            "pass those options or move the chain files away"
+        )
+    settings.write_text(json.dumps(qat_settings))
+    base_dir = base_work / "int8_unpruned"
+    base_art = base_dir / f"{MODEL}_int8.onnx"
+    export_base = int8_export_cmd(WEIGHTS, base_dir)
+    if not base_art.exists():
+        run(export_base, stdout=base_work / "int8_unpruned.export.json")
+    base_ev = evaluate("int8_unpruned", rel(base_art), None, base_work)
+
+    # PTQ of the pruned fp32 checkpoint by the exporter alone: what QAT has to beat
+    ptq_dir = work / f"ptq_{best}"
+    ptq_art = ptq_dir / f"{MODEL}_int8.onnx"
+    export_ptq = int8_export_cmd(rel(work / f"{best}.pt"), ptq_dir)
+    if not ptq_art.exists():
+        run(export_ptq, stdout=work / f"ptq_{best}.export.json")
+    ptq_ev = evaluate(f"ptq_{best}", rel(ptq_art), None, work)
+
+    qat = work / f"chain_{best}.qat.pt"
+    quant = qat_cmd(best, args, work)
     if not qat.exists():
         run(quant, stdout=work / f"chain_{best}.qat.json")
     art_dir = work / f"chain_{best}"
     art = art_dir / f"{MODEL}_int8.onnx"
-    export = [
-        "edgeface", "export", "-m", MODEL, "-w", rel(qat), "--int8", "--format", "onnx",
-        "--calib", LFW, "--no-pack", "--min-cosine", "0.95", "-o", rel(art_dir), "--json",
-    ]  # fmt: skip
+    export = int8_export_cmd(rel(qat), art_dir, "0.95")
     if not art.exists():
         run(export, stdout=work / f"chain_{best}.export.json")
     chain_ev = evaluate(f"chain_{best}", rel(art), None, work)
@@ -281,7 +327,8 @@ def run_chain(best: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     arts = {
         "int8_unpruned": base_art,
         "chain": art,
-        "fp32_unpruned": onnx_fp32("fp32", work),
+        "ptq_pruned": ptq_art,
+        "fp32_unpruned": onnx_fp32("fp32", base_work),
         "fp32_pruned": onnx_fp32(best, work),
     }
     if not lat_file.exists():
@@ -290,21 +337,59 @@ def run_chain(best: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
         lat_file.write_text(json.dumps(lat, indent=1))
     return {
         "best": best,
-        "commands": {"export_unpruned": export_base, "quantize": quant, "export": export},
+        "work": work,
+        "tag": budget_tag(work, base_work, best),
+        "prune": load(work / f"{best}.prune.json"),
+        "qat_settings": qat_settings,
+        "commands": {
+            "export_unpruned": export_base,
+            "export_ptq": export_ptq,
+            "quantize": quant,
+            "export": export,
+        },
         "eval_cmds": {
             "int8_unpruned": eval_cmd(rel(base_art), None, base_ev),
+            "ptq": eval_cmd(rel(ptq_art), None, ptq_ev),
             "chain": eval_cmd(rel(art), None, chain_ev),
         },
         "base_eval": load(base_ev),
+        "ptq_eval": load(ptq_ev),
         "chain_eval": load(chain_ev),
         "qat": load(work / f"chain_{best}.qat.json"),
         "latency": load(lat_file),
-        "size": {"int8_unpruned": base_art.stat().st_size, "chain": art.stat().st_size},
+        "size": {
+            "int8_unpruned": base_art.stat().st_size,
+            "ptq": ptq_art.stat().st_size,
+            "chain": art.stat().st_size,
+        },
         "export_json": {
-            "int8_unpruned": work / "int8_unpruned.export.json",
+            "int8_unpruned": base_work / "int8_unpruned.export.json",
+            "ptq": work / f"ptq_{best}.export.json",
             "chain": work / f"chain_{best}.export.json",
         },
     }
+
+
+def budget_tag(d: Path, base_work: Path, name: str) -> str:
+    """How a row of another budget's folder is labelled: by the cap its fine-tune ran into."""
+    if d.resolve() == base_work.resolve():
+        return ""
+    budget = load(d / "settings.json")
+    fts = load(d / f"{name}.prune.json").get("finetune") or {}
+    fts = fts if isinstance(fts, dict) else (fts[-1] if fts else {})
+    if fts.get("steps") == budget["steps"]:  # stopped by the step cap: the wall time is the machine's
+        return f" {budget['steps']}steps"
+    return f" {budget['minutes']:g}min"
+
+
+def cached_rows(d: Path) -> dict[str, dict[str, Any]]:
+    """The recipes of a --work folder that have been fine-tuned and evaluated."""
+    rows = {}
+    for name in RECIPES:
+        if (d / f"{name}.eval.json").exists() and (d / f"{name}.prune.json").exists():
+            pr = load(d / f"{name}.prune.json")
+            rows[name] = {"prune": pr, "eval": load(d / f"{name}.eval.json"), "command": pr["command"]}
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- docs
@@ -333,6 +418,61 @@ def groups_cell(gc: dict[str, Any]) -> str:
         fs, ms = pp(f) if f is not None else "n/a", pp(m) if m is not None else "n/a"
         parts.append(f"{g}: FNMR {fs}, FMR {ms}{flag}")
     return "; ".join(parts) if parts else "n/a"
+
+
+EARLIER = "(earlier run)"
+EARLIER_NOTE = (
+    f"Rows marked {EARLIER} come from an earlier run of this script whose cached results are gone; they are "
+    "kept as they were written (their commands are in docs/prune_recipes.json), not regenerated."
+)
+SAME_BUDGET = "## Recovery losses on one budget"
+OTHER_BUDGETS = "### Other budgets"
+CHAIN = "## Chain: prune + int8 QAT + ONNX export"
+TAIL = "Longer budgets (the issue allows"  # the paragraph after the last section
+
+
+def earlier_docs(md: Path) -> dict[str, Any]:
+    """The docs as they are now: rows this run cannot regenerate (their cache is gone) are kept from them."""
+    lines = md.read_text().splitlines() if md.exists() else []
+    js = md.with_suffix(".json")
+    return {"lines": lines, "items": load(js) if js.exists() else []}
+
+
+def section(lines: list[str], header: str) -> list[str]:
+    """`header` and the lines after it up to the next header (outside code blocks) or the closing text."""
+    if header not in lines:
+        return []
+    i = lines.index(header)
+    fenced = False
+    for j in range(i + 1, len(lines)):
+        fenced ^= lines[j].startswith("```")
+        if not fenced and (lines[j].startswith(TAIL) or lines[j].startswith("#")):
+            return lines[i:j]
+    return lines[i:]
+
+
+def table_rows(block: list[str]) -> dict[str, str]:
+    """Label (first cell, without the earlier-run mark) -> the table line, for the data rows of `block`."""
+    rows = {}
+    for line in block:
+        if line.startswith("| ") and not line.startswith("| recipe") and not line.startswith("| artifact"):
+            label = line.split("|")[1].strip().replace(EARLIER, "").strip()
+            rows[label] = line
+    return rows
+
+
+def carried_rows(block: list[str], fresh: set[str]) -> list[str]:
+    """Table lines of an earlier run whose label this run did not produce, marked as such once."""
+    out = []
+    for label, line in table_rows(block).items():
+        if label in fresh:
+            continue
+        if EARLIER not in line:
+            cells = line.split("|")
+            cells[1] = f" {label} {EARLIER} "
+            line = "|".join(cells)
+        out.append(line)
+    return out
 
 
 def recipe_row(
@@ -372,7 +512,7 @@ def recipe_row(
 
 
 def also_rows(
-    dirs: list[Path], fp32: dict[str, Any], base_conv: int, header: list[str]
+    dirs: list[Path], fp32: dict[str, Any], base_conv: int, work: Path, old: dict[str, Any]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of other budgets (their own --work folders, run alone rather than side by side)."""
     lines: list[str] = []
@@ -380,43 +520,61 @@ def also_rows(
     cmds: list[str] = []
     for d in dirs:
         budget = load(d / "settings.json")
-        for name in RECIPES:
-            if not (d / f"{name}.eval.json").exists():
-                continue
-            pr = load(d / f"{name}.prune.json")
-            r = {"prune": pr, "eval": load(d / f"{name}.eval.json"), "command": pr["command"]}
-            tag = f" {budget['minutes']:g}min"
+        for name, r in cached_rows(d).items():
+            tag = budget_tag(d, work, name)
             line, item = recipe_row(name, r, d, fp32, base_conv, budget["batch_size"], tag)
             lines.append(line)
             items.append(item)
-            threads = pr.get("threads")
+            threads = r["prune"].get("threads")
             env = f"OMP_NUM_THREADS={threads} " if threads else ""
-            cmds.append(env + cmdline(pr["command"]))
-    if not lines:
+            cmds.append(env + cmdline(r["command"]))
+    fresh = {line.split("|")[1].strip() for line in lines}
+    carried = carried_rows(section(old["lines"], OTHER_BUDGETS), fresh)
+    by_name = {i["name"]: i for i in old["items"]}
+    for line in carried:
+        label = line.split("|")[1].replace(EARLIER, "").strip()
+        item = by_name.get(f"prune_{label.replace(' ', '_')}")
+        if item is not None:
+            cmds.append(f"# {label} {EARLIER}: " + item["command"])
+    if not lines and not carried:
         return [], []
     out = [
-        "### Other budgets",
+        OTHER_BUDGETS,
         "",
         "The same structure and settings with a longer fine-tune, run by itself (not side by side with the "
         "other recipes, so not comparable with them step for step); cached in its own `--work` folder and "
-        "added here with `--also DIR`.",
+        "added here with `--also DIR`. A row named `N steps` ran a fixed step count (`--steps N`, with a "
+        "wall-clock cap it did not reach), so it does not depend on the machine's load; `N min` ran until "
+        "its wall-clock cap.",
         "",
-        *header,
+        *TABLE_HEADER,
         *lines,
+        *carried,
         "",
         "```bash",
         *cmds,
         "```",
         "",
     ]
+    if carried:
+        out += [EARLIER_NOTE, ""]
     return out, items
 
 
-def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dict[str, Any] | None,
-               args: argparse.Namespace, work: Path) -> None:  # fmt: skip
+def kept_items(old: dict[str, Any], items: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """JSON rows of the earlier docs that this run did not regenerate and whose table line is kept."""
+    names = {i["name"] for i in items}
+    return [i for i in old["items"] if i["name"] not in names and i["name"] in labels]
+
+
+def write_docs(fp32: dict[str, Any], fp32_work: Path, rows: dict[str, dict[str, Any]],
+               chain: dict[str, Any] | None, args: argparse.Namespace, work: Path,
+               old: dict[str, Any]) -> None:  # fmt: skip
+    """Write the tables; `old` is the docs as they were before this run (`earlier_docs`)."""
     ref = metrics(fp32)
-    base_macs = base_conv = None
+    base_conv = count_conv_macs(WEIGHTS)
     items: list[dict[str, Any]] = []
+    kept: list[str] = []  # JSON names of rows kept from the earlier docs
     lines = [
         "# Pruning recipes: which recovery keeps the low-FAR operating point (issue 14)",
         "",
@@ -430,11 +588,13 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
         "Every fp32 model (the reference and each pruned recipe) is measured as its fp32 ONNX export in "
         "ONNX Runtime (`edgeface eval -m <artifact>`, ~5x faster than torch eager on this machine); the "
         "export's parity check (mean / min cosine to the PyTorch model on 128 held-out faces) is in the "
-        f"table. fp32 reference (parity {parity(work / 'fp32.export.json')}):",
+        f"table. fp32 reference (parity {parity(fp32_work / 'fp32.export.json')}):",
         "",
         "```bash",
-        cmdline(export_fp32_cmd("fp32", work)),
-        cmdline(eval_cmd(rel(work / "fp32_fp32" / f"{MODEL}_fp32.onnx"), None, work / "fp32.eval.json")),
+        cmdline(export_fp32_cmd("fp32", fp32_work)),
+        cmdline(
+            eval_cmd(rel(fp32_work / "fp32_fp32" / f"{MODEL}_fp32.onnx"), None, fp32_work / "fp32.eval.json")
+        ),
         "```",
         "",
         f"LFW accuracy {pct(ref['acc'])} (± {fp32['acc_std'] * 100:.2f}), "
@@ -446,10 +606,9 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
         first = next(iter(rows.values()))["prune"]
         p = first["prune"]
         base_macs = p["macs_before"]
-        base_conv = count_conv_macs(WEIGHTS)
         ratio = load(work / "ratio.json")
         lines += [
-            "## Recovery losses on one budget",
+            SAME_BUDGET,
             "",
             "Structure: global L2 filter pruning (`--importance l2 --global`, defaults `--round-to 8 --scope "
             f"all`). `--target-macs {TARGET_MACS}` bisected the ratio once ({len(ratio['budget']['probes'])} "
@@ -490,9 +649,6 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
         lines += [cmdline(export_fp32_cmd(first_name, work))]
         lines += [cmdline(eval_cmd(rel(art), None, work / f"{first_name}.eval.json") + ["--threads", "1"])]
         lines += ["```", ""]
-        extra, extra_items = also_rows(args.also, fp32, base_conv, TABLE_HEADER)
-        lines += extra
-        items += extra_items
         best = best_recipe(rows)
         bm = metrics(rows[best]["eval"])
         macs_ok = all(
@@ -508,101 +664,43 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
             f"{pp(bm['tar_1e3'] - ref['tar_1e3'])} ({'met' if tar_ok else 'NOT met'}).",
             "",
         ]
-        if extra_items:
-            eb = min(extra_items, key=lambda r: r["tar_1e3_drop_pp"])
-            a_ok, t_ok = eb["acc_drop_pp"] <= 0.3, eb["tar_1e3_drop_pp"] <= 1.0
-            lines += [
-                f"Best of the other budgets by TAR@FAR=1e-3: `{eb['name']}`: accuracy "
-                f"{pp(-eb['acc_drop_pp'] / 100)} ({'met' if a_ok else 'NOT met'}), TAR@1e-3 "
-                f"{pp(-eb['tar_1e3_drop_pp'] / 100)} ({'met' if t_ok else 'NOT met'}).",
-                "",
-            ]
-    if chain is not None:
-        be, ce = metrics(chain["base_eval"]), metrics(chain["chain_eval"])
-        lat = chain["latency"]
-        sp, sf = lat["speedup"]["chain_vs_int8_unpruned"], lat["speedup"]["fp32_pruned_vs_fp32_unpruned"]
-        bms, cms = lat["median_ms"]["int8_unpruned"], lat["median_ms"]["chain"]
-        best = chain["best"]
-        bp = rows[best]["prune"]["prune"]
-        mr = bp["macs_after"] / bp["macs_before"]
-        qat = chain["qat"]
-        qsteps = qat["record"].get("steps", "?")
-        tar_ok = ref["tar_1e3"] - ce["tar_1e3"] <= 0.015
-        fast_ok = cms < bms
-        lines += [
-            "## Chain: prune + int8 QAT + ONNX export",
-            "",
-            f"The `{best}` pruned model, then a short int8 QAT ({args.qat_minutes:g} min cap, "
-            f"{qsteps} steps) and "
-            "`edgeface export --int8 --format onnx`; against the unpruned model's `edgeface export --int8` "
-            "(calibrated PTQ, same exporter). Both artifacts evaluated through `edgeface.runtime` (ORT) like "
-            "fp32. Latency: ORT, batch 1, one thread, the artifact's own input, "
-            f"{lat['n_rounds']} interleaved "
-            f"rounds of {lat['runs_per_round']} calls (median of per-round means; speed-up = median of "
-            "per-round ratios), on the shared machine under load.",
-            "",
-            "| artifact | size | export parity | LFW acc. | vs fp32 | TAR@1e-3 | vs fp32 "
-            "| TAR@1e-2 | ORT ms (1 thread) | per-group change vs fp32 (flag rule) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for key, ev, ms in (("int8_unpruned", chain["base_eval"], bms), ("chain", chain["chain_eval"], cms)):
-            m = metrics(ev)
-            label = "int8, unpruned (PTQ export)" if key == "int8_unpruned" else f"pruned ({best}) + QAT int8"
-            lines.append(
-                f"| {label} | {chain['size'][key] / 1e6:.2f} MB | {parity(chain['export_json'][key])} "
-                f"| {pct(m['acc'])} "
-                f"| {pp(m['acc'] - ref['acc'])} | {pct(m['tar_1e3'])} | {pp(m['tar_1e3'] - ref['tar_1e3'])} "
-                f"| {pct(m['tar_1e2'])} | {ms:.2f} "
-                f"| {groups_cell(group_change(fp32, ev))} |"
+    else:  # this --work holds no fine-tuned rows: keep the earlier table as it was written
+        block = section(old["lines"], SAME_BUDGET)
+        if block:
+            best_line = next((x for x in old["lines"] if x.startswith("Best by TAR@FAR=1e-3: **")), None)
+            note = (
+                f"{EARLIER}: the cached results of this table (`{rel(work)}/`) are gone, so it is kept as "
+                "an earlier run of this script wrote it (same commands), not regenerated."
             )
+            body = [x for x in block if x != note]
+            while body and not body[-1].strip():
+                body.pop()
+            rest = body[1:]
+            while rest and not rest[0].strip():
+                rest.pop(0)
+            lines += [body[0], "", note, "", *rest, ""]
+            if best_line and best_line not in body:
+                lines += [best_line, ""]
+            kept += [f"prune_{label}" for label in table_rows(block)]
+    extra, extra_items = also_rows(args.also, fp32, base_conv, work, old)
+    lines += extra
+    items += extra_items
+    kept += [f"prune_{label.replace(' ', '_')}" for label in table_rows(section(old["lines"], OTHER_BUDGETS))]
+    others = extra_items + [i for i in kept_items(old, items, kept) if not i["int8"]]
+    if others:
+        eb = min(others, key=lambda r: r["tar_1e3_drop_pp"])
+        a_ok, t_ok = eb["acc_drop_pp"] <= 0.3, eb["tar_1e3_drop_pp"] <= 1.0
         lines += [
-            "",
-            f"Speed-up of the chain artifact over the unpruned int8 artifact: {sp['median']:.2f}x "
-            f"(faster in {sp['faster_rounds']}/{lat['n_rounds']} rounds). The same pruned model "
-            "as fp32 ONNX: "
-            f"{lat['median_ms']['fp32_pruned']:.2f} ms against {lat['median_ms']['fp32_unpruned']:.2f} ms "
-            f"unpruned ({sf['median']:.2f}x, faster in {sf['faster_rounds']}/{lat['n_rounds']} rounds). "
-            "Acceptance (TAR@1e-3 within "
-            "1.5 pp "
-            f"of fp32, faster in ORT than unpruned int8): TAR {pp(ce['tar_1e3'] - ref['tar_1e3'])} "
-            f"({'met' if tar_ok else 'NOT met'}); latency {cms:.2f} vs {bms:.2f} ms "
-            f"({'met' if fast_ok else 'NOT met'}).",
-            "",
-            "```bash",
-            *(cmdline(c) for c in chain["commands"].values()),
-            *(cmdline(c) for c in chain["eval_cmds"].values()),
-            "python benchmarks/prune_recipes.py   # runs all of the above, then the latency (cached in "
-            f"{rel(work)}/chain_{best}.latency.json)",
-            "```",
+            f"Best of the other budgets by TAR@FAR=1e-3: `{eb['name']}`: accuracy "
+            f"{pp(-eb['acc_drop_pp'] / 100)} ({'met' if a_ok else 'NOT met'}), TAR@1e-3 "
+            f"{pp(-eb['tar_1e3_drop_pp'] / 100)} ({'met' if t_ok else 'NOT met'}).",
             "",
         ]
-        items.append(
-            {
-                "name": "int8_unpruned",
-                "macs_ratio": 1.0,
-                "acc_drop_pp": round((ref["acc"] - be["acc"]) * 100, 3),
-                "tar_1e3_drop_pp": round((ref["tar_1e3"] - be["tar_1e3"]) * 100, 3),
-                "int8": True,
-                "command": cmdline(chain["commands"]["export_unpruned"]),
-            }
-        )
-        items.append(
-            {
-                "name": f"prune_{best}_qat_int8",
-                "macs_ratio": round(mr, 4),
-                "acc_drop_pp": round((ref["acc"] - ce["acc"]) * 100, 3),
-                "tar_1e3_drop_pp": round((ref["tar_1e3"] - ce["tar_1e3"]) * 100, 3),
-                "int8": True,
-                "command": " && ".join(
-                    cmdline(c)
-                    for c in (
-                        rows[best]["command"],
-                        chain["commands"]["quantize"],
-                        chain["commands"]["export"],
-                    )
-                ),
-            }
-        )
+    if chain is not None:
+        lines += chain_section(chain, fp32, old, args, items, kept)
+    elif section(old["lines"], CHAIN):  # no chain in this run: the earlier one stays as written
+        lines += section(old["lines"], CHAIN)
+        kept += [i["name"] for i in old["items"] if i["int8"]]
     lines += [
         "Longer budgets (the issue allows 90 minutes per recipe): `python benchmarks/prune_recipes.py --work "
         "artifacts/prune_recipes_90 --minutes 90 --md artifacts/prune_recipes_90/prune_recipes.md` (a work "
@@ -610,16 +708,199 @@ def write_docs(fp32: dict[str, Any], rows: dict[str, dict[str, Any]], chain: dic
         "search). An interrupted run continues where it stopped when the same command is run again.",
         "",
     ]
-    missing = [n for n in RECIPES if n not in rows]
+    missing = [n for n in RECIPES if n not in rows and f"prune_{n}" not in kept]
     if missing:
         lines += [f"Not run yet: {', '.join(missing)} (`--recipes` to add them; cached rows are kept).", ""]
     lines += [f"Flag rule: {group_rule()}.", ""]
+    items += kept_items(old, items, kept)
     md, js = args.md, args.md.with_suffix(".json")
     for path, text in ((md, "\n".join(lines)), (js, json.dumps(items, indent=1) + "\n")):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
     print(f"wrote {rel(md)} and {rel(js)}")
+
+
+def chain_section(
+    chain: dict[str, Any],
+    fp32: dict[str, Any],
+    old: dict[str, Any],
+    args: argparse.Namespace,
+    items: list[dict[str, Any]],
+    kept: list[str],
+) -> list[str]:
+    """The chain's table (unpruned int8, pruned PTQ int8, pruned QAT int8), latency and acceptance."""
+    ref = metrics(fp32)
+    be, pe, ce = metrics(chain["base_eval"]), metrics(chain["ptq_eval"]), metrics(chain["chain_eval"])
+    lat = chain["latency"]
+    sp, sf = lat["speedup"]["chain_vs_int8_unpruned"], lat["speedup"]["fp32_pruned_vs_fp32_unpruned"]
+    bms, cms = lat["median_ms"]["int8_unpruned"], lat["median_ms"]["chain"]
+    best, tag = chain["best"], chain["tag"]
+    bp = chain["prune"]["prune"]
+    mr = bp["macs_after"] / bp["macs_before"]
+    rec = chain["qat"]["record"]
+    qs = chain["qat_settings"]
+    cap = f"{qs['qat_minutes']:g} min" + (f" / {qs['qat_steps']} steps" if qs["qat_steps"] else "")
+    tar_ok = ref["tar_1e3"] - ce["tar_1e3"] <= 0.015
+    fast_ok = cms < bms
+    source = f"`{best}{tag}`" + (f" (`{rel(chain['work'])}/{best}.pt`)" if tag else "")
+    labels = {
+        "int8_unpruned": "int8, unpruned (PTQ export)",
+        "ptq": f"pruned ({best}{tag}) + PTQ int8 (export)",
+        "chain": f"pruned ({best}{tag}) + QAT int8",
+    }
+    out = [
+        CHAIN,
+        "",
+        f"The {source} pruned model, then int8 QAT (`edgeface quantize --method qat`, cap {cap}, lr "
+        f"{rec.get('lr')}: {rec.get('steps', '?')} steps x {rec.get('batch_size')} in "
+        f"{rec.get('wall_s', 0) / 60:.1f} min) and `edgeface export --int8 --format onnx`; beside it the "
+        "same pruned fp32 checkpoint exported by `edgeface export --int8` alone (the exporter's calibrated "
+        "PTQ), which shows what QAT adds, and the unpruned model's `edgeface export --int8` (same "
+        "exporter). All artifacts evaluated through `edgeface.runtime` (ORT) like fp32. Latency: ORT, "
+        f"batch 1, one thread, the artifact's own input, {lat['n_rounds']} interleaved rounds of "
+        f"{lat['runs_per_round']} calls (median of per-round means; speed-up = median of per-round "
+        "ratios), on the shared machine under load.",
+        "",
+        "| artifact | size | export parity | LFW acc. | vs fp32 | TAR@1e-3 | vs fp32 "
+        "| TAR@1e-2 | ORT ms (1 thread) | per-group change vs fp32 (flag rule) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    evs = {"int8_unpruned": chain["base_eval"], "ptq": chain["ptq_eval"], "chain": chain["chain_eval"]}
+    ms = {"int8_unpruned": bms, "ptq": lat["median_ms"].get("ptq_pruned"), "chain": cms}
+    for key, ev in evs.items():
+        m = metrics(ev)
+        t = f"{ms[key]:.2f}" if ms[key] is not None else "?"
+        out.append(
+            f"| {labels[key]} | {chain['size'][key] / 1e6:.2f} MB | {parity(chain['export_json'][key])} "
+            f"| {pct(m['acc'])} | {pp(m['acc'] - ref['acc'])} | {pct(m['tar_1e3'])} "
+            f"| {pp(m['tar_1e3'] - ref['tar_1e3'])} | {pct(m['tar_1e2'])} | {t} "
+            f"| {groups_cell(group_change(fp32, ev))} |"
+        )
+    carried = carried_rows(section(old["lines"], CHAIN), set(labels.values()))
+    out += carried
+    sq = lat["speedup"].get("ptq_vs_int8_unpruned")
+    out += [
+        "",
+        f"Speed-up of the QAT chain artifact over the unpruned int8 artifact: {sp['median']:.2f}x "
+        f"(faster in {sp['faster_rounds']}/{lat['n_rounds']} rounds)"
+        + (
+            f"; of the pruned PTQ artifact over the unpruned int8 artifact: {sq['median']:.2f}x (faster in "
+            f"{sq['faster_rounds']}/{lat['n_rounds']} rounds)"
+            if sq
+            else ""
+        )
+        + ". The same pruned model as fp32 ONNX: "
+        f"{lat['median_ms']['fp32_pruned']:.2f} ms against {lat['median_ms']['fp32_unpruned']:.2f} ms "
+        f"unpruned ({sf['median']:.2f}x, faster in {sf['faster_rounds']}/{lat['n_rounds']} rounds). "
+        f"**Chain acceptance** (TAR@1e-3 within 1.5 pp of fp32, faster in ORT than unpruned int8): TAR "
+        f"{pp(ce['tar_1e3'] - ref['tar_1e3'])} ({'met' if tar_ok else 'NOT met'}); latency {cms:.2f} vs "
+        f"{bms:.2f} ms ({'met' if fast_ok else 'NOT met'}): "
+        f"**{'met' if tar_ok and fast_ok else 'NOT met'}**.",
+        "",
+    ]
+    pms = lat["median_ms"].get("ptq_pruned")
+    if pms is not None:
+        ptq_tar_ok = ref["tar_1e3"] - pe["tar_1e3"] <= 0.015
+        out += [
+            "The same two criteria for the pruned model with the exporter's PTQ instead of QAT (prune + "
+            f"`edgeface export --int8`, no `edgeface quantize`): TAR {pp(pe['tar_1e3'] - ref['tar_1e3'])} "
+            f"({'met' if ptq_tar_ok else 'NOT met'}); latency {pms:.2f} vs {bms:.2f} ms "
+            f"({'met' if pms < bms else 'NOT met'}): **{'met' if ptq_tar_ok and pms < bms else 'NOT met'}**.",
+            "",
+        ]
+    if carried:
+        out += [EARLIER_NOTE + " Their latency was measured in that run's session.", ""]
+    if rec.get("held_out_cos_ptq") is not None:
+        out += [
+            f"QAT's own check (`edgeface quantize` record): mean cosine to the pruned fp32 model on "
+            f"{rec['held_out_images']} compression-split faces kept out of training: PTQ start "
+            f"{rec['held_out_cos_ptq']:.5f}, after QAT {rec['held_out_cos_qat']:.5f}; kept: "
+            f"**{rec['kept']}** (QAT hands back its PTQ start when training lowered it). QAT starts from "
+            "`edgeface quantize`'s own PTQ (fake-quant, MSE-calibrated per-tensor activations, no PReLU "
+            "equalization); the exporter's PTQ of the same checkpoint (PReLU equalization, fragile tensors "
+            f"kept float) keeps {parity(chain['export_json']['ptq'])} mean / min cosine to it on the "
+            "export's 128 held-out faces, so the QAT row starts from the weaker of the two PTQs and a short "
+            "QAT does not close that gap.",
+            "",
+        ]
+    fts = chain["prune"].get("finetune") or {}
+    fts = fts if isinstance(fts, dict) else (fts[-1] if fts else {})
+    budget = load(chain["work"] / "settings.json")
+    if fts.get("steps", 0) < budget["steps"]:
+        out += [
+            f"The chain's pruned model ran into its wall-clock cap: {fts.get('steps')} of at most "
+            f"{budget['steps']} fine-tune steps in {budget['minutes']:g} min on the shared machine, so its "
+            "fp32 quality (its row under Other budgets) bounds what int8 can reach.",
+            "",
+        ]
+    out += [
+        "```bash",
+        *(cmdline(c) for c in chain["commands"].values()),
+        *(cmdline(c) for c in chain["eval_cmds"].values()),
+        "python benchmarks/prune_recipes.py "
+        + cmdline(chain_args(args))
+        + "   # runs all of the above, then the latency (cached in "
+        + f"{rel(chain['work'])}/chain_{best}.latency.json)",
+        "```",
+        "",
+    ]
+    name = f"prune_{best}{tag.replace(' ', '_')}"
+    items += [
+        {
+            "name": "int8_unpruned",
+            "macs_ratio": 1.0,
+            "acc_drop_pp": round((ref["acc"] - be["acc"]) * 100, 3),
+            "tar_1e3_drop_pp": round((ref["tar_1e3"] - be["tar_1e3"]) * 100, 3),
+            "int8": True,
+            "command": cmdline(chain["commands"]["export_unpruned"]),
+        },
+        {
+            "name": f"{name}_ptq_int8",
+            "macs_ratio": round(mr, 4),
+            "acc_drop_pp": round((ref["acc"] - pe["acc"]) * 100, 3),
+            "tar_1e3_drop_pp": round((ref["tar_1e3"] - pe["tar_1e3"]) * 100, 3),
+            "int8": True,
+            "command": " && ".join(
+                cmdline(c) for c in (chain["prune"]["command"], chain["commands"]["export_ptq"])
+            ),
+        },
+        {
+            "name": f"{name}_qat_int8",
+            "macs_ratio": round(mr, 4),
+            "acc_drop_pp": round((ref["acc"] - ce["acc"]) * 100, 3),
+            "tar_1e3_drop_pp": round((ref["tar_1e3"] - ce["tar_1e3"]) * 100, 3),
+            "int8": True,
+            "command": " && ".join(
+                cmdline(c)
+                for c in (
+                    chain["prune"]["command"],
+                    chain["commands"]["quantize"],
+                    chain["commands"]["export"],
+                )
+            ),
+        },
+    ]
+    if carried:  # the earlier chain rows' JSON entries (int8 rows not produced by this run)
+        names = {i["name"] for i in items}
+        kept += [i["name"] for i in old["items"] if i["int8"] and i["name"] not in names]
+    return out
+
+
+def chain_args(args: argparse.Namespace) -> list[str]:
+    """The options of this run that decide the chain's files (printed beside its numbers)."""
+    out = []
+    if args.chain_from is not None:
+        out += ["--recipes", "none"] if not args.recipes else []
+        for d in args.also:
+            out += ["--also", rel(d.resolve())]
+        out += ["--chain-from", rel(args.chain_from.resolve())]
+    out += ["--qat-minutes", f"{args.qat_minutes:g}"]
+    if args.qat_steps is not None:
+        out += ["--qat-steps", str(args.qat_steps)]
+    if args.qat_lr is not None:
+        out += ["--qat-lr", str(args.qat_lr)]
+    return out
 
 
 def parity(export_json: Path) -> str:
@@ -639,13 +920,25 @@ def group_rule() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=ROOT / "artifacts" / "prune_recipes")
-    ap.add_argument("--recipes", default="cosine,ekd,relation,cosine+ekd", help=f"of {','.join(RECIPES)}")
+    ap.add_argument(
+        "--recipes", default="cosine,ekd,relation,cosine+ekd", help=f"of {','.join(RECIPES)}, or none"
+    )
     ap.add_argument("--minutes", type=float, default=25.0, help="wall-clock cap of every fine-tune")
     ap.add_argument("--steps", type=int, default=2000, help="step cap of every fine-tune")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--augment", default="basic", choices=("basic", "strong"))
-    ap.add_argument("--qat-minutes", type=float, default=6.0)
+    ap.add_argument("--qat-minutes", type=float, default=6.0, help="wall-clock cap of the chain's QAT")
+    ap.add_argument("--qat-steps", type=int, default=None, help="step cap of the chain's QAT")
+    ap.add_argument(
+        "--qat-lr", type=float, default=None, help="QAT learning rate (default: edgeface quantize's)"
+    )
+    ap.add_argument(
+        "--chain-from",
+        type=Path,
+        default=None,
+        help="--work folder of another budget whose best recipe the chain starts from (default: --work)",
+    )
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each concurrent fine-tune")
@@ -656,12 +949,22 @@ def main() -> None:
     )
     ap.add_argument("--docs-only", action="store_true", help="only rewrite the docs from cached results")
     args = ap.parse_args()
-    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    # "none": this --work only provides the references (fp32, unpruned int8) of a chain from --chain-from
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip() and r.strip() != "none"]
     bad = [r for r in args.recipes if r not in RECIPES]
     if bad:
         sys.exit(f"error: unknown recipe(s) {bad}; choose from {list(RECIPES)}")
+    for name, v, lo in (("--qat-minutes", args.qat_minutes, 0.0), ("--qat-lr", args.qat_lr, 0.0)):
+        if v is not None and not (math.isfinite(v) and v > lo):
+            sys.exit(f"error: {name} must be a positive number, got {v}")
+    if args.qat_steps is not None and args.qat_steps < 1:
+        sys.exit(f"error: --qat-steps must be >= 1, got {args.qat_steps}")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    chain_work = args.chain_from.resolve() if args.chain_from is not None else work
+    for d in [*([chain_work] if args.chain_from is not None else []), *args.also]:
+        if not (d / "settings.json").exists():
+            sys.exit(f"error: {rel(d)} is not a --work folder of this script (no settings.json)")
     settings = work / "settings.json"  # the budget every cached row was made with: refuse to mix
     budget = {k: getattr(args, k) for k in ("minutes", "steps", "lr", "batch_size", "augment")}
     if settings.exists() and load(settings) != budget:
@@ -669,18 +972,17 @@ def main() -> None:
     settings.write_text(json.dumps(budget))
     if args.docs_only:
         args.recipes = [r for r in RECIPES if (work / f"{r}.eval.json").exists()]
+    old = earlier_docs(args.md)  # read once: the first write below must not lose what the second keeps
     rows = run_recipes(args, work)
     fp32 = load(evaluate_onnx("fp32", work))
-    write_docs(fp32, rows, None, args, work)
+    write_docs(fp32, work, rows, None, args, work, old)
     chain = None
-    if rows and not args.no_chain:
-        best = best_recipe(rows)
-        if args.docs_only:
-            if (work / f"chain_{best}.latency.json").exists():
-                chain = run_chain(best, args, work)
-        else:
-            chain = run_chain(best, args, work)
-    write_docs(fp32, rows, chain, args, work)
+    chain_rows = rows if chain_work == work else cached_rows(chain_work)
+    if chain_rows and not args.no_chain:
+        best = best_recipe(chain_rows)
+        if not args.docs_only or (chain_work / f"chain_{best}.latency.json").exists():
+            chain = run_chain(best, args, chain_work, work)
+    write_docs(fp32, work, rows, chain, args, work, old)
 
 
 if __name__ == "__main__":

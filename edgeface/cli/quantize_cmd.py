@@ -63,6 +63,8 @@ def summary_line(data: dict[str, Any]) -> str:
         parts.append(f"calibration {r['calibration']} on {r.get('num_images')} images")
     if r["method"] == "qat":
         parts.append(f"{r['steps']} steps ({r['loss']})")
+        if r.get("kept") == "ptq":
+            parts.append("QAT lowered the held-out cosine to fp32, so the PTQ weights were kept")
     parts.append(f"{data['size_bytes']:,} bytes (fp32 {data['fp32_bytes']:,}), {data['wall_s']:.0f} s")
     return ", ".join(parts)
 
@@ -152,7 +154,12 @@ def summary_line(data: dict[str, Any]) -> str:
     type=MINUTES,
     help="Wall-clock budget of QAT training; the learning-rate schedule ends with it.",
 )
-@click.option("--lr", default=5e-5, show_default=True, type=LEARNING_RATE, help="QAT learning rate (AdamW).")
+@click.option(
+    "--lr",
+    default=None,
+    type=LEARNING_RATE,
+    help="QAT learning rate (AdamW); default 1e-5 with 8-bit weights, 5e-5 for w6a6 / mixed.",
+)
 @click.option("--batch-size", default=32, show_default=True, type=BATCH, help="QAT batch size per process.")
 @click.option(
     "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Quantized checkpoint (.pt)."
@@ -198,7 +205,7 @@ def quantize_cmd(
     epochs: int,
     max_steps: int | None,
     max_minutes: float | None,
-    lr: float,
+    lr: float | None,
     batch_size: int,
     output: str,
     plan_path: str | None,
@@ -222,7 +229,7 @@ def quantize_cmd(
         num_images < 1
         or batch_size < 1
         or epochs < 1
-        or not (0 < lr < 1e3)
+        or (lr is not None and not (0 < lr < 1e3))
         or (max_steps is not None and max_steps < 1)
     ):
         raise EdgefaceError("--num-images, --batch-size, --epochs, --max-steps must be >= 1 and --lr > 0")

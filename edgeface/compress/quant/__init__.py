@@ -29,12 +29,13 @@ Public API (everything takes / returns ordinary nn.Modules; quantized models are
         mean measured loss per quantizer above which an int8 layer fed by a float op stays float. The CLI uses
         calibration="mse".
 
-    qat(model, spec, images, bits="w6a6", loss="cosine"|"ekd"|"cosine+ekd", epochs=1, lr=5e-5,
+    qat(model, spec, images, bits="w6a6", loss="cosine"|"ekd"|"cosine+ekd", epochs=1, lr=None,
         batch_size=32, max_steps=None, calibration="mse", num_images=512, layer_bits=None,
         progress=True, seed=0, qmodel=None, max_seconds=None) -> (GraphModule, stats)
         PTQ initialisation, then fake-quant training with the straight-through estimator, distilling from
-        the float `model` (edgeface.compress.distill). Runs under torchrun (DDP) when torch.distributed is
-        initialised.
+        the float `model` (edgeface.compress.distill); lr None: 1e-5 for 8-bit weights, else 5e-5. A QAT
+        that lowers the cosine to fp32 on held-out faces returns its PTQ start. Runs under torchrun (DDP)
+        when torch.distributed is initialised.
 
     mixed_precision(model, spec, images, size_budget, candidates=(8, 6), calibration="mse",
                     num_images=512, sensitivity_images=64, layer_bits=None, progress=True)
