@@ -20,6 +20,7 @@ rates are fractions; genuine = same identity.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,15 +215,22 @@ def fmr_people_interval(
     independent trials, so a Wilson interval over pairs is far too narrow when a few people are in many
     pairs)."""
     hit = np.asarray(impostor, np.float64) >= threshold
-    ids = np.asarray(impostor_ids)
-    rng = np.random.default_rng(seed)
     out = []
-    for _ in range(replicates):
-        w = np.bincount(rng.integers(0, n_identities, n_identities), minlength=n_identities)
-        wi = w[ids[:, 0]].astype(np.float64) * w[ids[:, 1]]
+    for _, wi in _people_resampled(np.asarray(impostor_ids), n_identities, replicates, seed):
         if wi.sum() > 0:
             out.append(float((wi * hit).sum() / wi.sum()))
     return [float(np.percentile(out, 2.5)), float(np.percentile(out, 97.5))] if out else [np.nan, np.nan]
+
+
+def _people_resampled(
+    pair_ids: np.ndarray, n: int, replicates: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each replicate of the subject bootstrap: (draws per identity, the weight of each pair), the
+    identities drawn with replacement and a pair weighted by how often its two people were drawn."""
+    rng = np.random.default_rng(seed)
+    for _ in range(replicates):
+        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+        yield w, w[pair_ids[:, 0]] * w[pair_ids[:, 1]]
 
 
 def _replicate_thresholds(
@@ -232,13 +240,10 @@ def _replicate_thresholds(
     targets: tuple[float, ...],
     replicates: int,
     seed: int,
-):
+) -> Iterator[tuple[np.ndarray, list[float]]]:
     """For each identity-resampled replicate: (draws per identity, the threshold at each target, NaN when
     the replicate drew no impostor pair). `i_sorted` descending, `i_ids` in the same order."""
-    rng = np.random.default_rng(seed)
-    for _ in range(replicates):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # draws per identity
-        wi = w[i_ids[:, 0]] * w[i_ids[:, 1]]
+    for w, wi in _people_resampled(i_ids, n, replicates, seed):
         ti = wi.sum()
         if ti <= 0:
             yield w, [np.nan] * len(targets)
