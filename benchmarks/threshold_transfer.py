@@ -8,7 +8,8 @@ pass over aligned112 and asks where the excess comes from:
 - FMR over impostor pairs (each pair counts once, as threshold_calibration.py reports), and FMR with every
   pair of *people* counting once (each pair weighted 1 / (images of a x images of b));
 - the people most involved in the false matches, and the FMR without the five with the most images;
-- a subject-level bootstrap of the calibration (identities resampled with replacement): which quantile of
+- a subject-level bootstrap of the calibration (identities resampled with replacement,
+  `rates.threshold_at_fmr_bound`, as `edgeface threshold` uses it): which quantile of
   its thresholds would hold the pair-weighted target on the test people.
 
     python benchmarks/threshold_transfer.py /tmp/evalart/art/mobilefacenet_int8.onnx --fmr 1e-3 1e-4
@@ -30,19 +31,6 @@ def balanced_fmr(scores: np.ndarray, pairs: np.ndarray, identity: np.ndarray, t:
     return float((w * (scores >= t)).sum() / w.sum())
 
 
-def bootstrap_thresholds(scores: np.ndarray, pairs: np.ndarray, identity: np.ndarray, fmr: float, b: int):
-    rng = np.random.default_rng(0)
-    nid = int(identity.max()) + 1
-    order = np.argsort(-scores)
-    s, ia, ib = scores[order], identity[pairs[order, 0]], identity[pairs[order, 1]]
-    out = []
-    for _ in range(b):
-        w = np.bincount(rng.integers(0, nid, nid), minlength=nid).astype(np.float64)
-        c = np.cumsum(w[ia] * w[ib])
-        out.append(s[min(int(np.searchsorted(c, fmr * c[-1], side="right")), s.size - 1)])
-    return np.array(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("artifact", type=Path)
@@ -56,7 +44,7 @@ def main() -> None:
     from edgeface.data.lfw import TEST_FOLDS, compression_split, read_pairs, test_identities
     from edgeface.eval.dataset import from_paths, make_pairs
     from edgeface.eval.folder_eval import pair_scores
-    from edgeface.eval.rates import threshold_at_fmr
+    from edgeface.eval.rates import threshold_at_fmr_bound
 
     ids = test_identities(read_pairs(LFW / "pairs.txt"), TEST_FOLDS)
     test = from_paths(
@@ -78,10 +66,10 @@ def main() -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for fmr in args.fmr:
-        t = threshold_at_fmr(cs, fmr).threshold
-        q95 = float(
-            np.percentile(bootstrap_thresholds(cs, cp.impostor, cal.identity, fmr, args.bootstrap), 95)
-        )
+        point, q95 = threshold_at_fmr_bound(
+            cs, cal.identity[cp.impostor], len(cal.names), fmr, 0.95, args.bootstrap
+        )  # what `edgeface threshold --confidence 0.95` ships
+        t = point.threshold
         per_people = balanced_fmr(ts, tp.impostor, test.identity, t)
         print(
             f"| {fmr:g} | {t:.4f} | {(ts >= t).mean():.2e} | {per_people:.2e} "

@@ -126,7 +126,7 @@ def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
     return pipe.spec.threshold
 
 
-def _landmarker(artifact: object, refine: bool | str | os.PathLike[str]) -> str | os.PathLike[str] | None:
+def landmarker_for(artifact: object, refine: bool | str | os.PathLike[str]) -> str | os.PathLike[str] | None:
     """The face-mesh model refinement uses: the one given, else the pack's; None without refinement (the
     detector then falls back to $EDGEFACE_LANDMARKER, or to YuNet's own refinement)."""
     if refine is False:
@@ -176,7 +176,7 @@ class Pipeline:
                 detector
                 or YuNetDetector(
                     detector_path or getattr(artifact, "detector_path", None),
-                    landmarker=_landmarker(artifact, refine_landmarks),
+                    landmarker=landmarker_for(artifact, refine_landmarks),
                 )
             )
         )

@@ -98,6 +98,7 @@ def watch_cmd(
     from edgeface.runtime.backends import load_artifact
     from edgeface.runtime.detect import YuNetDetector
     from edgeface.runtime.gallery import Gallery, ModelTag
+    from edgeface.runtime.pipeline import landmarker_for
     from edgeface.runtime.video import EventSink, VideoSource, run, summary_lines
     from edgeface.runtime.watch import WatchConfig, Watcher
 
@@ -132,7 +133,7 @@ def watch_cmd(
         YuNetDetector(  # else the pack's
             detector or artifact.detector_path,
             max_side=detect_side,
-            landmarker=None if refine is False else artifact.landmarker_path if refine is True else refine,
+            landmarker=landmarker_for(artifact, refine),
         ),
         gallery=index,
         threshold=threshold,
