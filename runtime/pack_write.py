@@ -247,6 +247,16 @@ def _previous_landmarker(out: Path) -> _Model | None:
         return None
 
 
+def _model_source(
+    given: str | os.PathLike[str] | None, from_pack: _Model | None
+) -> tuple[Path | None, LicenseSource | None]:
+    """A model file a pack will hold (detector, landmark model): the one the user named, else a source
+    pack's with the licence it carried there; (None, None) when neither."""
+    if given:
+        return Path(given), None
+    return from_pack if from_pack is not None else (None, None)
+
+
 def _landmarker(
     given: str | os.PathLike[str] | None, from_pack: _Model | None, license: LicenseSource | None
 ) -> tuple[Path, LicenseSource] | None:
@@ -254,12 +264,8 @@ def _landmarker(
     licence (required: a pack records the licence of every model in it)."""
     from edgeface.runtime.landmarks import MeshLandmarker
 
-    carried = None
-    if given:
-        path = Path(given)
-    elif from_pack is not None:
-        path, carried = from_pack
-    else:
+    path, carried = _model_source(given, from_pack)
+    if path is None:
         if license is not None:
             raise EdgefaceError("--landmarker-license names the licence of a --landmarker model: give both")
         return None
@@ -345,17 +351,13 @@ def check_detector(
 
 def _detector(
     given: str | os.PathLike[str] | None,
-    from_pack: tuple[Path, LicenseSource | None] | None,
+    from_pack: _Model | None,
     license: LicenseSource | None,
 ) -> tuple[Path, LicenseSource]:
     from edgeface.runtime.detect import YuNetDetector, default_detector_path
 
-    carried = None
-    if given:
-        path = Path(given)
-    elif from_pack is not None:
-        path, carried = from_pack
-    else:
+    path, carried = _model_source(given, from_pack)
+    if path is None:
         path = default_detector_path()
     if not path.is_file():
         raise EdgefaceError(
