@@ -15,22 +15,8 @@ from edgeface.runtime.pipeline import Pipeline
 
 from edgeface.cli.main import main
 from tests.landmark_support import fake_mesh_model
-from tests.test_runtime_support import SHARED, raw, reference_artifact
-
-YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
-LICENSE = SHARED / "models" / "LICENSE.mobilefacenet_ms1m"
-
-
-def run(capsys, *argv: object) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
+from tests.test_pack import LICENSE, YUNET, one_error, run
+from tests.test_runtime_support import raw, reference_artifact
 
 
 @pytest.fixture(scope="module")
