@@ -500,15 +500,7 @@ def recipe_row(
         f"| {pp(m['tar_1e3'] - ref['tar_1e3'])} | {pct(m['tar_1e2'])} "
         f"| {groups_cell(group_change(fp32, ev))} |"
     )
-    item = {
-        "name": f"prune_{name}{tag.replace(' ', '_')}",
-        "macs_ratio": round(mr, 4),
-        "acc_drop_pp": round((ref["acc"] - m["acc"]) * 100, 3),
-        "tar_1e3_drop_pp": round((ref["tar_1e3"] - m["tar_1e3"]) * 100, 3),
-        "int8": False,
-        "command": cmdline(r["command"]),
-    }
-    return line, item
+    return line, json_row(f"prune_{name}{tag.replace(' ', '_')}", mr, ref, m, False, cmdline(r["command"]))
 
 
 def also_rows(
@@ -847,31 +839,22 @@ def chain_section(
     ]
     name = f"prune_{best}{tag.replace(' ', '_')}"
     items += [
-        {
-            "name": "int8_unpruned",
-            "macs_ratio": 1.0,
-            "acc_drop_pp": round((ref["acc"] - be["acc"]) * 100, 3),
-            "tar_1e3_drop_pp": round((ref["tar_1e3"] - be["tar_1e3"]) * 100, 3),
-            "int8": True,
-            "command": cmdline(chain["commands"]["export_unpruned"]),
-        },
-        {
-            "name": f"{name}_ptq_int8",
-            "macs_ratio": round(mr, 4),
-            "acc_drop_pp": round((ref["acc"] - pe["acc"]) * 100, 3),
-            "tar_1e3_drop_pp": round((ref["tar_1e3"] - pe["tar_1e3"]) * 100, 3),
-            "int8": True,
-            "command": " && ".join(
-                cmdline(c) for c in (chain["prune"]["command"], chain["commands"]["export_ptq"])
-            ),
-        },
-        {
-            "name": f"{name}_qat_int8",
-            "macs_ratio": round(mr, 4),
-            "acc_drop_pp": round((ref["acc"] - ce["acc"]) * 100, 3),
-            "tar_1e3_drop_pp": round((ref["tar_1e3"] - ce["tar_1e3"]) * 100, 3),
-            "int8": True,
-            "command": " && ".join(
+        json_row("int8_unpruned", 1.0, ref, be, True, cmdline(chain["commands"]["export_unpruned"])),
+        json_row(
+            f"{name}_ptq_int8",
+            mr,
+            ref,
+            pe,
+            True,
+            " && ".join(cmdline(c) for c in (chain["prune"]["command"], chain["commands"]["export_ptq"])),
+        ),
+        json_row(
+            f"{name}_qat_int8",
+            mr,
+            ref,
+            ce,
+            True,
+            " && ".join(
                 cmdline(c)
                 for c in (
                     chain["prune"]["command"],
@@ -879,12 +862,26 @@ def chain_section(
                     chain["commands"]["export"],
                 )
             ),
-        },
+        ),
     ]
     if carried:  # the earlier chain rows' JSON entries (int8 rows not produced by this run)
         names = {i["name"] for i in items}
         kept += [i["name"] for i in old["items"] if i["int8"] and i["name"] not in names]
     return out
+
+
+def json_row(
+    name: str, macs_ratio: float, ref: dict[str, Any], got: dict[str, Any], int8: bool, command: str
+) -> dict[str, Any]:
+    """One object of docs/prune_recipes.json (the keys issue 14 asks for), drops against the fp32 eval."""
+    return {
+        "name": name,
+        "macs_ratio": round(macs_ratio, 4),
+        "acc_drop_pp": round((ref["acc"] - got["acc"]) * 100, 3),
+        "tar_1e3_drop_pp": round((ref["tar_1e3"] - got["tar_1e3"]) * 100, 3),
+        "int8": int8,
+        "command": command,
+    }
 
 
 def chain_args(args: argparse.Namespace) -> list[str]:
