@@ -5,7 +5,8 @@ become several elementwise passes and delegate partition breaks around every act
 max(x, a*x) holds exactly for every slope a <= 1 (negative ones included: x > 0 gives a x <= x, x < 0 gives
 a x >= x); written as a 1x1 depthwise conv (the slopes become per-channel int8 weights) and a MAXIMUM.
 XNNPACK runs the conv; it delegates MAXIMUM only in float, so the int8 MAXIMUM runs as LiteRT's own kernel
-between two delegate partitions, and still int8 iresnet18 runs 3.91x faster than fp32 (docs/speed.md).
+between two delegate partitions, and still int8 iresnet18 ran 3.91x faster than fp32 on a CPU with VNNI
+(1.1x on the development machine without it since 2026-12: docs/speed.md).
 This is the TFLite counterpart of `onnx_float.prelu_as_max` and `equalize.py`, done on the module:
 
 - slopes above 1: min(x, a x) is PReLU there, and -max(-x, a (-x)) = min(x, a x). When the PReLU reads a
