@@ -339,6 +339,7 @@ def _build_onnx(
         _ONNX_CACHE["float"] = onnx_conv.float_graph(net, spec)
     float_proto = _ONNX_CACHE["float"]
     onnx_plan = plan.get("onnx") if plan else None
+    keep_float = (*keep_float, *(onnx_plan or {}).get("keep_float", ()))  # layers the checkpoint left float
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.equalize import equalize_prelu
         from edgeface.converters.onnx_float import grouped_as_depthwise, prelu_as_max

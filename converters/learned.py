@@ -39,26 +39,42 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
         elif isinstance(m, ActQuant):
             m.enabled = False
     proto = export_float_onnx(twin, spec.input_size)
-    return {"model": twin, "onnx": match_onnx(proto, plan), "plan": plan}
+    return {"model": twin, "onnx": match_onnx(proto, plan, weighted_layers(qmodel)), "plan": plan}
+
+
+def weighted_layers(qmodel: Any) -> list[str]:
+    """Every conv/linear module in execution order, the ones `edgeface quantize` left float included."""
+    from torch import nn
+
+    return [
+        str(n.target)
+        for n in qmodel.graph.nodes
+        if n.op == "call_module" and isinstance(qmodel.get_submodule(str(n.target)), nn.Conv2d | nn.Linear)
+    ]
 
 
 def _bits(q: dict[str, Any]) -> int:
     return int(np.ceil(np.log2(int(q["quant_max"]) - int(q["quant_min"]) + 1)))
 
 
-def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
+def match_onnx(proto: Any, plan: dict[str, Any], order: list[str] | None = None) -> dict[str, Any]:
+    """`order`: all weighted layers in execution order (weighted_layers); those not in the plan were left
+    float by `edgeface quantize` (its measured fallback) and their convs stay float in the export."""
     from edgeface.converters import qdq
     from onnx import numpy_helper
 
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    layers = list(plan["layers"].items())
-    if len(convs) != len(layers):
+    order = order if order is not None else list(plan["layers"])
+    if len(convs) != len(order) or not set(plan["layers"]) <= set(order):
         raise ModelError(
-            f"quantized checkpoint has {len(layers)} weight layers but its ONNX graph {len(convs)} convs: "
+            f"quantized checkpoint has {len(order)} weight layers but its ONNX graph {len(convs)} convs: "
             "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead "
             "(the exporter calibrates its own scales)"
         )
+    kept_float = [conv.name for conv, name in zip(convs, order, strict=True) if name not in plan["layers"]]
+    matched = [(conv, name) for conv, name in zip(convs, order, strict=True) if name in plan["layers"]]
+    convs, layers = [c for c, _ in matched], [(name, plan["layers"][name]) for _, name in matched]
     weights: dict[str, np.ndarray] = {}
     weight_bits: dict[str, int] = {}
     acts: dict[str, tuple[float, float]] = {}
@@ -89,7 +105,13 @@ def match_onnx(proto: Any, plan: dict[str, Any]) -> dict[str, Any]:
         for node, q in zip(adds, sorted(add_q, key=_add_index), strict=True):
             acts[node.output[0]] = _range(quantizers[q])
             act_bits[node.output[0]] = _bits(quantizers[q])
-    return {"weights": weights, "weight_bits": weight_bits, "activations": acts, "activation_bits": act_bits}
+    return {
+        "weights": weights,
+        "weight_bits": weight_bits,
+        "activations": acts,
+        "activation_bits": act_bits,
+        "keep_float": kept_float,
+    }
 
 
 def _add_index(name: str) -> int:

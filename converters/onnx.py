@@ -71,7 +71,10 @@ def build_onnx(
         float_proto,
         [*keep_float, *float_convs],
         float_tensors,
-        {c: qdq.GROUPED_CONV_REASON for c in float_convs},
+        {
+            **{c: qdq.CHECKPOINT_FLOAT_REASON for c in (plan or {}).get("keep_float", ())},
+            **{c: qdq.GROUPED_CONV_REASON for c in float_convs},
+        },
     )
     points = gplan.points
     ranges: dict[str, tuple[float, float]] = dict((plan or {}).get("activations", {}))

@@ -118,6 +118,7 @@ def _matches(node: Any, patterns: Iterable[str]) -> bool:
 
 
 GROUPED_CONV_REASON = "grouped (not depthwise) conv: ORT's int8 grouped kernel is slower than float"
+CHECKPOINT_FLOAT_REASON = "left float by the quantized checkpoint (edgeface quantize measured it fragile)"
 
 
 def plan_graph(

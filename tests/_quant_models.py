@@ -8,6 +8,10 @@
 - `prelu_net_112x96`: a PReLU network for 112x96 inputs (SphereFace/CosFace-style crop) whose PReLU slopes
   are trained-like, drawn from [-4, 2.2] (many negative, some > 1), with BN everywhere, a residual add and
   `x.view(x.size(0), -1)` before the embedding Linear, then a BatchNorm1d.
+- `fragile_tail_net`: a residual CNN ending like MobileFaceNet (1x1 conv -> ReLU6 -> 7x7 global depthwise
+  conv -> Linear) whose ReLU6 output is int8-fragile, as in mobilefacenet pruned and fine-tuned: one
+  channel saturates at 6 and sets the per-tensor grid while the others stay near 0.01, and the global
+  depthwise conv weights those small channels 60x.
 - `batch_of_one_net`: written for one image at a time (`view(1, -1)`), so quantization must fail on it
   with one line naming the layer that breaks.
 """
@@ -172,3 +176,43 @@ class BatchOfOneNet(nn.Module):
 def batch_of_one_net() -> nn.Module:
     torch.manual_seed(0)
     return BatchOfOneNet().eval()
+
+
+class FragileTailNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+
+        def unit(cin: int, cout: int, stride: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+            )
+
+        self.stem = unit(3, 16, 4)  # 28 x 28
+        self.block1 = nn.Sequential(unit(16, 16, 1), nn.Conv2d(16, 16, 3, 1, 1))
+        self.down1 = unit(16, 24, 2)  # 14 x 14
+        self.block2 = nn.Sequential(unit(24, 24, 1), nn.Conv2d(24, 24, 3, 1, 1))
+        self.down2 = unit(24, 32, 2)  # 7 x 7
+        self.expand = nn.Sequential(nn.Conv2d(32, 48, 1), nn.ReLU6())
+        self.gdc = nn.Conv2d(48, 48, 7, groups=48, bias=False)
+        self.fc = nn.Linear(48, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.block1(x)
+        x = self.down1(x)
+        x = x + self.block2(x)
+        x = self.expand(self.down2(x))
+        return self.fc(self.gdc(x).flatten(1))
+
+
+def fragile_tail_net() -> nn.Module:
+    torch.manual_seed(0)
+    model = FragileTailNet()
+    with torch.no_grad():
+        conv = model.expand[0]
+        conv.weight.mul_(0.01)
+        conv.bias.fill_(0.01)
+        conv.bias[0] = 100.0  # always 6 after ReLU6: the per-tensor grid spans [0, 6]
+        model.gdc.weight.mul_(60.0)
+        model.gdc.weight[0] = 0.01
+    return model.eval()

@@ -5,9 +5,14 @@ with massive activations, say) carry most of the quantization loss: on EdgeFace-
 caused about 40 % of the embedding error. Each quantizer on an edge from a float op into integer layers is
 switched on alone (weights quantized, all other activations float) on a few calibration faces and its
 loss (1 - cosine to the float model) is measured; the layers that read a quantizer whose loss is at least
-`factor` times the mean over all quantizers (and at least MIN_LOSS) stay float. Only such edges are
-candidates: there, float costs one Linear's int8 kernel, never an int8 chain of a CNN (whose quantizers
-sit on integer ops' outputs).
+`factor` times the mean over all quantizers (and at least MIN_LOSS) stay float. Normally only such edges
+are candidates: there, float costs one Linear's int8 kernel, never an int8 chain of a CNN (whose
+quantizers sit on integer ops' outputs). When the fully quantized probe falls below CNN_TRIGGER (the
+exporter's int8 parity bar, converters/sensitivity.py; 8-bit activations only) every quantizer is a
+candidate, as in the exporter: a plain CNN then keeps one tensor's writer and readers float rather than
+ship a broken embedding. Measured on
+mobilefacenet pruned to 64 % of its MACs and fine-tuned: the ReLU6 output feeding the 7x7 global
+depthwise conv, quantized alone, drops the cosine to 0.916, and the GDC's own int8 weights to 0.975.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from edgeface.compress.quant.prepare import Placement, activation_quantizers, se
 
 PROBE_IMAGES = 32
 MIN_LOSS = 2e-4  # of mean cosine: below this a quantizer is never worth a float layer
+CNN_TRIGGER = 0.99  # fully quantized probe cosine below which non-edge quantizers are candidates too
 
 
 def _probe(batches: list[Tensor], n: int = PROBE_IMAGES) -> list[Tensor]:
@@ -47,14 +53,19 @@ def sensitive_layers(
     batches: list[Tensor],
     factor: float,
 ) -> dict[str, float]:
-    """{reader layer: the quantizer's loss / mean loss} for edge quantizers at least `factor` x the mean."""
+    """{reader layer: the quantizer's loss / mean loss} for candidate quantizers at least `factor` x the
+    mean: edge quantizers, or every quantizer when the fully quantized probe is below CNN_TRIGGER."""
     edges = {p.name: p for p in place.points if p.readers is not None}
-    if not edges or factor <= 0:
+    if factor <= 0:
         return {}
     probe = _probe(batches)
     with torch.no_grad():
         ref = [reference(x) for x in probe]
     acts = activation_quantizers(qmodel)
+    # the exporter's bar is an int8 one; a w6a6 model is below it by design (mobilefacenet: 0.937)
+    everything = all(q.bits == 8 for q in acts.values()) and 1.0 - _loss(qmodel, probe, ref) < CNN_TRIGGER
+    if not edges and not everything:
+        return {}
     enabled = {n: q.enabled for n, q in acts.items()}
     losses: dict[str, float] = {}
     try:
@@ -71,12 +82,38 @@ def sensitive_layers(
     if mean <= 0:
         return {}
     nodes = {n.name: n for n in qmodel.graph.nodes}
+    points = {p.name: p for p in place.points}
     chosen: dict[str, float] = {}
     for name, loss in losses.items():
-        if name not in edges or loss < max(factor * mean, MIN_LOSS):
+        if loss < max(factor * mean, MIN_LOSS):
             continue
-        for reader in edges[name].readers or []:
-            node = nodes.get(reader)
-            if node is not None and node.op == "call_module" and str(node.target) in place.layers:
+        if name in edges:
+            readers = [nodes[r] for r in edges[name].readers or [] if r in nodes]
+        elif everything and name in points:
+            # a tensor an integer op writes for all its readers: that op writes float instead
+            readers = _layers_reading(qmodel, name)
+            chosen[points[name].layer or points[name].end.name] = round(loss / mean, 2)
+        else:
+            continue
+        for node in readers:
+            if node.op == "call_module" and str(node.target) in place.layers:
                 chosen[str(node.target)] = round(loss / mean, 2)
     return chosen
+
+
+def _layers_reading(qmodel: fx.GraphModule, quantizer: str) -> list[fx.Node]:
+    """The nodes that read `quantizer`'s output, looking through reshapes and other same-grid ops."""
+    from edgeface.compress.quant.plan import is_passthrough
+
+    start = [n for n in qmodel.graph.nodes if n.op == "call_module" and str(n.target) == quantizer]
+    out, stack, seen = [], [u for n in start for u in n.users], set()
+    while stack:
+        u = stack.pop()
+        if u.name in seen:
+            continue
+        seen.add(u.name)
+        if is_passthrough(qmodel, u):
+            stack.extend(u.users)
+        else:
+            out.append(u)
+    return out
