@@ -117,6 +117,8 @@ def prune_cmd(loss: str, budget: list[str], out: Path, args: argparse.Namespace)
         "--max-minutes", str(args.minutes), "--loss", loss, "--lr", str(args.lr),
         "--batch-size", str(args.batch_size), "--augment", args.augment, "--seed", "0",
         "--val-every", "25", "-o", rel(out), "--json",
+        *(["--steps", str(args.increments)] if args.increments > 1 else []),
+        *(["--schedule", args.schedule] if args.schedule != "cosine" else []),
     ]  # fmt: skip
 
 
@@ -370,16 +372,38 @@ def run_chain(best: str, args: argparse.Namespace, work: Path, base_work: Path) 
     }
 
 
+def finetune_summary(pr: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tune record of a prune run; an iterative run (several increments) sums its steps and
+    training time and keeps the last increment's validation."""
+    ft = pr.get("finetune") or {}
+    if isinstance(ft, dict):
+        return ft
+    if not ft:
+        return {}
+    return {
+        "steps": sum(int(f.get("steps", 0)) for f in ft),
+        "train_s": sum(float(f.get("train_s", 0)) for f in ft),
+        "val": ft[-1].get("val") or [],
+    }
+
+
 def budget_tag(d: Path, base_work: Path, name: str) -> str:
     """How a row of another budget's folder is labelled: by the cap its fine-tune ran into."""
     if d.resolve() == base_work.resolve():
         return ""
     budget = load(d / "settings.json")
-    fts = load(d / f"{name}.prune.json").get("finetune") or {}
-    fts = fts if isinstance(fts, dict) else (fts[-1] if fts else {})
-    if fts.get("steps") == budget["steps"]:  # stopped by the step cap: the wall time is the machine's
-        return f" {budget['steps']}steps"
-    return f" {budget['minutes']:g}min"
+    fts = finetune_summary(load(d / f"{name}.prune.json"))
+    extra = "".join(
+        f" {label}" for key, default, label in (
+            ("augment", "basic", f"{budget.get('augment')} aug."),
+            ("increments", 1, f"{budget.get('increments')} increments"),
+            ("schedule", "cosine", f"{budget.get('schedule')} lr"),
+        ) if budget.get(key, default) != default
+    )  # fmt: skip
+    inc = int(budget.get("increments", 1))  # the step cap splits evenly over the increments
+    if fts.get("steps") == max(1, budget["steps"] // inc) * inc:  # the step cap, not the machine's speed
+        return f" {budget['steps']}steps{extra}"
+    return f" {budget['minutes']:g}min{extra}"
 
 
 def cached_rows(d: Path) -> dict[str, dict[str, Any]]:
@@ -484,8 +508,7 @@ def recipe_row(
     m = metrics(ev)
     p = pr["prune"]
     conv = count_conv_macs(work / f"{name}.pt")
-    ft = pr["finetune"] or {}
-    fts = ft if isinstance(ft, dict) else (ft[-1] if ft else {})
+    fts = finetune_summary(pr)
     steps = fts.get("steps", "?")
     val = fts.get("val") or []
     last_val = f"{val[-1]['cos']:.4f} @{val[-1]['step']}" if val and isinstance(val[-1], dict) else "?"
@@ -679,6 +702,16 @@ def write_docs(fp32: dict[str, Any], fp32_work: Path, rows: dict[str, dict[str, 
     items += extra_items
     kept += [f"prune_{label.replace(' ', '_')}" for label in table_rows(section(old["lines"], OTHER_BUDGETS))]
     others = extra_items + [i for i in kept_items(old, items, kept) if not i["int8"]]
+    over = [i["name"] for i in others if i["macs_ratio"] > float(TARGET_MACS)]
+    if over:
+        lines += [
+            f"Over the {float(TARGET_MACS):.0%} MACs budget, so not candidates: {', '.join(over)}. "
+            "An iterative run (`--increments N`: `edgeface prune --steps N`) removes the same share of "
+            "channels in N equal increments, ranked globally again after each fine-tune: it cut channels "
+            "in cheaper layers and kept more MACs than the one-shot cut.",
+            "",
+        ]
+        others = [i for i in others if i["name"] not in over]
     if others:
         eb = min(others, key=lambda r: r["tar_1e3_drop_pp"])
         a_ok, t_ok = eb["acc_drop_pp"] <= 0.3, eb["tar_1e3_drop_pp"] <= 1.0
@@ -804,20 +837,19 @@ def chain_section(
     if carried:
         out += [EARLIER_NOTE + " Their latency was measured in that run's session.", ""]
     if rec.get("held_out_cos_ptq") is not None:
+        fallback = ", ".join(f"`{k}`" for k in rec.get("fallback") or {}) or "nothing"
         out += [
             f"QAT's own check (`edgeface quantize` record): mean cosine to the pruned fp32 model on "
             f"{rec['held_out_images']} compression-split faces kept out of training: PTQ start "
             f"{rec['held_out_cos_ptq']:.5f}, after QAT {rec['held_out_cos_qat']:.5f}; kept: "
             f"**{rec['kept']}** (QAT hands back its PTQ start when training lowered it). QAT starts from "
             "`edgeface quantize`'s own PTQ (fake-quant, MSE-calibrated per-tensor activations, no PReLU "
-            "equalization); the exporter's PTQ of the same checkpoint (PReLU equalization, fragile tensors "
-            f"kept float) keeps {parity(chain['export_json']['ptq'])} mean / min cosine to it on the "
-            "export's 128 held-out faces, so the QAT row starts from the weaker of the two PTQs and a short "
-            "QAT does not close that gap.",
+            f"equalization; left float by its measured fallback: {fallback}). The exporter's PTQ of the same "
+            f"pruned checkpoint keeps {parity(chain['export_json']['ptq'])} mean / min cosine to it on the "
+            "export's 128 held-out faces (ONNX artifact against the PyTorch model, so not the same measure).",
             "",
         ]
-    fts = chain["prune"].get("finetune") or {}
-    fts = fts if isinstance(fts, dict) else (fts[-1] if fts else {})
+    fts = finetune_summary(chain["prune"])
     budget = load(chain["work"] / "settings.json")
     if fts.get("steps", 0) < budget["steps"]:
         out += [
@@ -925,6 +957,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--augment", default="basic", choices=("basic", "strong"))
+    ap.add_argument(
+        "--increments", type=int, default=1, help="iterative: prune in N increments, fine-tune after each"
+    )
+    ap.add_argument("--schedule", default="cosine", choices=("cosine", "linear", "constant"))
     ap.add_argument("--qat-minutes", type=float, default=6.0, help="wall-clock cap of the chain's QAT")
     ap.add_argument("--qat-steps", type=int, default=None, help="step cap of the chain's QAT")
     ap.add_argument(
@@ -964,6 +1000,9 @@ def main() -> None:
             sys.exit(f"error: {rel(d)} is not a --work folder of this script (no settings.json)")
     settings = work / "settings.json"  # the budget every cached row was made with: refuse to mix
     budget = {k: getattr(args, k) for k in ("minutes", "steps", "lr", "batch_size", "augment")}
+    # recorded only when set, so folders made before these options existed keep matching
+    optional = {"increments": 1, "schedule": "cosine"}
+    budget.update({k: getattr(args, k) for k, d in optional.items() if getattr(args, k) != d})
     if settings.exists() and load(settings) != budget:
         sys.exit(f"error: {rel(work)} holds rows made with {load(settings)}; use another --work for {budget}")
     settings.write_text(json.dumps(budget))
