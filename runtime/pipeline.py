@@ -162,8 +162,10 @@ class Pipeline:
         warn: Callable[[str], None] = _stderr,
         face: str = DEFAULT_POLICY,
         aligned: bool = False,
+        workers: int | None = None,
     ) -> None:
         self.artifact = artifact
+        self.workers = workers  # embed_many's detection threads (default: the artifact's, else every core)
         if artifact.num_threads:  # one thread budget for the whole pipeline, detector included
             cv2.setNumThreads(artifact.num_threads)
         self.spec = artifact.spec
@@ -248,11 +250,12 @@ class Pipeline:
         """`embed_faces` of each path, in order, or the EdgefaceError it raised (a batch goes on).
 
         A raw photo's cost is decoding, detection and landmark refinement, not the network, and OpenCV runs
-        them without holding the GIL: so those run on `workers` threads (default: the artifact's thread
-        budget, else every core), each with its own detector, a few images ahead, while the network runs
-        here, in order (a TFLite interpreter must not be called from two threads).
+        them without holding the GIL: so those run on `workers` threads (default: the pipeline's `workers`,
+        else the artifact's thread budget, else every core), each with its own detector, a few images
+        ahead, while the network runs here, in order (a TFLite interpreter must not be called from two
+        threads).
         """
-        n = workers if workers is not None else (self.artifact.num_threads or machine_cores())
+        n = workers or self.workers or self.artifact.num_threads or machine_cores()
         todo = iter(paths)
         if n <= 1:
             for p in todo:

@@ -193,3 +193,22 @@ def test_embed_many_runs_detection_on_worker_threads_and_keeps_order_and_errors(
             np.testing.assert_array_equal(
                 np.stack([f.embedding for f in got]), np.stack([f.embedding for f in want])
             )
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_batch_verbs_give_the_detectors_the_threads_and_the_network_one(aligned: bool) -> None:
+    """verify --pairs / enroll --from-dir: with detection, the network runs on one thread beside `--threads`
+    detection workers (its own pool would compete with them); aligned crops give the network the threads."""
+    import threading
+
+    from edgeface.cli.runtime_cmd import _pipeline
+
+    pipe = _pipeline(str(reference_artifact()), None, False, 2, False, False, aligned=aligned, batch=True)
+    assert pipe.artifact.num_threads == (2 if aligned else 1)
+    if aligned:
+        return
+    assert pipe.workers == 2
+    seen: set[str] = set()
+    pipe.warn = lambda m: seen.add(threading.current_thread().name)
+    list(pipe.embed_many([CROWD, CROWD]))  # several faces: one warning per image, from the thread that detects
+    assert seen and all(n.startswith("edgeface-locate") for n in seen)
