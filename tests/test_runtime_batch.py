@@ -210,5 +210,5 @@ def test_batch_verbs_give_the_detectors_the_threads_and_the_network_one(aligned:
     assert pipe.workers == 2
     seen: set[str] = set()
     pipe.warn = lambda m: seen.add(threading.current_thread().name)
-    list(pipe.embed_many([CROWD, CROWD]))  # several faces: one warning per image, from the thread that detects
+    list(pipe.embed_many([CROWD, CROWD]))  # several faces: a warning per image, from the detecting thread
     assert seen and all(n.startswith("edgeface-locate") for n in seen)
