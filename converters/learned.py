@@ -25,7 +25,8 @@ def _range(q: dict[str, Any]) -> tuple[float, float]:
 
 
 def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
-    """{"model": float twin, "onnx": {"weights": {conv node: scales}, "activations": {tensor: (lo, hi)}}}."""
+    """{"model": float twin, "onnx": {"weights": {conv node: scales}, "activations": {tensor: (lo, hi)}},
+    "plan": quant_plan, "layers": every conv/linear in execution order, float ones included}."""
     from edgeface.converters.onnx_float import export_float_onnx
 
     from edgeface.compress.quant import quant_plan
@@ -39,7 +40,8 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
         elif isinstance(m, ActQuant):
             m.enabled = False
     proto = export_float_onnx(twin, spec.input_size)
-    return {"model": twin, "onnx": match_onnx(proto, plan, weighted_layers(qmodel)), "plan": plan}
+    order = weighted_layers(qmodel)
+    return {"model": twin, "onnx": match_onnx(proto, plan, order), "plan": plan, "layers": order}
 
 
 def weighted_layers(qmodel: Any) -> list[str]:

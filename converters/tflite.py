@@ -152,13 +152,15 @@ def build_tflite(
     data = _FLOAT_CACHE["data"]
     spec = spec.replace(layout="NHWC")
     if precision == "fp32":
-        return data, spec.replace(precision="fp32"), {"per_channel_layers": 0, "quantizer": None}
+        # a quantized checkpoint's spec carries the integer artifact's input/output grids: not a float graph's
+        float_spec = spec.replace(precision="fp32", input_quant=None, output_quant=None)
+        return data, float_spec, {"per_channel_layers": 0, "quantizer": None}
     from ai_edge_quantizer import quantizer, recipe
     from edgeface.converters import tflite_learned as tl
 
     bits = 6 if precision == "w6a6" else 8
     quant_plan = plan.get("plan") if plan else None
-    learned = tl.match_plan(data, quant_plan) if quant_plan else None
+    learned = tl.match_plan(data, quant_plan, plan.get("layers")) if quant_plan else None
     if learned is not None and bits < 8 and all(b >= 8 for _, b in learned.weights):
         raise EdgefaceError(
             "the checkpoint was quantized at 8 bits; export it with --int8, or quantize it with --bits w6a6 "
@@ -180,7 +182,8 @@ def build_tflite(
     if bits < 8:
         data, extra = tl.insert_clamps(data, targets)
         targets.update(extra)
-    float_ops = mixed.plan_float_ops(data, mixed.rule_float_ops(data), [t for t, _ in kept])
+    base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
+    float_ops = mixed.plan_float_ops(data, base, [t for t, _ in kept])
     qsvs = {}
     for name, t in targets.items():
         lo, hi = t.int8_range()

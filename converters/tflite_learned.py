@@ -22,7 +22,7 @@ quantization.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -224,30 +224,44 @@ class LearnedTflite:
     """What a quant_plan says about one float TFLite graph."""
 
     activations: dict[str, tuple[float, int, int, int]]  # tensor -> (scale, zero point, qmin, bits)
-    weights: list[tuple[np.ndarray, int] | None]  # per learnable weighted op: (scales, bits)
+    weights: list[tuple[np.ndarray | None, int]]  # per learnable weighted op: (scales, bits)
+    float_ops: dict[int, str] = field(
+        default_factory=dict
+    )  # op index -> why: layers the checkpoint left float
 
 
-def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
+def match_plan(
+    float_data: bytes, plan: Mapping[str, Any], order: Sequence[str] | None = None
+) -> LearnedTflite:
     """Map a quant_plan onto the float TFLite graph: weighted ops in order (checked by output channels), each
     layer's output quantizer onto the op's activated output, the input quantizer onto the graph input, and
-    the add quantizers onto the ADD ops in order."""
+    the add quantizers onto the ADD ops in order. `order`: every conv/linear of the checkpoint in execution
+    order (learned.weighted_layers); the ones the plan does not hold were left float by `edgeface quantize`
+    and their ops stay float."""
+    from edgeface.converters.qdq import CHECKPOINT_FLOAT_REASON
+
     model = read(float_data)
     graph = model.subgraphs[0]
     main, _ = weighted_ops(model)
-    layers = list(plan["layers"].items())
-    if len(main) != len(layers):
+    order = list(order) if order is not None else list(plan["layers"])
+    if len(main) != len(order) or not set(plan["layers"]) <= set(order):
         raise ModelError(
-            f"quantized checkpoint has {len(layers)} weight layers but its TFLite graph {len(main)} "
+            f"quantized checkpoint has {len(order)} weight layers but its TFLite graph {len(main)} "
             "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops: cannot carry the learned scales over; export the "
             "float weights with --int8/--w6a6 instead (the exporter calibrates its own scales)"
         )
+    float_ops = {
+        k: CHECKPOINT_FLOAT_REASON for k, name in zip(main, order, strict=True) if name not in plan["layers"]
+    }
+    main = [k for k, name in zip(main, order, strict=True) if name in plan["layers"]]
+    layers = [(name, plan["layers"][name]) for name in order if name in plan["layers"]]
     quantizers = plan["quantizers"]
 
     def act(q: Mapping[str, Any]) -> tuple[float, int, int, int]:
         return float(q["scale"]), int(q["zero_point"]), int(q["quant_min"]), int(q["bits"])
 
     acts: dict[str, tuple[float, int, int, int]] = {}
-    weights: list[tuple[np.ndarray, int] | None] = []
+    weights: dict[int, tuple[np.ndarray | None, int]] = {k: (None, 8) for k in float_ops}  # left float
     for k, (name, layer) in zip(main, layers, strict=True):
         n = out_channels(model, k)
         if len(layer["weight_scale"]) != n:
@@ -256,7 +270,7 @@ def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
                 f"learned scales of {name} ({len(layer['weight_scale'])} channels) do not fit TFLite op "
                 f"{op_name(model, op)} #{k} ({n} output channels)"
             )
-        weights.append((np.asarray(layer["weight_scale"], np.float32), int(layer["weight_bits"])))
+        weights[k] = (np.asarray(layer["weight_scale"], np.float32), int(layer["weight_bits"]))
         if layer["output"] is not None:
             acts[activation_output(model, k)] = act(layer["output"])
     if plan.get("input_quantizer"):
@@ -270,7 +284,7 @@ def match_plan(float_data: bytes, plan: Mapping[str, Any]) -> LearnedTflite:
         )
     for op, q in zip(adds, add_q, strict=True):
         acts[tensor_name(graph.tensors[op.outputs[0]])] = act(quantizers[q])
-    return LearnedTflite(acts, weights)
+    return LearnedTflite(acts, [weights[k] for k in sorted(weights)], float_ops)
 
 
 def _add_index(name: str) -> int:

@@ -73,14 +73,16 @@ def test_the_checkpoint_exports_with_its_float_layers(lfw: Path, tmp_path: Path,
         == 0
     )
     capsys.readouterr()
-    args = ["export", "--int8", "--format", "onnx", "-m", MODEL, "-w", str(ckpt), "--calib", str(lfw)]
+    args = ["export", "--int8", "--format", "onnx,tflite", "-m", MODEL, "-w", str(ckpt), "--calib", str(lfw)]
     assert (
         main([*args, "--calib-images", "64", "--parity-images", "16", "--no-pack", "-o", str(out), "--json"])
         == 0
     )
-    report = json.loads(capsys.readouterr().out)[0]
-    spec = json.loads(Path(report["path"] + ".json").read_text())
-    assert spec["provenance"]["learned_quantization"]
-    assert report["float_ops"]["Conv"]["count"] == 2
-    assert "quantized checkpoint" in report["float_ops"]["Conv"]["why"]
-    assert report["parity"]["mean_cosine"] > 0.99
+    reports = {r["format"]: r for r in json.loads(capsys.readouterr().out)}
+    for fmt, ops in (("onnx", ["Conv"]), ("tflite", ["CONV_2D", "DEPTHWISE_CONV_2D"])):
+        report = reports[fmt]
+        spec = json.loads(Path(report["path"] + ".json").read_text())
+        assert spec["provenance"]["learned_quantization"]
+        assert sum(report["float_ops"][op]["count"] for op in ops) == 2  # expand.0 and gdc, nothing else
+        assert all("quantized checkpoint" in report["float_ops"][op]["why"] for op in ops)
+        assert report["parity"]["mean_cosine"] > 0.99
