@@ -11,6 +11,7 @@ scale s and zero point z covers [s (qmin - z), s (qmax - z)], which the uint8 gr
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,9 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
         elif isinstance(m, ActQuant):
             m.enabled = False
     proto = export_float_onnx(twin, spec.input_size)
-    order = weighted_layers(qmodel)
-    return {"model": twin, "onnx": match_onnx(proto, plan, order), "plan": plan, "layers": order}
+    order, adds = weighted_layers(qmodel), add_nodes_of(qmodel)
+    onnx_plan = match_onnx(proto, plan, order, adds)
+    return {"model": twin, "onnx": onnx_plan, "plan": plan, "layers": order, "adds": adds}
 
 
 def weighted_layers(qmodel: Any) -> list[str]:
@@ -59,7 +61,9 @@ def _bits(q: dict[str, Any]) -> int:
     return int(np.ceil(np.log2(int(q["quant_max"]) - int(q["quant_min"]) + 1)))
 
 
-def match_onnx(proto: Any, plan: dict[str, Any], order: list[str] | None = None) -> dict[str, Any]:
+def match_onnx(
+    proto: Any, plan: dict[str, Any], order: list[str] | None = None, add_nodes: list[str] | None = None
+) -> dict[str, Any]:
     """`order`: all weighted layers in execution order (weighted_layers); those not in the plan were left
     float by `edgeface quantize` (its measured fallback) and their convs stay float in the export."""
     from edgeface.converters import qdq
@@ -102,11 +106,9 @@ def match_onnx(proto: Any, plan: dict[str, Any], order: list[str] | None = None)
         q = quantizers[plan["input_quantizer"]]
         acts[proto.graph.input[0].name], act_bits[proto.graph.input[0].name] = _range(q), _bits(q)
     adds = [n for n in proto.graph.node if n.op_type == "Add"]
-    add_q = [q for q in quantizers if q.startswith("aq_add")]
-    if len(adds) == len(add_q):
-        for node, q in zip(adds, sorted(add_q, key=_add_index), strict=True):
-            acts[node.output[0]] = _range(quantizers[q])
-            act_bits[node.output[0]] = _bits(quantizers[q])
+    for node, q in add_pairs(adds, quantizers, add_nodes) or []:  # else the exporter calibrates the adds
+        acts[node.output[0]] = _range(quantizers[q])
+        act_bits[node.output[0]] = _bits(quantizers[q])
     return {
         "weights": weights,
         "weight_bits": weight_bits,
@@ -119,3 +121,34 @@ def match_onnx(proto: Any, plan: dict[str, Any], order: list[str] | None = None)
 def _add_index(name: str) -> int:
     tail = name.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+def add_nodes_of(qmodel: Any) -> list[str]:
+    """The checkpoint's tensor additions in execution order (fx names them add, add_1, ...)."""
+    import operator
+
+    import torch
+
+    return [
+        n.name
+        for n in qmodel.graph.nodes
+        if (n.op == "call_function" and n.target in (operator.add, torch.add))
+        or (n.op == "call_method" and n.target == "add")
+    ]
+
+
+def add_pairs(
+    ops: list[Any], quantizers: Mapping[str, Any], add_nodes: Sequence[str] | None
+) -> list[Any] | None:
+    """[(graph add op, its quantizer)], or None when they cannot be told apart. With the checkpoint's
+    additions (`add_nodes`) as many as the graph's, each quantizer goes to its addition's position: an
+    addition left float (it feeds only float layers) has no quantizer and must not shift the others.
+    Without them, only equal counts match, in order."""
+    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    if add_nodes is not None and len(add_nodes) == len(ops):
+        position = {"aq_" + name: k for k, name in enumerate(add_nodes)}
+        if all(q in position for q in add_q):
+            return [(ops[position[q]], q) for q in add_q]
+    if len(ops) == len(add_q):
+        return list(zip(ops, sorted(add_q, key=_add_index), strict=True))
+    return None

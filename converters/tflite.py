@@ -160,7 +160,7 @@ def build_tflite(
 
     bits = 6 if precision == "w6a6" else 8
     quant_plan = plan.get("plan") if plan else None
-    learned = tl.match_plan(data, quant_plan, plan.get("layers")) if quant_plan else None
+    learned = tl.match_plan(data, quant_plan, plan.get("layers"), plan.get("adds")) if quant_plan else None
     if learned is not None and bits < 8 and all(b >= 8 for _, b in learned.weights):
         raise EdgefaceError(
             "the checkpoint was quantized at 8 bits; export it with --int8, or quantize it with --bits w6a6 "

@@ -231,13 +231,17 @@ class LearnedTflite:
 
 
 def match_plan(
-    float_data: bytes, plan: Mapping[str, Any], order: Sequence[str] | None = None
+    float_data: bytes,
+    plan: Mapping[str, Any],
+    order: Sequence[str] | None = None,
+    add_nodes: Sequence[str] | None = None,
 ) -> LearnedTflite:
     """Map a quant_plan onto the float TFLite graph: weighted ops in order (checked by output channels), each
     layer's output quantizer onto the op's activated output, the input quantizer onto the graph input, and
-    the add quantizers onto the ADD ops in order. `order`: every conv/linear of the checkpoint in execution
-    order (learned.weighted_layers); the ones the plan does not hold were left float by `edgeface quantize`
-    and their ops stay float."""
+    the add quantizers onto the ADD ops (learned.add_pairs: by their addition's position in `add_nodes`).
+    `order`: every conv/linear of the checkpoint in execution order (learned.weighted_layers); the ones the
+    plan does not hold were left float by `edgeface quantize` and their ops stay float."""
+    from edgeface.converters.learned import add_pairs
     from edgeface.converters.qdq import CHECKPOINT_FLOAT_REASON
 
     model = read(float_data)
@@ -276,20 +280,16 @@ def match_plan(
     if plan.get("input_quantizer"):
         acts[tensor_name(graph.tensors[graph.inputs[0]])] = act(quantizers[plan["input_quantizer"]])
     adds = [op for op in graph.operators if op_name(model, op) == "ADD"]
-    add_q = sorted((q for q in quantizers if q.startswith("aq_add")), key=_add_index)
-    if add_q and len(adds) != len(add_q):
+    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    pairs = add_pairs(adds, quantizers, add_nodes)
+    if add_q and pairs is None:
         raise ModelError(
             f"quantized checkpoint has {len(add_q)} add quantizers but its TFLite graph {len(adds)} ADD ops: "
             "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead"
         )
-    for op, q in zip(adds, add_q, strict=True):
+    for op, q in pairs or []:
         acts[tensor_name(graph.tensors[op.outputs[0]])] = act(quantizers[q])
     return LearnedTflite(acts, [weights[k] for k in sorted(weights)], float_ops)
-
-
-def _add_index(name: str) -> int:
-    tail = name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
 
 
 # ------------------------------------------------------------------------------------------- the grid

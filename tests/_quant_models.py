@@ -190,8 +190,8 @@ class FragileTailNet(nn.Module):
         self.stem = unit(3, 16, 4)  # 28 x 28
         self.block1 = nn.Sequential(unit(16, 16, 1), nn.Conv2d(16, 16, 3, 1, 1))
         self.down1 = unit(16, 24, 2)  # 14 x 14
-        self.block2 = nn.Sequential(unit(24, 24, 1), nn.Conv2d(24, 24, 3, 1, 1))
         self.down2 = unit(24, 32, 2)  # 7 x 7
+        self.block2 = nn.Sequential(unit(32, 32, 1), nn.Conv2d(32, 32, 3, 1, 1))
         self.expand = nn.Sequential(nn.Conv2d(32, 48, 1), nn.ReLU6())
         self.gdc = nn.Conv2d(48, 48, 7, groups=48, bias=False)
         self.fc = nn.Linear(48, 64)
@@ -199,9 +199,9 @@ class FragileTailNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         x = x + self.block1(x)
-        x = self.down1(x)
-        x = x + self.block2(x)
-        x = self.expand(self.down2(x))
+        x = self.down2(self.down1(x))
+        x = x + self.block2(x)  # read only by `expand`: with it float, this addition is float too
+        x = self.expand(x)
         return self.fc(self.gdc(x).flatten(1))
 
 
