@@ -122,12 +122,20 @@ def prune_cmd(loss: str, budget: list[str], out: Path, args: argparse.Namespace)
     ]  # fmt: skip
 
 
-def export_fp32_cmd(name: str, work: Path) -> list[str]:
+def export_fp32_cmd(name: str, work: Path, fmt: str = "onnx") -> list[str]:
     weights = WEIGHTS if name == "fp32" else rel(work / f"{name}.pt")
+    out = work / (f"{name}_fp32" if fmt == "onnx" else f"{name}_fp32_{fmt}")
     return [
-        "edgeface", "export", "-m", MODEL, "-w", weights, "--fp32", "--format", "onnx",
-        "--calib", LFW, "--no-pack", "-o", rel(work / f"{name}_fp32"), "--json",
+        "edgeface", "export", "-m", MODEL, "-w", weights, "--fp32", "--format", fmt,
+        "--calib", LFW, "--no-pack", "-o", rel(out), "--json",
     ]  # fmt: skip
+
+
+def tflite_fp32(name: str, work: Path) -> Path:
+    art = work / f"{name}_fp32_tflite" / f"{MODEL}_fp32.tflite"
+    if not art.exists():
+        run(export_fp32_cmd(name, work, "tflite"), stdout=work / f"{name}.export_tflite.json")
+    return art
 
 
 def onnx_fp32(name: str, work: Path) -> Path:
@@ -231,7 +239,8 @@ def best_recipe(rows: dict[str, dict[str, Any]]) -> str:
 
 
 def latency(paths: dict[str, Path], rounds: int, runs: int) -> dict[str, Any]:
-    """ORT, batch 1, one thread, the artifacts' own input; interleaved so load hits all alike."""
+    """ORT or LiteRT (by extension), batch 1, one thread, the artifacts' own input; interleaved so load
+    hits all alike."""
     import numpy as np
     from bench_timing import interleaved_ms
     from edgeface.runtime.backends import load_artifact
@@ -279,8 +288,10 @@ def qat_cmd(best: str, args: argparse.Namespace, work: Path) -> list[str]:
     return cmd + ["-o", rel(work / f"chain_{best}.qat.pt"), "--json"]
 
 
-def int8_export_cmd(weights: str, out_dir: Path, min_cosine: str | None = None) -> list[str]:
-    cmd = ["edgeface", "export", "-m", MODEL, "-w", weights, "--int8", "--format", "onnx", "--calib", LFW]
+def int8_export_cmd(
+    weights: str, out_dir: Path, min_cosine: str | None = None, fmt: str = "onnx"
+) -> list[str]:
+    cmd = ["edgeface", "export", "-m", MODEL, "-w", weights, "--int8", "--format", fmt, "--calib", LFW]
     cmd += ["--no-pack"] + (["--min-cosine", min_cosine] if min_cosine else [])
     return cmd + ["-o", rel(out_dir), "--json"]
 
@@ -337,6 +348,23 @@ def run_chain(best: str, args: argparse.Namespace, work: Path, base_work: Path) 
         print(f"latency: {args.rounds} interleaved rounds x {args.runs} calls of {list(arts)}", flush=True)
         lat = latency(arts, args.rounds, args.runs)
         lat_file.write_text(json.dumps(lat, indent=1))
+
+    # the same three int8 models and both fp32 ones as TFLite, timed in LiteRT
+    tfl_cmds, tfl = {}, {}
+    for key, weights, out_dir, min_cos in (
+        ("int8_unpruned", WEIGHTS, base_work / "int8_unpruned_tflite", None),
+        ("ptq_pruned", rel(work / f"{best}.pt"), work / f"ptq_{best}_tflite", None),
+        ("chain", rel(qat), work / f"chain_{best}_tflite", "0.95"),
+    ):
+        tfl_cmds[key] = int8_export_cmd(weights, out_dir, min_cos, "tflite")
+        tfl[key] = out_dir / f"{MODEL}_int8.tflite"
+        if not tfl[key].exists():
+            run(tfl_cmds[key], stdout=out_dir.with_suffix(".export.json"))
+    tfl["fp32_unpruned"], tfl["fp32_pruned"] = tflite_fp32("fp32", base_work), tflite_fp32(best, work)
+    litert_file = work / f"chain_{best}.litert_latency.json"
+    if not litert_file.exists():
+        print(f"LiteRT latency: {args.rounds} interleaved rounds x {args.runs} calls", flush=True)
+        litert_file.write_text(json.dumps(latency(tfl, args.rounds, args.runs), indent=1))
     return {
         "best": best,
         "work": work,
@@ -359,6 +387,9 @@ def run_chain(best: str, args: argparse.Namespace, work: Path, base_work: Path) 
         "chain_eval": load(chain_ev),
         "qat": load(work / f"chain_{best}.qat.json"),
         "latency": load(lat_file),
+        "litert": load(litert_file),
+        "litert_commands": tfl_cmds,
+        "litert_size": {k: v.stat().st_size for k, v in tfl.items()},
         "size": {
             "int8_unpruned": base_art.stat().st_size,
             "ptq": ptq_art.stat().st_size,
@@ -834,6 +865,38 @@ def chain_section(
             f"({'met' if pms < bms else 'NOT met'}): **{'met' if ptq_tar_ok and pms < bms else 'NOT met'}**.",
             "",
         ]
+    lite = chain.get("litert")
+    if lite:
+        lm, ls = lite["median_ms"], lite["speedup"]
+        fp, cq, pq = (
+            ls[k] for k in ("fp32_pruned_vs_fp32_unpruned", "chain_vs_int8_unpruned", "ptq_vs_int8_unpruned")
+        )
+        n = lite["n_rounds"]
+
+        def row(key: str, label: str) -> str:
+            size = chain["litert_size"][key] / 1e6
+            return f"| {label} | {size:.2f} MB | {lm[key]:.2f} |"
+
+        out += [
+            "LiteRT (ai-edge-litert, XNNPACK, batch 1, one thread, same interleaved timing) of the same "
+            "models exported with `--format tflite` (commands below). This CPU has AVX2 but no VNNI, where "
+            "XNNPACK's int8 convolutions run about as fast as fp32 ([speed.md](speed.md)), so the int8 "
+            "artifacts are compared with each other and the fp32 ones with each other:",
+            "",
+            "| TFLite artifact | size | LiteRT ms (1 thread) |",
+            "|---|---:|---:|",
+            row("fp32_unpruned", "fp32, unpruned"),
+            row("fp32_pruned", f"fp32, pruned ({best}{tag})"),
+            row("int8_unpruned", labels["int8_unpruned"]),
+            row("ptq_pruned", labels["ptq"]),
+            row("chain", labels["chain"]),
+            "",
+            f"LiteRT speed-ups: QAT chain over unpruned int8 {cq['median']:.2f}x (faster in "
+            f"{cq['faster_rounds']}/{n} rounds); pruned PTQ over unpruned int8 {pq['median']:.2f}x "
+            f"({pq['faster_rounds']}/{n}); pruned fp32 over unpruned fp32 {fp['median']:.2f}x "
+            f"({fp['faster_rounds']}/{n}).",
+            "",
+        ]
     if carried:
         out += [EARLIER_NOTE + " Their latency was measured in that run's session.", ""]
     if rec.get("held_out_cos_ptq") is not None:
@@ -862,10 +925,11 @@ def chain_section(
         "```bash",
         *(cmdline(c) for c in chain["commands"].values()),
         *(cmdline(c) for c in chain["eval_cmds"].values()),
+        *(cmdline(c) for c in chain.get("litert_commands", {}).values()),
         "python benchmarks/prune_recipes.py "
         + cmdline(chain_args(args))
-        + "   # runs all of the above, then the latency (cached in "
-        + f"{rel(chain['work'])}/chain_{best}.latency.json)",
+        + "   # runs all of the above and the fp32 TFLite exports, then the latency (cached in "
+        + f"{rel(chain['work'])}/chain_{best}.latency.json and .litert_latency.json)",
         "```",
         "",
     ]
