@@ -10,9 +10,9 @@ are candidates: there, float costs one Linear's int8 kernel, never an int8 chain
 quantizers sit on integer ops' outputs). When the fully quantized probe falls below CNN_TRIGGER (the
 exporter's int8 parity bar, converters/sensitivity.py; 8-bit activations only) every quantizer is a
 candidate, as in the exporter: a plain CNN then keeps one tensor's writer and readers float rather than
-ship a broken embedding. Measured on
-mobilefacenet pruned to 64 % of its MACs and fine-tuned: the ReLU6 output feeding the 7x7 global
-depthwise conv, quantized alone, drops the cosine to 0.916, and the GDC's own int8 weights to 0.975.
+ship a broken embedding. Measured on mobilefacenet pruned to 64 % of its MACs and fine-tuned: the ReLU6
+output feeding the 7x7 global depthwise conv, quantized alone, drops the cosine to 0.916, and the GDC's
+own int8 weights to 0.975.
 """
 
 from __future__ import annotations
