@@ -57,6 +57,25 @@ def weighted_layers(qmodel: Any) -> list[str]:
     ]
 
 
+def split_layers(
+    ops: Sequence[Any], plan: Mapping[str, Any], order: Sequence[str] | None, graph: str, kind: str
+) -> tuple[list[Any], list[tuple[Any, str]]]:
+    """(weighted ops of the layers the checkpoint left float, [(op, layer)] of its quantized ones): the
+    graph's weighted ops matched in execution order to `order` (every conv/linear, weighted_layers;
+    default the plan's layers). ONNX and TFLite both match this way."""
+    order = list(order) if order is not None else list(plan["layers"])
+    if len(ops) != len(order) or not set(plan["layers"]) <= set(order):
+        raise ModelError(
+            f"quantized checkpoint has {len(order)} weight layers but its {graph} {len(ops)} {kind}: "
+            "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead "
+            "(the exporter calibrates its own scales)"
+        )
+    pairs = list(zip(ops, order, strict=True))
+    return [op for op, n in pairs if n not in plan["layers"]], [
+        (op, n) for op, n in pairs if n in plan["layers"]
+    ]
+
+
 def _bits(q: dict[str, Any]) -> int:
     return int(np.ceil(np.log2(int(q["quant_max"]) - int(q["quant_min"]) + 1)))
 
@@ -71,15 +90,8 @@ def match_onnx(
 
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    order = order if order is not None else list(plan["layers"])
-    if len(convs) != len(order) or not set(plan["layers"]) <= set(order):
-        raise ModelError(
-            f"quantized checkpoint has {len(order)} weight layers but its ONNX graph {len(convs)} convs: "
-            "cannot carry the learned scales over; export the float weights with --int8/--w6a6 instead "
-            "(the exporter calibrates its own scales)"
-        )
-    kept_float = [conv.name for conv, name in zip(convs, order, strict=True) if name not in plan["layers"]]
-    matched = [(conv, name) for conv, name in zip(convs, order, strict=True) if name in plan["layers"]]
+    left_float, matched = split_layers(convs, plan, order, "ONNX graph", "convs")
+    kept_float = [conv.name for conv in left_float]
     convs, layers = [c for c, _ in matched], [(name, plan["layers"][name]) for _, name in matched]
     weights: dict[str, np.ndarray] = {}
     weight_bits: dict[str, int] = {}

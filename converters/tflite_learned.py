@@ -241,24 +241,17 @@ def match_plan(
     the add quantizers onto the ADD ops (learned.add_pairs: by their addition's position in `add_nodes`).
     `order`: every conv/linear of the checkpoint in execution order (learned.weighted_layers); the ones the
     plan does not hold were left float by `edgeface quantize` and their ops stay float."""
-    from edgeface.converters.learned import add_pairs
+    from edgeface.converters.learned import add_pairs, split_layers
     from edgeface.converters.qdq import CHECKPOINT_FLOAT_REASON
 
     model = read(float_data)
     graph = model.subgraphs[0]
     main, _ = weighted_ops(model)
-    order = list(order) if order is not None else list(plan["layers"])
-    if len(main) != len(order) or not set(plan["layers"]) <= set(order):
-        raise ModelError(
-            f"quantized checkpoint has {len(order)} weight layers but its TFLite graph {len(main)} "
-            "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops: cannot carry the learned scales over; export the "
-            "float weights with --int8/--w6a6 instead (the exporter calibrates its own scales)"
-        )
-    float_ops = {
-        k: CHECKPOINT_FLOAT_REASON for k, name in zip(main, order, strict=True) if name not in plan["layers"]
-    }
-    main = [k for k, name in zip(main, order, strict=True) if name in plan["layers"]]
-    layers = [(name, plan["layers"][name]) for name in order if name in plan["layers"]]
+    left_float, matched = split_layers(
+        main, plan, order, "TFLite graph", "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops"
+    )
+    float_ops = {k: CHECKPOINT_FLOAT_REASON for k in left_float}
+    main, layers = [k for k, _ in matched], [(name, plan["layers"][name]) for _, name in matched]
     quantizers = plan["quantizers"]
 
     def act(q: Mapping[str, Any]) -> tuple[float, int, int, int]:

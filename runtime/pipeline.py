@@ -255,7 +255,7 @@ class Pipeline:
         ahead, while the network runs here, in order (a TFLite interpreter must not be called from two
         threads).
         """
-        n = workers or self.workers or self.artifact.num_threads or machine_cores()
+        n = workers if workers is not None else (self.workers or self.artifact.num_threads or machine_cores())
         todo = iter(paths)
         if n <= 1:
             for p in todo:

@@ -289,7 +289,7 @@ def _verify_pairs(
 
     pairs = read_pair_list(pairs_file)  # every image checked before the artifact loads
     pipe = _pipeline(
-        model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned, True
+        model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned, batch=True
     )
     pipe.warn = _warn_above_bar
     require_threshold(pipe, threshold)
@@ -408,7 +408,7 @@ def _enroll_from_dir(
 
     plan = plan_enrollment(root)  # layout errors before the artifact loads
     pipe = _pipeline(
-        model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned, True
+        model, detector, strict_single_face, threads, flip, no_refine, face_policy, aligned, batch=True
     )
     pipe.warn = _warn_above_bar
     tag = ModelTag.of(pipe.spec, model)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from edgeface.compress.quant.plan import reader_nodes
 from edgeface.compress.quant.prepare import Placement, activation_quantizers, set_quant_enabled
 
 PROBE_IMAGES = 32
@@ -91,7 +92,8 @@ def sensitive_layers(
             readers = [nodes[r] for r in edges[name].readers or [] if r in nodes]
         elif everything and name in points:
             # a tensor an integer op writes for all its readers: that op writes float instead
-            readers = _layers_reading(qmodel, name)
+            quantizer = [n for n in nodes.values() if n.op == "call_module" and n.target == name]
+            readers = [r for n in quantizer for r in reader_nodes(qmodel, n)]
             chosen[points[name].layer or points[name].end.name] = round(loss / mean, 2)
         else:
             continue
@@ -99,21 +101,3 @@ def sensitive_layers(
             if node.op == "call_module" and str(node.target) in place.layers:
                 chosen[str(node.target)] = round(loss / mean, 2)
     return chosen
-
-
-def _layers_reading(qmodel: fx.GraphModule, quantizer: str) -> list[fx.Node]:
-    """The nodes that read `quantizer`'s output, looking through reshapes and other same-grid ops."""
-    from edgeface.compress.quant.plan import is_passthrough
-
-    start = [n for n in qmodel.graph.nodes if n.op == "call_module" and str(n.target) == quantizer]
-    out, stack, seen = [], [u for n in start for u in n.users], set()
-    while stack:
-        u = stack.pop()
-        if u.name in seen:
-            continue
-        seen.add(u.name)
-        if is_passthrough(qmodel, u):
-            stack.extend(u.users)
-        else:
-            out.append(u)
-    return out

@@ -66,11 +66,9 @@ def _activation_after(gm: fx.GraphModule, node: fx.Node) -> str | None:
     return name.lower() if torch_fused(name) else None
 
 
-def _readers(gm: fx.GraphModule, node: fx.Node) -> list[str]:
-    """Table keys of the ops that read a quantizer's output (looking through same-grid ops)."""
-    from edgeface.compress.quant.graph import op_name
-
-    out: list[str] = []
+def reader_nodes(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """The nodes that read `node`'s output (a quantizer's, say), looking through same-grid ops."""
+    out: list[fx.Node] = []
     stack = list(node.users)
     seen: set[str] = set()
     while stack:
@@ -78,10 +76,21 @@ def _readers(gm: fx.GraphModule, node: fx.Node) -> list[str]:
         if u.name in seen:
             continue
         seen.add(u.name)
+        if u.op != "output" and is_passthrough(gm, u):
+            stack.extend(u.users)
+        else:
+            out.append(u)
+    return out
+
+
+def _readers(gm: fx.GraphModule, node: fx.Node) -> list[str]:
+    """Table keys of the ops that read a quantizer's output (looking through same-grid ops)."""
+    from edgeface.compress.quant.graph import op_name
+
+    out: list[str] = []
+    for u in reader_nodes(gm, node):
         if u.op == "output":
             out.append("output")
-        elif is_passthrough(gm, u):
-            stack.extend(u.users)
         elif u.op in ("call_module", "call_function", "call_method"):
             key = op_name(gm, u)
             if key not in ("getattr", "size", "dim"):

@@ -261,8 +261,8 @@ def placement(gm: fx.GraphModule, keep_float: Sequence[str] = ()) -> Placement:
             points.append(ends[end.name])
 
     def add_output_point(node: fx.Node) -> None:
-        is_layer = node.op == "call_module" and rule_of(gm, node).kind == "weighted"  # type: ignore[union-attr]
-        add_point(aq_name(node.name), end_of(node), str(node.target) if is_layer else None, op_name(gm, node))
+        layer = str(node.target) if _weighted(gm, node) else None
+        add_point(aq_name(node.name), end_of(node), layer, op_name(gm, node))
 
     placeholder = next((n for n in gm.graph.nodes if n.op == "placeholder"), None)
     if placeholder is not None and is_float_data(placeholder) and consumed_by_int(placeholder):
@@ -294,7 +294,7 @@ def placement(gm: fx.GraphModule, keep_float: Sequence[str] = ()) -> Placement:
                     name = aq_name(src.name)
                 edges[src.name] = Point(name, src, None, op_name(gm, root), readers=[node.name])
                 points.append(edges[src.name])
-    layers = [str(n.target) for n in order if n.op == "call_module" and rule_of(gm, n).kind == "weighted"]  # type: ignore[union-attr]
+    layers = [str(n.target) for n in order if _weighted(gm, n)]
     axes = {str(n.target): channel_axis(gm, n) for n in order if str(n.target) in layers}
     # points in graph order, so names and bit plans read in execution order
     position = {n.name: i for i, n in enumerate(gm.graph.nodes)}
