@@ -1,6 +1,8 @@
 """What detection costs: YuNet on a raw 250 px LFW photo with and without landmark refinement, and on a
 4000x3000 photo (the same photo upscaled, like a 12 MP phone picture) at full size versus downscaled to
-640 px as `YuNetDetector` does. Best of N runs (the minimum is the least contended figure).
+640 px as `YuNetDetector` does. Best of N runs (the minimum is the least contended figure). Also one YuNet
+pass on the 250 px photo and on a 384 px refinement crop, by the runtime (ONNX Runtime, its own decoding)
+and by OpenCV's cv2.FaceDetectorYN (what the runtime used before 2026-12-02), same file, one thread each.
 
     python benchmarks/detect_speed.py [--runs 5] [--landmarker face_landmark.tflite]
 
@@ -50,6 +52,22 @@ def main() -> None:
             best_ms(lambda: det.detect(big), a.runs),
         ),
     ]
+    opencv = cv2.FaceDetectorYN.create(str(det.path), "", (320, 320), 0.6, 0.3, 50)
+    crop = cv2.resize(photo, (384, 384), interpolation=cv2.INTER_CUBIC)
+    for name, image in (("250x250 photo", photo), ("384x384 refinement crop", crop)):
+        rows.append(
+            (
+                f"{name}, one YuNet pass, ONNX Runtime (edgeface)",
+                best_ms(lambda im=image: det._run(im), a.runs),
+            )
+        )
+        opencv.setInputSize((image.shape[1], image.shape[0]))
+        rows.append(
+            (
+                f"{name}, one YuNet pass, cv2.FaceDetectorYN",
+                best_ms(lambda im=image: opencv.detect(im), a.runs),
+            )
+        )
     if a.landmarker:
         mesh = YuNetDetector(landmarker=a.landmarker)
         rows.insert(

@@ -1,17 +1,22 @@
-"""Face detection and five landmarks with YuNet through OpenCV's `cv2.FaceDetectorYN`.
+"""Face detection and five landmarks with YuNet, run by ONNX Runtime.
 
-YuNet is small (tens of kB of weights), runs in OpenCV's own DNN module (no extra runtime on a Pi), and
-returns the same five landmarks the ArcFace template uses, in the same order. The model file is never
+YuNet is small (tens of kB of weights) and returns the same five landmarks the ArcFace template uses, in
+the same order. It runs in ONNX Runtime, which the runtime already needs for artifacts, rather than
+OpenCV's `cv2.FaceDetectorYN`: one pass on a 384 px refinement crop takes 2.0 ms against OpenCV's 5.8 ms
+(one thread, x86; `python benchmarks/detect_speed.py`), and one session serves every thread at once. The
+decoding of YuNet's outputs (anchor-free, strides 8/16/32) is written here. The model file is never
 downloaded: it is the one in the artifact's pack (edgeface.runtime.pack), or a path the user gives, or
 the repository's shared models folder.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +29,8 @@ DEFAULT_YUNET = (
 REFINE_FACE_SIZE = 256  # px: smaller faces get their landmarks re-detected upscaled to this size
 REFINE_CONTEXT = 1.5  # crop side / box side around a face being refined
 MAX_SIDE = 640  # px: larger photos are detected downscaled (refine then works at full resolution)
-MIN_SIDE = 64  # px: narrower inputs are padded; at <= 32 px YuNet returns uninitialised rows
+MIN_SIDE = 64  # px: narrower inputs are padded (OpenCV's YuNet returned uninitialised rows at <= 32 px)
+STRIDES = (8, 16, 32)  # YuNet's three anchor grids, one anchor per cell
 MIRROR = [1, 0, 2, 4, 3]  # landmark order after a horizontal flip: eyes and mouth corners swap
 YUNET_ENV = "EDGEFACE_YUNET"  # lets an installed package (no ../shared) find the detector
 
@@ -104,27 +110,20 @@ class YuNetDetector:
                 f"face detector model not found: {path} (use a pack, which holds its detector, or pass "
                 f"--detector PATH or set {YUNET_ENV}; nothing is downloaded)"
             )
-        try:
-            # Two nets: photos, and refinement crops (always one size). A net re-plans its buffers whenever
-            # its input size changes, and alternating photo and crop sizes on one net cost a third of a
-            # raw photo's detection time (YuNet 2026may, 250 px photos, 384 px crops).
-            self._net, self._crop_net = (
-                cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, top_k)
-                for _ in range(2)
-            )
-        except cv2.error as e:
-            raise EdgefaceError(
-                f"cannot load face detector {path}: {str(e).strip().splitlines()[-1]}"
-            ) from None
+        self._session = _yunet_session(path)
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
         self.path = path
         self.max_side = max_side
-        self._settings = (score_threshold, nms_threshold, top_k, max_side)
+        self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
 
     def clone(self) -> YuNetDetector:
-        """A detector with the same model and settings for another thread: one cv2 net must not run in
-        two threads at once."""
-        mesh = self.landmarker.path if self.landmarker is not None else None
-        return YuNetDetector(self.path, *self._settings, landmarker=mesh)
+        """A detector for another thread. The ONNX Runtime session is shared (its `run` is thread-safe);
+        the face-mesh interpreter is not, so each clone loads its own."""
+        twin = copy.copy(self)
+        if self.landmarker is not None:
+            twin.landmarker = type(self.landmarker)(self.landmarker.path)
+        return twin
 
     def detect(self, image_bgr: np.ndarray, rejected: list[str] | None = None) -> list[Face]:
         """Usable faces in `image_bgr` coordinates, largest first; why any others were dropped is appended
@@ -163,19 +162,21 @@ class YuNetDetector:
             rejected.extend(why)
         return sorted(kept, key=lambda f: f.area, reverse=True)
 
-    def _run(self, image_bgr: np.ndarray, net: cv2.FaceDetectorYN | None = None) -> np.ndarray:
-        """YuNet's raw (N, 15) rows for one image, padded to at least MIN_SIDE px per side."""
-        net = net or self._net
+    def _run(self, image_bgr: np.ndarray) -> np.ndarray:
+        """YuNet's (N, 15) rows for one image (box x, y, w, h; five landmarks; score), best first, after
+        non-maximum suppression. The input is padded (bottom/right, so coordinates do not move) to at
+        least MIN_SIDE px and to a multiple of the largest stride, as the network's grids need."""
         h, w = image_bgr.shape[:2]
-        if h < MIN_SIDE or w < MIN_SIDE:
-            image_bgr = cv2.copyMakeBorder(
-                image_bgr, 0, max(0, MIN_SIDE - h), 0, max(0, MIN_SIDE - w), cv2.BORDER_CONSTANT, value=0
-            )
-        ph, pw = image_bgr.shape[:2]
-        if tuple(net.getInputSize()) != (pw, ph):
-            net.setInputSize((pw, ph))
-        _, rows = net.detect(image_bgr)
-        return np.empty((0, 15), np.float32) if rows is None else rows
+        ph, pw = (max(MIN_SIDE, -(-side // STRIDES[-1]) * STRIDES[-1]) for side in (h, w))
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = image_bgr.transpose(2, 0, 1)
+        out = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: blob}), strict=True))
+        rows = np.concatenate([_decode(out, s, pw // s, self.score_threshold) for s in STRIDES])
+        if not len(rows):
+            return rows
+        boxes, scores = rows[:, :4].tolist(), rows[:, 14].tolist()
+        keep = cv2.dnn.NMSBoxes(boxes, scores, self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        return rows[np.asarray(keep, np.int64).reshape(-1)]
 
     def refine(
         self,
@@ -227,6 +228,51 @@ class YuNetDetector:
     def _landmarks(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         return [
             np.asarray(r[4:14], np.float64).reshape(5, 2)
-            for r in self._run(image_bgr, self._crop_net)
+            for r in self._run(image_bgr)
             if np.isfinite(r).all()
         ]
+
+
+def _yunet_session(path: Path) -> Any:
+    """An ONNX Runtime session for a YuNet file (the anchor-free 2023 layout: cls/obj/bbox/kps per stride
+    8, 16, 32, as OpenCV's FaceDetectorYN expects), one intra-op thread: callers parallelise over images."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise EdgefaceError(f"cannot load face detector {path}: {str(e).strip().splitlines()[-1]}") from None
+    names = {o.name for o in session.get_outputs()}
+    missing = sorted({f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES} - names)
+    if missing or len(session.get_inputs()) != 1:
+        lacks = f"no output {missing[0]}" if missing else "not one image input"
+        raise EdgefaceError(
+            f"cannot load face detector {path}: not a YuNet model ({lacks}); pass a YuNet .onnx of "
+            "OpenCV's model zoo, 2023 or later"
+        )
+    return session
+
+
+def _decode(out: dict[str, np.ndarray], stride: int, cols: int, score_threshold: float) -> np.ndarray:
+    """The (N, 15) candidate rows of one stride's grid that score above `score_threshold`: each anchor
+    (row r, column c) predicts a box centre offset in cells, log width/height in cells, five landmark
+    offsets in cells, and a class and an objectness probability whose geometric mean is the score."""
+    cls = np.clip(out[f"cls_{stride}"].reshape(-1), 0.0, 1.0)
+    obj = np.clip(out[f"obj_{stride}"].reshape(-1), 0.0, 1.0)
+    score = np.sqrt(cls * obj)
+    idx = np.flatnonzero(score > score_threshold)
+    r, c = np.divmod(idx, cols)
+    cell = np.stack([c, r], axis=1).astype(np.float32)
+    bbox = out[f"bbox_{stride}"].reshape(-1, 4)[idx]
+    kps = out[f"kps_{stride}"].reshape(-1, 5, 2)[idx]
+    with np.errstate(over="ignore"):  # an absurd log-size is an infinite box; `degenerate` drops it
+        size = np.exp(bbox[:, 2:]) * stride
+    centre = (cell + bbox[:, :2]) * stride
+    landmarks = (cell[:, None, :] + kps) * stride
+    return np.concatenate(
+        [centre - size / 2, size, landmarks.reshape(-1, 10), score[idx, None]], axis=1
+    ).astype(np.float32)

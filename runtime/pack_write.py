@@ -366,7 +366,7 @@ def _detector(
         )
     if path.suffix.lower() != ".onnx":
         raise EdgefaceError(f"--detector {printable(path)}: expected a YuNet .onnx file")
-    YuNetDetector(path)  # refuses a file OpenCV cannot load as a detector, before anything is written
+    YuNetDetector(path)  # refuses a file that is not a loadable YuNet model, before anything is written
     return path, license or carried or LicenseSource(BUNDLED_DETECTOR_LICENSE, BUNDLED_DETECTOR_ORIGIN)
 
 

@@ -106,6 +106,38 @@ def test_yunet_landmarks_land_near_csv_landmarks() -> None:
     assert largest_is_subject >= 59  # Pamela_Anderson_0005: a larger face beside the subject
 
 
+def test_yunet_rows_equal_opencvs_face_detector() -> None:
+    """The detector runs YuNet in ONNX Runtime and decodes its grids itself; OpenCV's FaceDetectorYN, the
+    reference decoder of the same file, must give the same faces: same count and order, boxes, landmarks
+    and scores within 1e-3 px. Raw photos, upscaled and mirrored crops (what refinement feeds it), odd
+    sizes (padding to the stride) and a tiny image (padding to MIN_SIDE)."""
+    det = YuNetDetector()
+    ref = cv2.FaceDetectorYN.create(str(det.path), "", (320, 320), 0.6, 0.3, 50)
+    photos = [cv2.imread(str(p)) for p in sorted(RAW.rglob("*.jpg"))[::4]]
+    images = [
+        *photos,
+        *(cv2.resize(im, (384, 384), interpolation=cv2.INTER_CUBIC) for im in photos[:4]),
+        *(cv2.flip(im, 1) for im in photos[:4]),
+        *(cv2.resize(im, (333, 201)) for im in photos[:4]),
+        cv2.copyMakeBorder(cv2.resize(photos[0], (40, 50)), 0, 14, 0, 24, cv2.BORDER_CONSTANT, value=0),
+    ]
+    found = 0
+    for im in images:
+        ref.setInputSize((im.shape[1], im.shape[0]))
+        expected = ref.detect(im)[1]
+        expected = np.empty((0, 15), np.float32) if expected is None else expected
+        rows = det._run(im)
+        assert rows.shape == expected.shape
+        np.testing.assert_allclose(rows, expected, atol=1e-3)
+        found += len(rows)
+    assert found >= len(images) - 1  # faces were there to compare (the 40x50 one may have none)
+
+
+def test_detector_refuses_an_onnx_file_that_is_not_yunet() -> None:
+    with pytest.raises(EdgefaceError, match="not a YuNet model"):
+        YuNetDetector(LFW.parents[1] / "models" / "mobilefacenet_ms1m.reference.onnx")
+
+
 def test_detector_path_is_configurable_and_never_downloaded(tmp_path) -> None:
     with pytest.raises(EdgefaceError, match="face detector model not found"):
         YuNetDetector(tmp_path / "missing.onnx")

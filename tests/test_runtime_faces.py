@@ -296,9 +296,9 @@ def test_degenerate_detections_are_named(box, landmarks, score, reason) -> None:
 
 
 class RecordedYuNet(YuNetDetector):
-    """The real detector's filtering and pipeline, fed rows YuNet really returned on tiny images (recorded
-    above): the raw network returns them only some of the time (uninitialised memory), so a test that
-    waits for them would be flaky."""
+    """The real detector's filtering and pipeline, fed rows OpenCV's YuNet (cv2.FaceDetectorYN) really
+    returned on tiny images (recorded above): it returned them only some of the time (uninitialised
+    memory), so a test that waited for them would be flaky."""
 
     ROWS = np.array(
         [
@@ -320,19 +320,16 @@ def test_only_degenerate_detections_is_no_usable_face(capsys, model, tmp_path) -
 
 
 def test_tiny_images_never_yield_a_face_with_non_finite_numbers(capsys, model, detector, tmp_path) -> None:
-    """YuNet on inputs of 32 px or less returns rows of uninitialised memory (infinite or 1e27 px boxes,
-    score 1.0) depending on what ran before; the detector pads such inputs and drops degenerate rows. Here
-    the real network, unpadded, is primed with a photo before each tiny image: whatever it returns, no
-    non-finite face survives `usable`; and through the CLI a tiny image is a clear error, never JSON."""
+    """Tiny and extremely thin inputs (OpenCV's YuNet returned rows of uninitialised memory on inputs of
+    32 px or less, kept in RecordedYuNet above): every raw row the detector returns for them is finite, no
+    face with a non-finite number survives `usable`, and through the CLI a tiny image is a clear error,
+    never JSON."""
     photo = cv2.imread(str(raw("Bob_Hope", 1)))
     shapes = [(1, 1), (23, 28), (28, 23), (4, 1), (2, 700), (16, 640), (1, 300)]
     for h, w in shapes:
-        detector._net.setInputSize((250, 250))
-        detector._net.detect(photo)
         tiny = cv2.resize(photo, (w, h))
-        detector._net.setInputSize((w, h))
-        _, rows = detector._net.detect(tiny)
-        rows = np.empty((0, 15)) if rows is None else rows.astype(np.float64)
+        rows = detector._run(tiny).astype(np.float64)
+        assert np.isfinite(rows).all(), (h, w)
         faces = [Face(tuple(r[:4]), r[4:14].reshape(5, 2), float(r[14])) for r in rows]
         for f in usable(faces, w, h)[0]:
             assert np.isfinite(f.box).all() and np.isfinite(f.landmarks).all()
