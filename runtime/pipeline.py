@@ -126,6 +126,18 @@ def require_threshold(pipe: Pipeline, threshold: float | None) -> float:
     return pipe.spec.threshold
 
 
+def batch_threads(threads: int | None, detecting: bool) -> tuple[int | None, int | None]:
+    """(the network's threads, the detection workers) for work over many photos (verify --pairs, enroll
+    --from-dir, eval --data). With detection, the photos' decoding, detection and refinement run on
+    `threads` workers (default every core) and the network on one thread beside them: an ORT or XNNPACK
+    pool of its own spins between calls and takes the cores the detectors need (raw disjoint pairs, int8
+    ONNX, two cores: 66 -> 53 ms per pair, docs/runtime.md). Without detection (aligned crops) the network
+    gets the threads."""
+    if not detecting:
+        return threads, None
+    return 1, threads or machine_cores()
+
+
 def landmarker_for(artifact: object, refine: bool | str | os.PathLike[str]) -> str | os.PathLike[str] | None:
     """The face-mesh model refinement uses: the one given, else the pack's; None without refinement (the
     detector then falls back to $EDGEFACE_LANDMARKER, or to YuNet's own refinement)."""

@@ -253,9 +253,13 @@ def eval_cmd(
         if out not in (None, "-"):
             check_output_file(out)  # a missing, read-only or file-blocked folder fails before the model loads
 
-    from edgeface.eval.load import open_model
+    from edgeface.eval.load import is_artifact, open_model
+    from edgeface.runtime.pipeline import batch_threads
 
-    subject = open_model(model, weights, spec_file, threads)
+    # An artifact over raw photos: the network on one thread beside the detection workers, as the batch
+    # verbs do (a torch model keeps its threads; only artifacts were measured this way).
+    net_threads, workers = batch_threads(threads, data is not None and not aligned and is_artifact(model))
+    subject = open_model(model, weights, spec_file, net_threads)
     settings: dict[str, Any] = {
         "model": model,
         "model_kind": subject.kind,
@@ -289,6 +293,7 @@ def eval_cmd(
             detector,
             refine=refine_setting(no_refine),
             progress="embedding",
+            workers=workers,
         )
         thr, source = (
             (threshold, "--threshold") if threshold is not None else (subject.spec.threshold, "shipped")

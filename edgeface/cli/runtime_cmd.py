@@ -136,19 +136,14 @@ def _pipeline(
     aligned: bool = False,
     batch: bool = False,
 ) -> Any:
-    """`batch`: many photos (verify --pairs, enroll --from-dir): detection runs on `threads` worker
-    threads (default every core) and the network on one, beside them; an ORT or XNNPACK thread pool of
-    its own would compete with the detectors for the same cores (raw disjoint pairs, int8 ONNX, two
-    cores: 66 -> 53 ms per pair, docs/runtime.md). Aligned crops have no detection: the network gets the
-    threads."""
-    from edgeface.machine import machine_cores
+    """`batch`: many photos (verify --pairs, enroll --from-dir): threads as pipeline.batch_threads."""
     from edgeface.runtime.backends import load_artifact
-    from edgeface.runtime.pipeline import Pipeline
+    from edgeface.runtime.pipeline import Pipeline, batch_threads
 
-    detecting = batch and not aligned
+    net_threads, workers = batch_threads(threads, batch and not aligned)
     return Pipeline(
-        load_artifact(model, num_threads=1 if detecting else threads),
-        workers=(threads or machine_cores()) if detecting else None,
+        load_artifact(model, num_threads=net_threads),
+        workers=workers,
         detector_path=detector,
         strict_single_face=strict,
         flip=flip,

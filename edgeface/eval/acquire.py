@@ -48,6 +48,7 @@ def acquire(
     detector: str | os.PathLike[str] | None = None,
     refine: bool | str | os.PathLike[str] = True,  # Pipeline.refine_landmarks
     progress: str | None = None,
+    workers: int | None = None,  # Pipeline.workers: detection threads (pipeline.batch_threads)
 ) -> Acquired:
     """Embed every image of `paths` with `net` (an Artifact or TorchFaceModel)."""
     from tqdm.auto import tqdm
@@ -64,7 +65,7 @@ def acquire(
         if aligned:
             _aligned(net, paths, flip, out, bar)
         else:
-            _photos(net, paths, flip, face_policy, detector, refine, out, bar)
+            _photos(net, paths, flip, face_policy, detector, refine, out, bar, workers)
     finally:
         bar.close()
     failed_index = {p: i for i, p in enumerate(paths)}
@@ -105,11 +106,18 @@ def _photos(
     refine: bool | str | os.PathLike[str],
     out: Acquired,
     bar: Any,
+    workers: int | None = None,
 ) -> None:
     from edgeface.runtime.pipeline import Pipeline, one_face
 
     pipe = Pipeline(
-        net, detector_path=detector, flip=flip, refine_landmarks=refine, warn=_ignore, face=face_policy
+        net,
+        detector_path=detector,
+        flip=flip,
+        refine_landmarks=refine,
+        warn=_ignore,
+        face=face_policy,
+        workers=workers,
     )
     for i, (p, found) in enumerate(pipe.embed_many(paths)):  # detection on worker threads, the network here
         try:
