@@ -192,6 +192,7 @@ def calibrate_artifact(
     point threshold): the impostor pairs of a dataset share its people, and the FMR a deployment sees is
     over other people, so the point estimate would miss the target about half the time."""
     from edgeface.runtime.backends import load_artifact
+    from edgeface.runtime.pipeline import batch_threads
 
     from edgeface.eval.acquire import acquire
     from edgeface.eval.dataset import make_pairs
@@ -204,7 +205,8 @@ def calibrate_artifact(
         raise EdgefaceError(f"--confidence must be in [0, 1), got {confidence}")
     data = load_calibration_data(data_dir)  # layout errors before the artifact loads
     pairs = make_pairs(data.identity, max_impostors, seed)
-    art = load_artifact(artifact, num_threads=threads)
+    net_threads, workers = batch_threads(threads, not aligned)
+    art = load_artifact(artifact, num_threads=net_threads)
     got = acquire(
         art,
         data.images,
@@ -214,6 +216,7 @@ def calibrate_artifact(
         detector,
         refine,
         progress="embedding" if progress else None,
+        workers=workers,
     )
     ok = got.ok
     imp = pairs.impostor[ok[pairs.impostor[:, 0]] & ok[pairs.impostor[:, 1]]]
