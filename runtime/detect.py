@@ -113,6 +113,7 @@ class YuNetDetector:
         self._session = _yunet_session(path)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self._fixed = _fixed_size(self._session, path)
         self.path = path
         self.max_side = max_side
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
@@ -165,18 +166,31 @@ class YuNetDetector:
     def _run(self, image_bgr: np.ndarray) -> np.ndarray:
         """YuNet's (N, 15) rows for one image (box x, y, w, h; five landmarks; score), best first, after
         non-maximum suppression. The input is padded (bottom/right, so coordinates do not move) to at
-        least MIN_SIDE px and to a multiple of the largest stride, as the network's grids need."""
+        least MIN_SIDE px and to a multiple of the largest stride, as the network's grids need. A model
+        exported with a fixed input size (OpenCV's zoo file of 2023, 640x640) gets the image padded to that
+        size, or downscaled to fit it, and the rows scaled back."""
         h, w = image_bgr.shape[:2]
-        ph, pw = (max(MIN_SIDE, -(-side // STRIDES[-1]) * STRIDES[-1]) for side in (h, w))
+        s = 1.0
+        if self._fixed is None:
+            ph, pw = (max(MIN_SIDE, -(-side // STRIDES[-1]) * STRIDES[-1]) for side in (h, w))
+        else:
+            ph, pw = self._fixed
+            s = min(1.0, ph / h, pw / w)
+            if s < 1.0:
+                size = (min(pw, max(1, round(w * s))), min(ph, max(1, round(h * s))))
+                image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+                h, w = image_bgr.shape[:2]
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = image_bgr.transpose(2, 0, 1)
         out = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: blob}), strict=True))
-        rows = np.concatenate([_decode(out, s, pw // s, self.score_threshold) for s in STRIDES])
+        rows = np.concatenate([_decode(out, k, pw // k, self.score_threshold) for k in STRIDES])
         if not len(rows):
             return rows
         boxes, scores = rows[:, :4].tolist(), rows[:, 14].tolist()
         keep = cv2.dnn.NMSBoxes(boxes, scores, self.score_threshold, self.nms_threshold, top_k=self.top_k)
-        return rows[np.asarray(keep, np.int64).reshape(-1)]
+        rows = rows[np.asarray(keep, np.int64).reshape(-1)]
+        rows[:, :14] /= s
+        return rows
 
     def refine(
         self,
@@ -255,6 +269,20 @@ def _yunet_session(path: Path) -> Any:
             "OpenCV's model zoo, 2023 or later"
         )
     return session
+
+
+def _fixed_size(session: Any, path: Path) -> tuple[int, int] | None:
+    """(height, width) of a YuNet exported with a fixed input size, None for a dynamic one."""
+    shape = session.get_inputs()[0].shape
+    if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return None
+    h, w = int(shape[2]), int(shape[3])
+    if h % STRIDES[-1] or w % STRIDES[-1]:
+        raise EdgefaceError(
+            f"cannot use face detector {path}: its input is {h}x{w} px, and YuNet's grids need a multiple "
+            f"of {STRIDES[-1]} px per side"
+        )
+    return h, w
 
 
 def _decode(out: dict[str, np.ndarray], stride: int, cols: int, score_threshold: float) -> np.ndarray:

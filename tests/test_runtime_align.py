@@ -133,6 +133,34 @@ def test_yunet_rows_equal_opencvs_face_detector() -> None:
     assert found >= len(images) - 1  # faces were there to compare (the 40x50 one may have none)
 
 
+def test_a_fixed_size_yunet_pads_or_fits_the_image(tmp_path) -> None:
+    """OpenCV's zoo file of 2023 was exported with a fixed 640x640 input (OpenCV's DNN module reshaped it
+    per image; ONNX Runtime cannot). The detector pads a smaller image to that size and downscales a larger
+    one to fit: rows equal OpenCV's on the same 640x640 canvas, scaled back to the image."""
+    import onnx
+
+    model = onnx.load(str(YuNetDetector().path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d in dims[2:]:
+        d.ClearField("dim_param")
+        d.dim_value = 640
+    fixed_path = tmp_path / "yunet_640.onnx"
+    onnx.save(model, str(fixed_path))
+    det = YuNetDetector(fixed_path)
+    ref = cv2.FaceDetectorYN.create(str(fixed_path), "", (640, 640), 0.6, 0.3, 50)
+    photo = cv2.imread(str(sorted(RAW.rglob("*.jpg"))[0]))
+    big = cv2.resize(photo, (1000, 700), interpolation=cv2.INTER_CUBIC)
+    for image, scale in ((photo, 1.0), (big, 0.64)):
+        fitted = image if scale == 1.0 else cv2.resize(image, (640, 448), interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((640, 640, 3), np.uint8)
+        canvas[: fitted.shape[0], : fitted.shape[1]] = fitted
+        expected = ref.detect(canvas)[1]
+        rows = det._run(image)
+        assert expected is not None and rows.shape == expected.shape
+        np.testing.assert_allclose(rows[:, :14], expected[:, :14] / scale, atol=1e-3 / scale)
+    assert det.detect(big)  # and the public path finds the face
+
+
 def test_detector_refuses_an_onnx_file_that_is_not_yunet() -> None:
     with pytest.raises(EdgefaceError, match="not a YuNet model"):
         YuNetDetector(LFW.parents[1] / "models" / "mobilefacenet_ms1m.reference.onnx")
