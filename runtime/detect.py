@@ -97,9 +97,11 @@ class YuNetDetector:
         top_k: int = 50,
         max_side: int = MAX_SIDE,
         landmarker: str | os.PathLike[str] | None = None,
+        threads: int = 1,
     ) -> None:
         """`landmarker`: a face-mesh model file (runtime.landmarks) that `refine` uses instead of YuNet
-        re-detection; default $EDGEFACE_LANDMARKER, else none."""
+        re-detection; default $EDGEFACE_LANDMARKER, else none. `threads`: ONNX Runtime's intra-op threads
+        for one detection (`--threads` of a single photo or a video; batches run one per worker)."""
         from edgeface.runtime.landmarks import MeshLandmarker, default_landmarker_path
 
         mesh = Path(landmarker) if landmarker else default_landmarker_path()
@@ -110,7 +112,7 @@ class YuNetDetector:
                 f"face detector model not found: {path} (use a pack, which holds its detector, or pass "
                 f"--detector PATH or set {YUNET_ENV}; nothing is downloaded)"
             )
-        self._session = _yunet_session(path)
+        self._session = _yunet_session(path, threads)
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._fixed = _fixed_size(self._session, path)
@@ -247,13 +249,15 @@ class YuNetDetector:
         ]
 
 
-def _yunet_session(path: Path) -> Any:
+def _yunet_session(path: Path, threads: int = 1) -> Any:
     """An ONNX Runtime session for a YuNet file (the anchor-free 2023 layout: cls/obj/bbox/kps per stride
-    8, 16, 32, as OpenCV's FaceDetectorYN expects), one intra-op thread: callers parallelise over images."""
+    8, 16, 32, as OpenCV's FaceDetectorYN expects)."""
     import onnxruntime as ort
 
+    if not 1 <= threads <= 1024:
+        raise EdgefaceError(f"face detector threads must be in [1, 1024], got {threads}")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:

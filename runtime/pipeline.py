@@ -191,6 +191,8 @@ class Pipeline:
                 or YuNetDetector(
                     detector_path or getattr(artifact, "detector_path", None),
                     landmarker=landmarker_for(artifact, refine_landmarks),
+                    # one photo at a time: the thread budget; a batch: one thread per detection worker
+                    threads=1 if workers else (artifact.num_threads or 1),
                 )
             )
         )

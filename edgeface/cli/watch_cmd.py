@@ -134,6 +134,7 @@ def watch_cmd(
             detector or artifact.detector_path,
             max_side=detect_side,
             landmarker=landmarker_for(artifact, refine),
+            threads=threads or 1,
         ),
         gallery=index,
         threshold=threshold,
