@@ -48,8 +48,10 @@ def float_tflite(net: Any, spec: ModelSpec) -> bytes:
 
 def _convert(net: Any, spec: ModelSpec) -> bytes:
     """litert-torch conversion of a module whose PReLUs are already rewritten."""
-    import litert_torch
     import torch
+
+    with native_quiet():  # litert-converter's native library logs "oneDNN custom operations are on" on load
+        import litert_torch
 
     h, w = spec.input_size
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
