@@ -185,6 +185,15 @@ class YuNetDetector:
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = image_bgr.transpose(2, 0, 1)
         out = dict(zip(self._outputs, self._session.run(self._outputs, {self._input: blob}), strict=True))
+        for k in STRIDES:  # a file with YuNet's output names but another layout must not be misread
+            anchors = (ph // k) * (pw // k)
+            for name, width in (("cls", 1), ("obj", 1), ("bbox", 4), ("kps", 10)):
+                got = out[f"{name}_{k}"].size
+                if got != anchors * width:
+                    raise EdgefaceError(
+                        f"face detector {self.path}: output {name}_{k} has {got} values for a {pw}x{ph} "
+                        f"input, YuNet gives {anchors * width}; not a YuNet model"
+                    )
         rows = np.concatenate([_decode(out, k, pw // k, self.score_threshold) for k in STRIDES])
         if not len(rows):
             return rows
@@ -266,8 +275,9 @@ def _yunet_session(path: Path, threads: int = 1) -> Any:
         raise EdgefaceError(f"cannot load face detector {path}: {str(e).strip().splitlines()[-1]}") from None
     names = {o.name for o in session.get_outputs()}
     missing = sorted({f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in STRIDES} - names)
-    if missing or len(session.get_inputs()) != 1:
-        lacks = f"no output {missing[0]}" if missing else "not one image input"
+    inputs = session.get_inputs()
+    if missing or len(inputs) != 1 or inputs[0].type != "tensor(float)":
+        lacks = f"no output {missing[0]}" if missing else "not one float image input"
         raise EdgefaceError(
             f"cannot load face detector {path}: not a YuNet model ({lacks}); pass a YuNet .onnx of "
             "OpenCV's model zoo, 2023 or later"

@@ -161,9 +161,29 @@ def test_a_fixed_size_yunet_pads_or_fits_the_image(tmp_path) -> None:
     assert det.detect(big)  # and the public path finds the face
 
 
-def test_detector_refuses_an_onnx_file_that_is_not_yunet() -> None:
+def test_detector_refuses_an_onnx_file_that_is_not_yunet(tmp_path) -> None:
+    """A face model is refused when loaded; a file with YuNet's twelve output names but another layout
+    (one value each) is refused on its first image, before a row is misread."""
+    import onnx
+    from onnx import TensorProto, helper
+
     with pytest.raises(EdgefaceError, match="not a YuNet model"):
         YuNetDetector(LFW.parents[1] / "models" / "mobilefacenet_ms1m.reference.onnx")
+    names = [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in (8, 16, 32)]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], [n], value=helper.make_tensor(n, TensorProto.FLOAT, [1], [0.9]))
+            for n in names
+        ],
+        "fake",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in names],
+    )
+    fake = tmp_path / "fake_yunet.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(fake))
+    det = YuNetDetector(fake)
+    with pytest.raises(EdgefaceError, match=r"output cls_8 has 1 values .* not a YuNet model"):
+        det.detect(cv2.imread(str(sorted(RAW.rglob("*.jpg"))[0])))
 
 
 def test_detector_path_is_configurable_and_never_downloaded(tmp_path) -> None:
