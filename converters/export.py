@@ -486,7 +486,7 @@ def _finish(
         threshold_far=far if threshold is not None else None,
         provenance={
             **provenance,
-            **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
+            **{k: build.extra[k] for k in ("float_ops", "checkpoint_float_layers") if build.extra.get(k)},
         },
     )
     data = _embed(fmt, build.data, spec)

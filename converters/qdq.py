@@ -118,7 +118,7 @@ def _matches(node: Any, patterns: Iterable[str]) -> bool:
 
 
 GROUPED_CONV_REASON = "grouped (not depthwise) conv: ORT's int8 grouped kernel is slower than float"
-CHECKPOINT_FLOAT_REASON = "left float by the quantized checkpoint (checkpoint_float_layers says why)"
+CHECKPOINT_FLOAT_REASON = "left float by the quantized checkpoint (checkpoint_float_layers: which, why)"
 
 
 def plan_graph(

@@ -254,7 +254,9 @@ def test_hybrid_checkpoint_exports_onnx_with_its_learned_scales(
     assert quantized == [gemm_outputs[-1]]  # only the embedding, as in the checkpoint (aq_fc)
     from edgeface.converters.metadata import read_onnx_spec
 
-    assert read_onnx_spec(model).input_quant is None  # no input quantizer in the checkpoint: float image
+    spec = read_onnx_spec(model)
+    assert spec.input_quant is None  # no input quantizer in the checkpoint: float image
+    assert spec.provenance["checkpoint_float_layers"] == row["checkpoint_float_layers"]  # the file says too
 
 
 def test_learned_plan_that_does_not_fit_the_onnx_graph_is_refused_in_one_line(
