@@ -483,7 +483,9 @@ def impose_weights(
         if fb is not None:
             bt = qg.tensors[qop.inputs[2]]
             bscale = (s_in * s).astype(np.float32)
-            qb = np.clip(np.round(fb / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            # in float64: float32 rounds the bound 2**31 - 1 up to 2**31, which wraps to -2**31 in int32
+            qb = np.round(fb.astype(np.float64) / bscale.astype(np.float64))
+            qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)
             _set_buffer(q, bt, qb, buffer_users)
             bt.quantization.scale = bscale
             bt.quantization.zeroPoint = np.zeros(s.shape, np.int64)

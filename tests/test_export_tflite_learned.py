@@ -230,3 +230,33 @@ def test_hybrid_checkpoint_exports_tflite_with_its_learned_input_grids(
             if s.size == len(w.quantization.scale)
         )
     assert int8_fc >= 1
+
+
+def test_a_dead_channel_with_a_tiny_learned_scale_keeps_its_bias() -> None:
+    """All-zero weights get the smallest learned step (EdgeFace-XS's dead attention block: 1e-8); on the
+    input's step its bias is far beyond int32. The channel must still output its bias: the weight scale
+    rises until the bias fits, and a saturating bias never wraps to the other sign."""
+    import torch
+    from edgeface.converters.tflite import build_tflite, float_tflite
+    from torch import nn
+
+    from edgeface.spec import ModelSpec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight[1] = 0.0
+        net[0].bias[1] = 5.0
+    spec = ModelSpec(name="t", input_size=(16, 16), embedding_dim=4)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    quant, _, _ = build_tflite(net, spec, "int8", [x])
+    learned = np.full(4, 1e-8, np.float32)
+    learned[[0, 2, 3]] = [float(net[0].weight[c].abs().max()) / 127 for c in (0, 2, 3)]
+    out, _ = tl.impose_weights(quant, float_tflite(net, spec), [(learned, 8)])
+    model = tl.read(out)
+    graph = model.subgraphs[0]
+    (conv,) = [op for op in graph.operators if tl.op_name(model, op) == "CONV_2D"]
+    bias = graph.tensors[conv.inputs[2]]
+    real = tl.buffer_array(model, bias, np.int32).reshape(-1) * np.asarray(bias.quantization.scale)
+    np.testing.assert_allclose(real, net[0].bias.detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert graph.tensors[conv.inputs[1]].quantization.scale[1] > 1e-8
