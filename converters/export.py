@@ -179,7 +179,7 @@ def export(
                 failures.append(
                     f"{name} mean cosine {report.parity.mean_cosine:.4f} < {min_cosine} "
                     f"(min {report.parity.min_cosine:.4f} on {report.parity.images} held-out images{where}); "
-                    "not written"
+                    f"not written{_widened_hint(report)}"
                 )
                 _discard(path)
             else:
@@ -195,6 +195,19 @@ def export(
         err.reports = reports  # type: ignore[attr-defined]
         raise err
     return reports
+
+
+def _widened_hint(report: ArtifactReport) -> str:
+    """What to try when a checkpoint's learned weights had to move to a coarser grid than it learned."""
+    widened = report.extra.get("learned_weights_widened")
+    if not widened:
+        return ""
+    layers = widened["layers"]
+    return (
+        f" ({len(layers)} of the checkpoint's 8-bit layers run as GEMM and were widened to the 7-bit grid "
+        f"ORT needs without VNNI: quantize them at 7 bits, --layer-bits {layers[0]}=7,... for all "
+        f"{len(layers)}, or export the float weights with --int8)"
+    )
 
 
 def _discard(path: Path) -> None:
@@ -311,10 +324,18 @@ def _build(
     }
     base = spec.replace(provenance=provenance, threshold=None, threshold_far=None)
     if fmt == "onnx":
-        return _build_onnx(prec, net, base, x_cal, plan, keep_float)
+        build = _build_onnx(prec, net, base, x_cal, plan, keep_float)
+    else:
+        build = _build_tflite(prec, net, base, x_cal, plan)
+    if prec != "fp32" and plan and plan.get("float_layers"):  # which layers, where float_ops counts op types
+        build.extra["checkpoint_float_layers"] = plan["float_layers"]
+    return build
+
+
+def _build_tflite(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan: Any) -> Build:
     from edgeface.converters.tflite import build_tflite
 
-    data, new_spec, info = build_tflite(net, base, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
+    data, new_spec, info = build_tflite(net, spec, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
     floats = info.pop("float_ops", [])
     reasons = info.pop("float_op_reasons", {})  # ops the exporter keeps float, and why
     if floats:
@@ -340,6 +361,7 @@ def _build_onnx(
     float_proto = _ONNX_CACHE["float"]
     onnx_plan = plan.get("onnx") if plan else None
     keep_float = (*keep_float, *(onnx_plan or {}).get("keep_float", ()))  # layers the checkpoint left float
+    learned_float = tuple((onnx_plan or {}).get("float_tensors", ()))  # tensors the checkpoint keeps float
     if prec != "fp32" and "stats" not in _ONNX_CACHE:
         from edgeface.converters.equalize import equalize_prelu
         from edgeface.converters.onnx_float import grouped_as_depthwise, prelu_as_max
@@ -351,7 +373,8 @@ def _build_onnx(
             # after equalization, which scales the grouped conv's weights as one conv
             graph, _ONNX_CACHE["grouped_as_depthwise"] = grouped_as_depthwise(graph)
         _ONNX_CACHE["quantized_from"] = graph
-        stats = qdq.collect_stats(graph, qdq.calibration_points(graph, keep_float), _batches(x_cal))
+        points = qdq.calibration_points(graph, keep_float, learned_float)
+        stats = qdq.collect_stats(graph, points, _batches(x_cal))
         fragile: list[tuple[str, float]] = []
         if not onnx_plan:  # learned scales are the checkpoint's decision, not ours
             points = qdq.quant_points(graph, keep_float)
@@ -372,7 +395,7 @@ def _build_onnx(
         stats,
         onnx_plan,
         keep_float=keep_float,
-        float_tensors=tuple(t for t, _ in fragile),
+        float_tensors=(*learned_float, *(t for t, _ in fragile)),
     )
     b.spec = b.spec.replace(provenance={**b.spec.provenance, "opset": onnx_conv.OPSET})
     per_channel = onnx_conv.per_channel_weight_scales(b.proto)
@@ -391,6 +414,14 @@ def _build_onnx(
         extra["float_ops"] = floats
     if fragile:
         extra["kept_float_tensors"] = {t: round(c, 4) for t, c in fragile}
+    widened = onnx_conv.widened_learned_layers(float_proto, onnx_plan) if onnx_plan and prec != "fp32" else []
+    if widened:
+        extra["learned_weights_widened"] = {
+            "layers": widened,
+            "why": "ORT runs them as u8s8 GEMMs, which saturate on x86 without VNNI: 7-bit grid [-63, 63] "
+            "(onnx.gemm_safe_weights), not the checkpoint's 8-bit one",
+            "fix": "quantize them at 7 bits: --layer-bits " + ",".join(f"{n}=7" for n in widened),
+        }
     if prec != "fp32" and _ONNX_CACHE.get("equalized"):
         extra["prelu_layers_equalized"] = _ONNX_CACHE["equalized"]
     if prec != "fp32" and _ONNX_CACHE.get("grouped_as_depthwise"):
@@ -455,7 +486,7 @@ def _finish(
         threshold_far=far if threshold is not None else None,
         provenance={
             **provenance,
-            **({"float_ops": build.extra["float_ops"]} if build.extra.get("float_ops") else {}),
+            **{k: build.extra[k] for k in ("float_ops", "checkpoint_float_layers") if build.extra.get(k)},
         },
     )
     data = _embed(fmt, build.data, spec)

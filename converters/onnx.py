@@ -186,6 +186,16 @@ def gemm_safe_weights(
     return out_scales, out_bits
 
 
+def widened_learned_layers(proto: Any, plan: Mapping[str, Any]) -> list[str]:
+    """The checkpoint's layers (by module name) whose learned 8-bit weights gemm_safe_weights moves to the
+    7-bit grid: the export then differs from the checkpoint by that coarser grid, which a layer quantized
+    at 7 bits in the first place (`edgeface quantize --layer-bits NAME=7`) avoids."""
+    _, bits = gemm_safe_weights(proto, 8, plan.get("weights"), plan.get("weight_bits"))
+    learned = plan.get("weight_bits", {})
+    names = plan.get("layer_of", {})
+    return [names.get(n, n) for n, b in bits.items() if b == GEMM_SAFE_BITS and learned.get(n) == 8]
+
+
 def grouped_convs(proto: Any) -> list[str]:
     """Convs with groups of several channels (not depthwise, not dense), which stay float in int8 artifacts.
 

@@ -118,7 +118,7 @@ def _matches(node: Any, patterns: Iterable[str]) -> bool:
 
 
 GROUPED_CONV_REASON = "grouped (not depthwise) conv: ORT's int8 grouped kernel is slower than float"
-CHECKPOINT_FLOAT_REASON = "left float by the quantized checkpoint (edgeface quantize measured it fragile)"
+CHECKPOINT_FLOAT_REASON = "left float by the quantized checkpoint (checkpoint_float_layers: which, why)"
 
 
 def plan_graph(
@@ -157,8 +157,11 @@ def plan_graph(
         return [i for i in node.input if i and i not in inits and i in floats]
 
     integer: set[str] = set()
-    on_grid: set[str] = {graph.input[0].name}  # tensors available as integer codes
-    points: list[str] = [graph.input[0].name]
+    # tensors available as integer codes: the graph input, unless kept float (a quantized checkpoint whose
+    # first layer reads the float image)
+    start = [] if graph.input[0].name in no_q else [graph.input[0].name]
+    on_grid: set[str] = set(start)
+    points: list[str] = list(start)
     shared: dict[str, str] = {}
     float_ops: list[tuple[str, str, str]] = []
 
@@ -443,7 +446,7 @@ def _clip_max(node: Any, proto: Any) -> float:
     return float("inf")
 
 
-def _weight_axis(node: Any) -> int:
+def weight_axis(node: Any) -> int:
     """Output-channel axis of a weighted node's constant weight (input 1)."""
     from onnx import helper
 
@@ -598,7 +601,7 @@ def build_qdq(
         if integer and rule_kind == "weighted":
             x = inputs[0]
             w = inits[inputs[1]]
-            axis = _weight_axis(node)
+            axis = weight_axis(node)
             wbits = (weight_bits_override or {}).get(node.name, weight_bits)
             scales = overrides.get(node.name)
             wt = np.moveaxis(w, axis, 0)

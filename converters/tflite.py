@@ -129,7 +129,8 @@ def build_tflite(
     """(flatbuffer without spec, spec, info) for fp32, int8 or w6a6.
 
     `plan` is converters.learned.plan_from_quantized's result for a checkpoint of `edgeface quantize`: its
-    activation scales and per-channel weight scales are kept; tensors it does not cover are calibrated.
+    activation scales and per-channel weight scales are kept; tensors it does not cover are calibrated, and
+    the sensitivity pass keeps float what int8 cannot carry, as without a checkpoint.
     """
     if precision not in ("fp32", "int8", "w6a6"):
         raise EdgefaceError(f"unknown TFLite precision '{precision}' (fp32, int8, w6a6)")
@@ -175,16 +176,20 @@ def build_tflite(
     targets = activation_targets(data, stats, bits, learned, method)
     n_activations = len(targets)
     kept: list[tuple[str, float]] = []
-    if bits == 8 and learned is None:  # learned scales are the checkpoint's decision, not ours
+    base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
+    if bits == 8:
+        # with learned scales too: the checkpoint rounds only the tensors its integer layers read, while
+        # ai-edge-quantizer rounds every tensor it can (a decomposed LayerNorm's variance, a Linear's
+        # output), so what int8 cannot carry here is found the same way as without a checkpoint; a plain
+        # CNN's fully quantized pass passes the trigger and nothing changes
         if "fragile" not in _FLOAT_CACHE:
             images = np.concatenate(batches)[:SENSITIVITY_IMAGES]
-            base = mixed.rule_float_ops(data)
             _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
         kept = _FLOAT_CACHE["fragile"]
     if bits < 8:
         data, extra = tl.insert_clamps(data, targets)
         targets.update(extra)
-    base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
+        base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
     float_ops = mixed.plan_float_ops(data, base, [t for t, _ in kept])
     qsvs = {}
     for name, t in targets.items():

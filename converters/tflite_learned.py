@@ -185,6 +185,33 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     return False
 
 
+def copies_of(model: Any, tensor: int) -> list[str]:
+    """The tensor and those it copies through SAME_AS_INPUT ops (reshape, transpose, ...) back to the op
+    that computed it, whose output grid they all keep (tflite.activation_targets)."""
+    graph = model.subgraphs[0]
+    writer = {int(o): op for op in graph.operators for o in op.outputs}
+    chain = [tensor]
+    while (op := writer.get(chain[-1])) is not None and op_name(model, op) in SAME_AS_INPUT:
+        chain.append(int(op.inputs[0]))
+    return [tensor_name(graph.tensors[i]) for i in chain]
+
+
+def model_adds(model: Any) -> list[Any]:
+    """The ADD ops that are additions of the model itself, in execution order: not the ADD of a PReLU that
+    torch_rewrite spelled as a x + (1 - a) relu(x) (an input written by one of its slope convs), not an
+    ADD of a constant (a bias, GELU's erf + 1): what learned.add_nodes_of lists on the checkpoint's side."""
+    graph = model.subgraphs[0]
+    writer = {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
+    slopes = set(weighted_ops(model)[1])
+    return [
+        op
+        for op in graph.operators
+        if op_name(model, op) == "ADD"
+        and not any(writer.get(int(i)) in slopes for i in op.inputs)
+        and not any(is_const(model, graph, int(i)) for i in op.inputs if i >= 0)
+    ]
+
+
 def weighted_ops(model: Any) -> tuple[list[int], list[int]]:
     """(learnable weighted ops, PReLU slope convs), op indices in execution order."""
     graph = model.subgraphs[0]
@@ -237,8 +264,10 @@ def match_plan(
     add_nodes: Sequence[str] | None = None,
 ) -> LearnedTflite:
     """Map a quant_plan onto the float TFLite graph: weighted ops in order (checked by output channels), each
-    layer's output quantizer onto the op's activated output, the input quantizer onto the graph input, and
-    the add quantizers onto the ADD ops (learned.add_pairs: by their addition's position in `add_nodes`).
+    layer's output quantizer onto the op's activated output, its input quantizer onto the tensor it reads
+    and the ones that tensor copies (copies_of), the model's input quantizer onto the graph input, and the
+    add quantizers onto the model's own ADD ops (model_adds; learned.add_pairs: by their addition's
+    position in `add_nodes`).
     `order`: every conv/linear of the checkpoint in execution order (learned.weighted_layers); the ones the
     plan does not hold were left float by `edgeface quantize` and their ops stay float."""
     from edgeface.converters.learned import add_pairs, split_layers
@@ -270,9 +299,13 @@ def match_plan(
         weights[k] = (np.asarray(layer["weight_scale"], np.float32), int(layer["weight_bits"]))
         if layer["output"] is not None:
             acts[activation_output(model, k)] = act(layer["output"])
+    for k, (_, layer) in zip(main, layers, strict=True):
+        if layer["input"] is not None:  # a Linear's input: a LayerNorm's or GELU's output, say
+            for t in copies_of(model, int(graph.operators[k].inputs[0])):
+                acts.setdefault(t, act(layer["input"]))
     if plan.get("input_quantizer"):
         acts[tensor_name(graph.tensors[graph.inputs[0]])] = act(quantizers[plan["input_quantizer"]])
-    adds = [op for op in graph.operators if op_name(model, op) == "ADD"]
+    adds = model_adds(model)
     add_q = [q for q in quantizers if q.startswith("aq_add")]
     pairs = add_pairs(adds, quantizers, add_nodes)
     if add_q and pairs is None:
@@ -436,6 +469,10 @@ def impose_weights(
         s = np.asarray(s, np.float32)
         if s.shape != (wm.shape[0],):
             raise EdgefaceError(f"{s.size} weight scales for TFLite op #{qk} with {wm.shape[0]} channels")
+        fb = buffer_array(f, fg.tensors[fop.inputs[2]], np.float32) if _has_bias(qop) else None
+        s_in = float(qg.tensors[qop.inputs[0]].quantization.scale[0]) if fb is not None else 0.0
+        if fb is not None:
+            s = _bias_fits(s, fb, s_in)
         qw = np.clip(np.round(wm / s.reshape((-1,) + (1,) * (wm.ndim - 1))), -qmax, qmax).astype(np.int8)
         _set_buffer(q, wt, np.moveaxis(qw, 0, axis), buffer_users)
         wt.quantization.scale = s.astype(np.float32)
@@ -443,17 +480,32 @@ def impose_weights(
         wt.quantization.quantizedDimension = axis
         if bits < 8:
             narrow_bytes += int(qw.size)
-        if len(qop.inputs) > 2 and qop.inputs[2] >= 0:
+        if fb is not None:
             bt = qg.tensors[qop.inputs[2]]
-            fb = buffer_array(f, fg.tensors[fop.inputs[2]], np.float32)
-            s_in = float(qg.tensors[qop.inputs[0]].quantization.scale[0])
             bscale = (s_in * s).astype(np.float32)
-            qb = np.clip(np.round(fb / bscale), -(2**31) + 1, 2**31 - 1).astype(np.int32)
+            # in float64: float32 rounds the bound 2**31 - 1 up to 2**31, which wraps to -2**31 in int32
+            qb = np.round(fb.astype(np.float64) / bscale.astype(np.float64))
+            qb = np.clip(qb, -(2**31) + 1, 2**31 - 1).astype(np.int32)
             _set_buffer(q, bt, qb, buffer_users)
             bt.quantization.scale = bscale
             bt.quantization.zeroPoint = np.zeros(s.shape, np.int64)
             bt.quantization.quantizedDimension = len(bt.shape) - 1  # [C], or [1, 1, 1, C] from litert-torch
     return write(q), narrow_bytes
+
+
+def _has_bias(op: Any) -> bool:
+    return len(op.inputs) > 2 and op.inputs[2] >= 0
+
+
+def _bias_fits(s: np.ndarray, bias: np.ndarray, s_in: float) -> np.ndarray:
+    """Weight scales raised where the int32 bias on input scale x weight scale would leave int32: a
+    channel whose weights are all zero (EdgeFace-XS's last attention block is a dead branch) has a tiny
+    learned scale. Its weights stay 0 on any scale, so it still outputs its bias (qdq.build_qdq does the
+    same for ONNX)."""
+    if s_in <= 0:
+        return s
+    fit = np.abs(bias.reshape(-1).astype(np.float64)) / (s_in * (2**31 - 2))
+    return np.maximum(s.astype(np.float64), fit).astype(np.float32)
 
 
 def _set_buffer(model: Any, tensor: Any, value: np.ndarray, users: dict[int, int]) -> None:

@@ -105,23 +105,3 @@ def test_real_edgeface_xs_quantizes_and_reloads(
     record = raw["transforms"][-1]
     assert record["plan"]["weights"] and all(b == 8 for b in record["plan"]["weights"].values())
     assert _follows_fp32(model, out, faces, weights) > 0.98
-
-
-def test_exporting_a_quantized_hybrid_checkpoint_names_the_way_out(
-    faces: Path, lfw: Path, tmp_path: Path, capsys
-) -> None:
-    """Learned scales of a hybrid's Linear layers have no one-to-one place in the exported conv graph:
-    our limitation (exit 1, one line), and the line says to export the float weights instead."""
-    ckpt = tmp_path / "q.pt"
-    base = ["quantize", "-m", HYBRID, "--calib", str(faces), "--num-images", "8", "--quiet", "-o", str(ckpt)]
-    assert main(base) == 0
-    capsys.readouterr()
-    out = tmp_path / "art"
-    args = ["export", "--int8", "--format", "onnx", "-m", HYBRID, "-w", str(ckpt), "--calib", str(lfw)]
-    code = main([*args, "--calib-images", "64", "--parity-images", "8", "-o", str(out)])
-    err = capsys.readouterr().err
-    assert code == 1, err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in err, err
-    assert "cannot carry the learned scales over" in errors[0] and "export the float weights" in errors[0]
-    assert not list(out.glob("*.onnx"))  # nothing half-exported

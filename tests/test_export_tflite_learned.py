@@ -14,7 +14,12 @@ from edgeface.cli.main import main
 from edgeface.errors import EdgefaceError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_export_learned import _tiny_and_calib  # noqa: E402  (the same small network and faces)
+import test_export_learned  # noqa: E402
+from test_export_learned import HYBRID, HYBRID_FLOAT_LAYER, _export, _tiny_and_calib  # noqa: E402
+
+hybrid_ckpt = test_export_learned.hybrid_ckpt  # the same fixture: the hybrid through `edgeface quantize`
+
+PRELU = "tests._quant_models:prelu_net_112x96"
 
 
 def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -153,3 +158,105 @@ def test_read_pulls_constants_stored_after_the_flatbuffer_back_inline(tmp_path: 
     again = tl.read(moved)
     assert np.array_equal(np.asarray(again.buffers[k].data, np.uint8), payload)
     assert not again.buffers[k].offset
+
+
+def _int8_grid(model: object, i: int) -> tuple[float, int]:
+    q = model.subgraphs[0].tensors[i].quantization
+    return round(float(q.scale[0]), 9), int(q.zeroPoint[0])
+
+
+def _grid(q: dict) -> tuple[float, int]:
+    return round(float(q["scale"]), 9), int(q["zero_point"])
+
+
+def _on(got: tuple[float, int], grids: list[tuple[float, int]]) -> bool:
+    """`got` is one of `grids` (ai-edge-quantizer writes the float32 of the range we give it)."""
+    return any(np.isclose(got[0], s, rtol=1e-5) and got[1] == z for s, z in grids)
+
+
+def test_prelu_net_residual_add_is_told_from_the_prelu_rewrite_adds(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Trained-like PReLU slopes (outside [0, 1]) are rewritten as a x + (1 - a) relu(x) for TFLite, one
+    ADD each: the checkpoint's one residual add quantizer still lands on the residual ADD, and each PReLU's
+    ADD carries its layer's output quantizer."""
+    from edgeface.compress.quant import quant_plan
+    from edgeface.models.loading import load_model
+
+    _, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", PRELU, "--calib", str(calib), "--num-images", "16", "--quiet", "-o", str(ckpt)]
+    assert main(args) == 0
+    plan = quant_plan(load_model(PRELU, ckpt).model)
+    (add_q,) = [q for q in plan["quantizers"] if q.startswith("aq_add")]
+    row = _export(PRELU, ckpt, calib, tmp_path / "out", "tflite", capsys)
+    assert row["parity"]["mean_cosine"] >= 0.99
+    model = tl.read(Path(row["path"]).read_bytes())
+    graph = model.subgraphs[0]
+    adds = [op for op in graph.operators if tl.op_name(model, op) == "ADD"]
+    (residual,) = tl.model_adds(model)
+    assert len(adds) > 1  # the PReLU rewrite's ADDs are there, and not taken for additions of the model
+    assert _on(_int8_grid(model, residual.outputs[0]), [_grid(plan["quantizers"][add_q])])
+    prelu_outputs = [_grid(layer["output"]) for layer in plan["layers"].values() if layer["output"]]
+    for op in adds:
+        if op is not residual:
+            assert _on(_int8_grid(model, op.outputs[0]), prelu_outputs)
+
+
+def test_hybrid_checkpoint_exports_tflite_with_its_learned_input_grids(
+    hybrid_ckpt: tuple[Path, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Every int8 FULLY_CONNECTED reads the grid its Linear's input quantizer learned (a LayerNorm's,
+    GELU's or attention's output, through reshapes), per-channel weights are the learned ones, and the
+    report names the layers the checkpoint left float."""
+    ckpt, calib, plan = hybrid_ckpt
+    row = _export(HYBRID, ckpt, calib, tmp_path / "out", "tflite", capsys)
+    assert row["parity"]["mean_cosine"] >= 0.99 and "learned" in row["quantizer"]
+    assert HYBRID_FLOAT_LAYER in row["checkpoint_float_layers"]
+    model = tl.read(Path(row["path"]).read_bytes())
+    graph = model.subgraphs[0]
+    inputs = [_grid(layer["input"]) for layer in plan["layers"].values()]
+    learned_w = [np.asarray(layer["weight_scale"], np.float32) for layer in plan["layers"].values()]
+    int8_fc = 0
+    for op in graph.operators:
+        w = graph.tensors[op.inputs[1]] if len(op.inputs) > 1 else None
+        if tl.op_name(model, op) != "FULLY_CONNECTED" or w is None or w.type != 9:  # 9: INT8
+            continue
+        int8_fc += 1
+        assert _on(_int8_grid(model, op.inputs[0]), inputs)
+        assert any(
+            np.allclose(w.quantization.scale, s, rtol=1e-6)
+            for s in learned_w
+            if s.size == len(w.quantization.scale)
+        )
+    assert int8_fc >= 1
+
+
+def test_a_dead_channel_with_a_tiny_learned_scale_keeps_its_bias() -> None:
+    """All-zero weights get the smallest learned step (EdgeFace-XS's dead attention block: 1e-8); on the
+    input's step its bias is far beyond int32. The channel must still output its bias: the weight scale
+    rises until the bias fits, and a saturating bias never wraps to the other sign."""
+    import torch
+    from edgeface.converters.tflite import build_tflite, float_tflite
+    from torch import nn
+
+    from edgeface.spec import ModelSpec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight[1] = 0.0
+        net[0].bias[1] = 5.0
+    spec = ModelSpec(name="t", input_size=(16, 16), embedding_dim=4)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    quant, _, _ = build_tflite(net, spec, "int8", [x])
+    learned = np.full(4, 1e-8, np.float32)
+    learned[[0, 2, 3]] = [float(net[0].weight[c].abs().max()) / 127 for c in (0, 2, 3)]
+    out, _ = tl.impose_weights(quant, float_tflite(net, spec), [(learned, 8)])
+    model = tl.read(out)
+    graph = model.subgraphs[0]
+    (conv,) = [op for op in graph.operators if tl.op_name(model, op) == "CONV_2D"]
+    bias = graph.tensors[conv.inputs[2]]
+    real = tl.buffer_array(model, bias, np.int32).reshape(-1) * np.asarray(bias.quantization.scale)
+    np.testing.assert_allclose(real, net[0].bias.detach().numpy(), rtol=1e-4, atol=1e-6)
+    assert graph.tensors[conv.inputs[1]].quantization.scale[1] > 1e-8

@@ -42,13 +42,20 @@ def _producer_quantizer(gm: fx.GraphModule, node: Any) -> str | None:
 
 
 def _consumer_quantizer(gm: fx.GraphModule, node: fx.Node) -> str | None:
-    """The ActQuant reached from a layer's output through at most one fused activation."""
-    for _ in range(2):
+    """The ActQuant reached from a layer's output through at most one fused activation (ReLU, PReLU, ...).
+    Not through a float one: a Linear -> GELU -> quantizer writes float, and that quantizer rounds the
+    GELU's output for the next layer (its input quantizer), not this layer's output."""
+    from edgeface.compress.quant.graph import op_name
+    from edgeface.quant_ops import torch_fused
+
+    for hop in range(2):
         if len(node.users) != 1:
             return None
         node = next(iter(node.users))
         if node.op == "call_module" and isinstance(get_module(gm, str(node.target)), ActQuant):
             return str(node.target)
+        if hop == 0 and not torch_fused(op_name(gm, node)):
+            return None
     return None
 
 
