@@ -202,12 +202,19 @@ def _widened_hint(report: ArtifactReport) -> str:
     widened = report.extra.get("learned_weights_widened")
     if not widened:
         return ""
-    layers = widened["layers"]
     return (
-        f" ({len(layers)} of the checkpoint's 8-bit layers run as GEMM and were widened to the 7-bit grid "
-        f"ORT needs without VNNI: quantize them at 7 bits, --layer-bits {layers[0]}=7,... for all "
-        f"{len(layers)}, or export the float weights with --int8)"
+        f" ({len(widened['layers'])} of the checkpoint's 8-bit layers run as GEMM and were widened to the "
+        f"7-bit grid ORT needs without VNNI: {widened['fix']}, or export the float weights with --int8)"
     )
+
+
+def _seven_bits(widened: list[str], onnx_plan: dict[str, Any]) -> str:
+    """The shortest `--layer-bits` value that puts `widened` at 7 bits: their layer classes (which also
+    move that class's depthwise convs, harmlessly), or the names when the checkpoint's classes are unknown."""
+    classes = onnx_plan.get("layer_class", {})
+    if all(n in classes for n in widened):
+        return ",".join(f"{c}=7" for c in sorted({classes[n] for n in widened}))
+    return ",".join(f"{n}=7" for n in widened)
 
 
 def _discard(path: Path) -> None:
@@ -420,7 +427,7 @@ def _build_onnx(
             "layers": widened,
             "why": "ORT runs them as u8s8 GEMMs, which saturate on x86 without VNNI: 7-bit grid [-63, 63] "
             "(onnx.gemm_safe_weights), not the checkpoint's 8-bit one",
-            "fix": "quantize them at 7 bits: --layer-bits " + ",".join(f"{n}=7" for n in widened),
+            "fix": "quantize them at 7 bits: --layer-bits " + _seven_bits(widened, onnx_plan),
         }
     if prec != "fp32" and _ONNX_CACHE.get("equalized"):
         extra["prelu_layers_equalized"] = _ONNX_CACHE["equalized"]

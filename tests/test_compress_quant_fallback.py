@@ -56,6 +56,11 @@ def test_the_fragile_tensor_is_found_and_kept_float(net, batches) -> None:
     assert _cosine(q, net, x) > 0.99
     quantized = {n for n, m in q.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
     assert quantized == set(prepare_float(net.model, (3, 112, 112))[1].layers) - {"expand.0", "gdc"}
+    # a layer class in layer_bits sets bits and leaves the fallback its choice; a named layer is the user's
+    by_class = ptq(net.model, net.spec, calib, progress=False, layer_bits={"Conv2d": 8})
+    assert set(by_class.edgeface_quant["fallback"]) == {"expand.0", "gdc"}
+    named = ptq(net.model, net.spec, calib, progress=False, layer_bits={"gdc": 8})
+    assert "gdc" not in named.edgeface_quant.get("fallback", {})
 
 
 def test_the_checkpoint_exports_with_its_float_layers(lfw: Path, tmp_path: Path, capsys) -> None:

@@ -106,3 +106,19 @@ def test_unsupported_bits_are_user_errors() -> None:
         resolve_bits(place, "w3a3")
     with pytest.raises(EdgefaceError, match="no quantizable layer"):
         resolve_bits(place, "w8a8", {"nope": 8})
+
+
+def test_layer_bits_by_layer_class_with_a_named_layer_winning() -> None:
+    """`--layer-bits Linear=7` sets every Linear (e.g. the layers ONNX Runtime runs as GEMMs on the 7-bit
+    grid) and leaves convs alone; a layer's own entry wins over its class's in either order."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.Linear(16, 4)
+    )
+    _, place = prepare_float(model, (3, 8, 8))
+    assert place.kinds == {"0": "Conv2d", "3": "Linear", "4": "Linear"}
+    for overrides in ({"Linear": 7, "4": 8}, {"4": 8, "Linear": 7}):
+        weights = resolve_bits(place, "w8a8", overrides)["weights"]
+        assert weights == {"0": 8, "3": 7, "4": 8}, (overrides, weights)
+    assert resolve_bits(place, "w8a8", {"Conv2d": 6})["weights"] == {"0": 6, "3": 8, "4": 8}
+    with pytest.raises(EdgefaceError, match="or a layer class: Conv2d, Linear"):
+        resolve_bits(place, "w8a8", {"BatchNorm2d": 8})

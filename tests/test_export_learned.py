@@ -242,6 +242,7 @@ def test_hybrid_checkpoint_exports_onnx_with_its_learned_scales(
     # Gemms run on the 7-bit grid (ORT without VNNI): the learned range in half the steps, and the report
     # names every layer that moved so that it can be quantized at 7 bits instead
     assert sorted(row["learned_weights_widened"]["layers"]) == sorted(plan["layers"])
+    assert row["learned_weights_widened"]["fix"].endswith("--layer-bits Linear=7")  # by class: one entry
     for layer in plan["layers"].values():
         want = np.asarray(layer["weight_scale"], np.float32) * np.float32(127 / 63)
         assert any(s.shape == want.shape and np.allclose(s, want, rtol=1e-6) for s in scales)

@@ -89,7 +89,8 @@ def summary_line(data: dict[str, Any]) -> str:
     "--layer-bits",
     default=None,
     metavar="NAME=BITS,...",
-    help="Per-layer overrides, e.g. conv1.0=8,conv3=8 (layer names: see --plan output).",
+    help="Per-layer overrides, e.g. conv1.0=8,conv3=8 (layer names: see --plan output), or per layer "
+    "class, e.g. Linear=7 (a named layer's own entry wins).",
 )
 @click.option(
     "--size-budget",

@@ -25,6 +25,7 @@ from edgeface.compress.quant.plan import model_size_bytes
 from edgeface.compress.quant.prepare import (
     Placement,
     activation_quantizers,
+    expand_layer_bits,
     insert_quantizers,
     placement,
     resolve_bits,
@@ -167,7 +168,8 @@ def mixed_precision(
     migrate_outliers(base, place, batches, smooth, resolve_bits(place, "w8a8", keep_ends_8bit=False))
     sens = sensitivity(base, place, sens_batches, candidates, calibration, progress)
 
-    fixed = {k: int(v) for k, v in (layer_bits or {}).items() if k in sens}
+    layer_bits = expand_layer_bits(place, layer_bits)
+    fixed = {k: int(v) for k, v in layer_bits.items() if k in sens}
     numels = {n: int(base.get_submodule(n).weight.numel()) for n in sens}
     # bytes outside the quantized weights (scales, biases, other params) do not depend on the choice
     probe, p = _copy(base, place)

@@ -71,6 +71,7 @@ class Placement:
     keep_float: list[str] = field(default_factory=list)
     axes: dict[str, int] = field(default_factory=dict)  # weighted layer -> channel axis of its activations
     ranks: dict[str, int] = field(default_factory=dict)  # weighted layer -> rank of its output tensor
+    kinds: dict[str, str] = field(default_factory=dict)  # weighted layer -> module class ("Conv2d", "Linear")
 
 
 def _matches(gm: nn.Module, node: fx.Node, keep: Sequence[str]) -> str | None:
@@ -307,6 +308,7 @@ def placement(gm: fx.GraphModule, keep_float: Sequence[str] = ()) -> Placement:
         keep_float=keep,
         axes={k: int(v) for k, v in axes.items() if v is not None},
         ranks={str(n.target): len(info(n).shape or ()) for n in order if str(n.target) in layers},
+        kinds={name: type(gm.get_submodule(name)).__name__ for name in layers},
     )
 
 
@@ -328,6 +330,15 @@ def parse_bits(bits: str) -> tuple[int, int]:
         raise EdgefaceError(f"unsupported --bits '{bits}': use w8a8, w6a6 or mixed") from None
 
 
+def expand_layer_bits(place: Placement, layer_bits: dict[str, int] | None) -> dict[str, int]:
+    """`layer_bits` with each layer-class key ("Linear") replaced by every layer of that class; a layer's
+    own entry wins over its class's, in any order (quantizer names pass through)."""
+    classes = set(place.kinds.values()) - set(place.layers)
+    given = layer_bits or {}
+    by_class = {layer: given[k] for layer, k in place.kinds.items() if k in given and k in classes}
+    return {**by_class, **{k: b for k, b in given.items() if k not in classes}}
+
+
 def resolve_bits(
     place: Placement, bits: str, layer_bits: dict[str, int] | None = None, keep_ends_8bit: bool = True
 ) -> dict[str, dict[str, int]]:
@@ -335,8 +346,9 @@ def resolve_bits(
 
     `bits` is "w8a8" or "w6a6" (any wNaM with N, M in 4..8). For presets below 8 bits the first and last
     weight layers stay at 8 bits (`keep_ends_8bit`), the usual choice: the first sees raw pixels and the last
-    writes the embedding. `layer_bits` maps a layer (e.g. "conv1.0") or a quantizer name (e.g. "aq_add_3")
-    to bits; a layer's override sets its weights and its output activation.
+    writes the embedding. `layer_bits` maps a layer (e.g. "conv1.0"), a quantizer name (e.g. "aq_add_3") or
+    a layer class (e.g. "Linear": every such layer; a named layer's own entry wins) to bits; a layer's
+    override sets its weights and its output activation.
     """
     w_default, a_default = parse_bits(bits)
     layers = place.layers
@@ -353,7 +365,8 @@ def resolve_bits(
             weights[end] = 8
             if end in out_of:
                 acts[out_of[end]] = 8
-    for name, b in (layer_bits or {}).items():
+    kinds = set(place.kinds.values())
+    for name, b in expand_layer_bits(place, layer_bits).items():
         b = check_bits(b, f"bits for '{name}'")
         if name in weights:
             weights[name] = b
@@ -364,7 +377,7 @@ def resolve_bits(
         else:
             raise EdgefaceError(
                 f"--layer-bits: no quantizable layer '{name}'; layers are e.g. {', '.join(layers[:4])}, ... "
-                f"(all {len(layers)}: see `quant_plan`)"
+                f"(all {len(layers)}: see `quant_plan`), or a layer class: {', '.join(sorted(kinds))}"
             )
     return {"weights": weights, "activations": acts}
 

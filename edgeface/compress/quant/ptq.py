@@ -160,6 +160,7 @@ def ptq(
         from edgeface.compress.quant.fallback import sensitive_layers
 
         chosen = sensitive_layers(qmodel, reference, place, batches, fallback)
+        # a layer named in layer_bits is the user's decision; a class entry ("Linear=7") sets bits, not that
         chosen = {k: v for k, v in chosen.items() if k not in (layer_bits or {})}
         if chosen:
             keep = [*keep_float, *sorted(chosen)]
