@@ -189,7 +189,8 @@ def build_tflite(
     if bits < 8:
         data, extra = tl.insert_clamps(data, targets)
         targets.update(extra)
-        base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
+        learned_float = tl.past_clamps(data, learned.float_ops) if learned is not None else {}
+        base = {**mixed.rule_float_ops(data), **learned_float}
     float_ops = mixed.plan_float_ops(data, base, [t for t, _ in kept])
     qsvs = {}
     for name, t in targets.items():

@@ -380,6 +380,18 @@ def insert_clamps(float_data: bytes, targets: Mapping[str, Target]) -> tuple[byt
     return write(model), new_targets
 
 
+def past_clamps(clamped_data: bytes, ops: Mapping[int, str]) -> dict[int, str]:
+    """`ops` (indices in the graph before insert_clamps) as indices in the graph with the clamps: every
+    clamp is inserted after its producer, so the original ops keep their order among the others."""
+    graph = read(clamped_data).subgraphs[0]
+    originals = [
+        k
+        for k, op in enumerate(graph.operators)
+        if not tensor_name(graph.tensors[int(op.outputs[0])]).endswith(CLAMP_SUFFIX)
+    ]
+    return {originals[k]: why for k, why in ops.items()}
+
+
 def clamps_to_requantize(quant_data: bytes, targets: Mapping[str, Target]) -> tuple[bytes, dict[str, Target]]:
     """Rewrite every inserted MAXIMUM clamp of the quantized graph as an int8 -> int8 QUANTIZE onto the
     bottom codes of its grid. Ops that copy codes without requantizing (pad, reshape, max-pool, a
@@ -410,6 +422,9 @@ def clamps_to_requantize(quant_data: bytes, targets: Mapping[str, Target]) -> tu
         kind = op_name(model, op)
         out = int(op.outputs[0])
         name = tensor_name(graph.tensors[out])
+        q = graph.tensors[out].quantization
+        if q is None or q.zeroPoint is None or not len(q.zeroPoint):
+            continue  # a float op (its reader is kept float): a float clamp holds it already, exactly
         if kind == "MAXIMUM" and name.endswith(CLAMP_SUFFIX) and name in targets:
             op.opcodeIndex = len(model.operatorCodes) - 1
             op.inputs = np.array(op.inputs[:1], np.int32)

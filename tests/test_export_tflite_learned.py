@@ -260,3 +260,46 @@ def test_a_dead_channel_with_a_tiny_learned_scale_keeps_its_bias() -> None:
     real = tl.buffer_array(model, bias, np.int32).reshape(-1) * np.asarray(bias.quantization.scale)
     np.testing.assert_allclose(real, net[0].bias.detach().numpy(), rtol=1e-4, atol=1e-6)
     assert graph.tensors[conv.inputs[1]].quantization.scale[1] > 1e-8
+
+
+def test_w6a6_checkpoint_keeps_its_float_layer_float_past_the_clamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A w6a6 graph gains a clamp after each held tensor; the checkpoint's float layers are op indices of
+    the graph before them, so they must move with the ops (they used to land on whatever op took the old
+    index: here a clamp, leaving the head's depthwise conv integer)."""
+    from edgeface.compress.quant import ptq
+    from edgeface.compress.quant.ptq import RECORD_ATTR
+    from edgeface.models import checkpoint
+    from edgeface.models.loading import load_model
+
+    ref, calib = _tiny_and_calib(tmp_path)
+    loaded = load_model(ref)
+    qmodel = ptq(
+        loaded.model,
+        loaded.spec,
+        sorted(calib.rglob("*.jpg")),
+        bits="w6a6",
+        calibration="minmax",
+        num_images=32,
+        progress=False,
+        keep_float=["head.0"],
+        fallback=0.0,
+    )
+    ckpt = checkpoint.save(tmp_path / "q6.pt", qmodel, loaded.spec, ref, [getattr(qmodel, RECORD_ATTR)])
+    out = tmp_path / "out"
+    args = ["export", "-m", ref, "-w", str(ckpt), "--w6a6", "--format", "tflite", "--calib", str(calib)]
+    args += ["-o", str(out), "--calib-images", "48", "--parity-images", "16", "--min-cosine", "0.5"]
+    code = main([*args, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    model = tl.read((out / "tinyface_w6a6.tflite").read_bytes())
+    graph = model.subgraphs[0]
+    assert any(tl.tensor_name(t).endswith(tl.CLAMP_SUFFIX) for t in graph.tensors)  # clamps moved the ops
+    main_ops, _ = tl.weighted_ops(model)
+    kinds = [tl.op_name(model, graph.operators[k]) for k in main_ops]
+    float_weights = [graph.tensors[graph.operators[k].inputs[1]].type == 0 for k in main_ops]  # FLOAT32
+    assert kinds[3] == "DEPTHWISE_CONV_2D" and float_weights == [False, False, False, True, False], (
+        kinds,
+        float_weights,
+    )
