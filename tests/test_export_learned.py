@@ -258,6 +258,11 @@ def test_hybrid_checkpoint_exports_onnx_with_its_learned_scales(
     spec = read_onnx_spec(model)
     assert spec.input_quant is None  # no input quantizer in the checkpoint: float image
     assert spec.provenance["checkpoint_float_layers"] == row["checkpoint_float_layers"]  # the file says too
+    # and the text report, without --json
+    args = ["export", "-m", HYBRID, "-w", str(ckpt), "--int8", "--format", "onnx", "--calib", str(calib)]
+    assert main([*args, "-o", str(tmp_path / "text"), "--calib-images", "48", "--parity-images", "16"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "layers the checkpoint keeps float" in x)
+    assert HYBRID_FLOAT_LAYER in line and "stem.0" in line
 
 
 def test_learned_plan_that_does_not_fit_the_onnx_graph_is_refused_in_one_line(

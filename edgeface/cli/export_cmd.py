@@ -188,6 +188,10 @@ def _print(reports: list, far: float, as_json: bool, pack_lines: list[str]) -> N
             click.echo(
                 "  float ops: " + "; ".join(f"{op} x{v['count']} ({v['why']})" for op, v in floats.items())
             )
+        kept = r.extra.get("checkpoint_float_layers")
+        if kept:  # the quantized checkpoint's own decisions, by layer
+            layers = "; ".join(f"{n} ({w})" for n, w in kept.items())
+            click.echo(f"  layers the checkpoint keeps float: {layers}")
     for line in pack_lines:
         click.echo(line)
 
