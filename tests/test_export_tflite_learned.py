@@ -22,25 +22,35 @@ hybrid_ckpt = test_export_learned.hybrid_ckpt  # the same fixture: the hybrid th
 PRELU = "tests._quant_models:prelu_net_112x96"
 
 
-def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import torch
-
-    from edgeface.compress.quant import ptq, quant_plan
-    from edgeface.compress.quant.ptq import RECORD_ATTR
-    from edgeface.models import checkpoint
+def _tiny_ptq(tmp_path: Path, bits: str, **options: object) -> tuple[str, Path, object, object]:
+    """(model reference, calibration folder, the loaded fp32 model, the tiny net's PTQ fake-quant model)."""
+    from edgeface.compress.quant import ptq
     from edgeface.models.loading import load_model
 
     ref, calib = _tiny_and_calib(tmp_path)
     loaded = load_model(ref)
+    images = sorted(calib.rglob("*.jpg"))
     qmodel = ptq(
         loaded.model,
         loaded.spec,
-        sorted(calib.rglob("*.jpg")),
-        bits="w8a8",
+        images,
+        bits=bits,
         calibration="minmax",
         num_images=32,
         progress=False,
+        **options,
     )
+    return ref, calib, loaded, qmodel
+
+
+def test_tflite_keeps_learned_scales(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from edgeface.compress.quant import quant_plan
+    from edgeface.compress.quant.ptq import RECORD_ATTR
+    from edgeface.models import checkpoint
+
+    ref, calib, loaded, qmodel = _tiny_ptq(tmp_path, "w8a8")
     # stretch one layer's weight scales and one activation scale: recalibration would never produce these
     first = next(m for m in qmodel.modules() if hasattr(m, "weight_scale"))
     with torch.no_grad():
@@ -268,24 +278,10 @@ def test_w6a6_checkpoint_keeps_its_float_layer_float_past_the_clamps(
     """A w6a6 graph gains a clamp after each held tensor; the checkpoint's float layers are op indices of
     the graph before them, so they must move with the ops (they used to land on whatever op took the old
     index: here a clamp, leaving the head's depthwise conv integer)."""
-    from edgeface.compress.quant import ptq
     from edgeface.compress.quant.ptq import RECORD_ATTR
     from edgeface.models import checkpoint
-    from edgeface.models.loading import load_model
 
-    ref, calib = _tiny_and_calib(tmp_path)
-    loaded = load_model(ref)
-    qmodel = ptq(
-        loaded.model,
-        loaded.spec,
-        sorted(calib.rglob("*.jpg")),
-        bits="w6a6",
-        calibration="minmax",
-        num_images=32,
-        progress=False,
-        keep_float=["head.0"],
-        fallback=0.0,
-    )
+    ref, calib, loaded, qmodel = _tiny_ptq(tmp_path, "w6a6", keep_float=["head.0"], fallback=0.0)
     ckpt = checkpoint.save(tmp_path / "q6.pt", qmodel, loaded.spec, ref, [getattr(qmodel, RECORD_ATTR)])
     out = tmp_path / "out"
     args = ["export", "-m", ref, "-w", str(ckpt), "--w6a6", "--format", "tflite", "--calib", str(calib)]
