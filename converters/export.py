@@ -147,6 +147,7 @@ def export(
     reports: list[ArtifactReport] = []
     failures: list[str] = []
     build_failed = False
+    cause: BaseException | None = None
     jobs = [(f, p) for f in fmts for p in precs]
     bar = tqdm(total=len(jobs), desc="export", unit="artifact", disable=not progress)
     with staged(out) as stage:
@@ -169,6 +170,7 @@ def export(
                 if isinstance(e, EdgefaceError) and not isinstance(e, ModelError):
                     raise  # the user's mistake (e.g. --w6a6 on an 8-bit checkpoint): nothing is written
                 build_failed = True
+                cause = cause or e  # `edgeface --debug` shows its traceback, chained to the summary error
                 failures.append(f"{name}: {_model_failure(e, fmt, prec)}")
                 bar.update(1)
                 continue
@@ -193,7 +195,7 @@ def export(
         msg = f"wrote {written}; failed: " + "; ".join(failures)
         err: EdgefaceError = ModelError(msg) if build_failed else ParityError(msg)
         err.reports = reports  # type: ignore[attr-defined]
-        raise err
+        raise err from cause
     return reports
 
 

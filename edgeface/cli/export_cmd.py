@@ -189,9 +189,15 @@ def _print(reports: list, far: float, as_json: bool, pack_lines: list[str]) -> N
                 "  float ops: " + "; ".join(f"{op} x{v['count']} ({v['why']})" for op, v in floats.items())
             )
         kept = r.extra.get("checkpoint_float_layers")
-        if kept:  # the quantized checkpoint's own decisions, by layer
-            layers = "; ".join(f"{n} ({w})" for n, w in kept.items())
-            click.echo(f"  layers the checkpoint keeps float: {layers}")
+        if kept:  # the quantized checkpoint's own decisions, grouped by why (every name is in --json)
+            by_why: dict[str, list[str]] = {}
+            for name, why in kept.items():
+                by_why.setdefault(why, []).append(name)
+            groups = "; ".join(
+                f"{', '.join(names[:3])}{f', ... ({len(names)} in all)' if len(names) > 3 else ''} ({why})"
+                for why, names in by_why.items()
+            )
+            click.echo(f"  layers the checkpoint keeps float: {groups}")
     for line in pack_lines:
         click.echo(line)
 
