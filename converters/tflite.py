@@ -193,11 +193,16 @@ def build_tflite(
         base = {**mixed.rule_float_ops(data), **learned_float}
     float_ops = mixed.plan_float_ops(data, base, [t for t, _ in kept])
     qsvs = {}
+    graph = tl.read(data).subgraphs[0]
+    # of each tensor's rank: the quantizer gives a clamp's constant (and any constant sharing a grid) these
+    # very arrays as its scale, and refuses ranks that differ (a rank-1 or rank-3 tensor of a hybrid)
+    rank = {tl.tensor_name(t): max(1, len(t.shape if t.shape is not None else ())) for t in graph.tensors}
     for name, t in targets.items():
         lo, hi = t.int8_range()
+        shape = (1,) * rank.get(name, 4)
         qsvs[name] = {
-            "min": np.array(lo, np.float32).reshape(1, 1, 1, 1),
-            "max": np.array(hi, np.float32).reshape(1, 1, 1, 1),
+            "min": np.array(lo, np.float32).reshape(shape),
+            "max": np.array(hi, np.float32).reshape(shape),
         }
     q = quantizer.Quantizer(data, recipe.static_wi8_ai8())
     keep_regex = mixed.no_quantize_regex(data, float_ops)

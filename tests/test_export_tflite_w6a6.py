@@ -172,3 +172,23 @@ def test_tflite_w6a6_prelu_as_max(calib_dir: Path, tmp_path: Path) -> None:  # n
         ref = loaded.model(torch.from_numpy(probe)).numpy()
     cos = (emb * ref).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.mean() > 0.99, cos
+
+
+def test_tflite_w6a6_of_a_hybrid_gives_its_clamps_grids_of_their_rank(
+    calib_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A hybrid holds rank-1 and rank-3 tensors (tokens, the pooled embedding) to the 6-bit grid; the clamp
+    constants take the quantizer's scale arrays, which must have their tensor's rank (rank-4 arrays made
+    ai-edge-quantizer refuse: "Ranks of scales (5) ... must be the same as the tensor rank (1)")."""
+    args = ["export", "-m", "tests._quant_models:tiny_hybrid", "--w6a6", "--format", "tflite"]
+    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
+    code = main([*args, "--parity-images", "16", "--min-cosine", "0.9", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    assert row["parity"]["mean_cosine"] >= 0.9
+    model = tl.read(Path(row["path"]).read_bytes())
+    clamps = [t for t in model.subgraphs[0].tensors if tl.tensor_name(t).endswith(tl.CLAMP_SUFFIX)]
+    assert {len(t.shape) for t in clamps} >= {1, 3}  # the ranks that failed are there
