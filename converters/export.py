@@ -212,11 +212,9 @@ def _widened_hint(report: ArtifactReport) -> str:
 
 def _seven_bits(widened: list[str], onnx_plan: dict[str, Any]) -> str:
     """The shortest `--layer-bits` value that puts `widened` at 7 bits: their layer classes (which also
-    move that class's depthwise convs, harmlessly), or the names when the checkpoint's classes are unknown."""
-    classes = onnx_plan.get("layer_class", {})
-    if all(n in classes for n in widened):
-        return ",".join(f"{c}=7" for c in sorted({classes[n] for n in widened}))
-    return ",".join(f"{n}=7" for n in widened)
+    move that class's depthwise convs, harmlessly)."""
+    classes = onnx_plan["layer_class"]
+    return ",".join(f"{c}=7" for c in sorted({classes[n] for n in widened}))
 
 
 def _discard(path: Path) -> None:

@@ -35,10 +35,10 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
     """{"model": float twin, "onnx": match_onnx's plan, "plan": quant_plan, "layers": every conv/linear
     in execution order, float ones included, "float_layers": {layer: why} of those left float}."""
     from edgeface.converters.onnx_float import export_float_onnx
-    from torch import nn
 
     from edgeface.compress.quant import quant_plan
     from edgeface.compress.quant.fakequant import ActQuant, QuantConv2d, QuantLinear
+    from edgeface.compress.quant.prepare import layer_class
 
     plan = quant_plan(qmodel)
     twin = copy.deepcopy(qmodel).eval()
@@ -50,10 +50,7 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
     proto = export_float_onnx(twin, spec.input_size)
     order, adds = weighted_layers(qmodel), add_nodes_of(qmodel)
     onnx_plan = match_onnx(proto, plan, order, adds)
-    # the layer classes `--layer-bits CLASS=BITS` takes (QuantLinear / QuantConv2d are their subclasses)
-    onnx_plan["layer_class"] = {
-        n: "Linear" if isinstance(qmodel.get_submodule(n), nn.Linear) else "Conv2d" for n in order
-    }
+    onnx_plan["layer_class"] = {n: layer_class(qmodel.get_submodule(n)) for n in order}  # for --layer-bits
     return {
         "model": twin,
         "onnx": onnx_plan,

@@ -71,7 +71,7 @@ class Placement:
     keep_float: list[str] = field(default_factory=list)
     axes: dict[str, int] = field(default_factory=dict)  # weighted layer -> channel axis of its activations
     ranks: dict[str, int] = field(default_factory=dict)  # weighted layer -> rank of its output tensor
-    kinds: dict[str, str] = field(default_factory=dict)  # weighted layer -> module class ("Conv2d", "Linear")
+    kinds: dict[str, str] = field(default_factory=dict)  # weighted layer -> layer_class ("Conv2d", "Linear")
 
 
 def _matches(gm: nn.Module, node: fx.Node, keep: Sequence[str]) -> str | None:
@@ -308,7 +308,7 @@ def placement(gm: fx.GraphModule, keep_float: Sequence[str] = ()) -> Placement:
         keep_float=keep,
         axes={k: int(v) for k, v in axes.items() if v is not None},
         ranks={str(n.target): len(info(n).shape or ()) for n in order if str(n.target) in layers},
-        kinds={name: type(gm.get_submodule(name)).__name__ for name in layers},
+        kinds={name: layer_class(gm.get_submodule(name)) for name in layers},
     )
 
 
@@ -328,6 +328,12 @@ def parse_bits(bits: str) -> tuple[int, int]:
         return check_bits(int(w), "weight bits"), check_bits(int(a), "activation bits")
     except ValueError:
         raise EdgefaceError(f"unsupported --bits '{bits}': use w8a8, w6a6 or mixed") from None
+
+
+def layer_class(module: nn.Module) -> str:
+    """The class name `--layer-bits CLASS=BITS` knows a weighted layer by: "Linear" or "Conv2d", whatever
+    subclass the model (timm, a user's own) or the quantized checkpoint (QuantLinear) uses."""
+    return "Linear" if isinstance(module, nn.Linear) else "Conv2d"
 
 
 def expand_layer_bits(place: Placement, layer_bits: dict[str, int] | None) -> dict[str, int]:
