@@ -235,3 +235,26 @@ def test_tflite_w6a6_concat_reads_its_inputs_on_its_grid(
     interp = Interpreter(model_content=data, num_threads=1)
     interp.allocate_tensors()
     assert [o["op_name"] for o in interp._get_ops_details()].count("DELEGATE") == 1
+
+
+def test_tflite_w6a6_keeps_float_what_int8_cannot_carry(
+    calib_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """As its int8 twin and the ONNX w6a6 export, w6a6 TFLite keeps float the tensors the sensitivity pass
+    finds int8 cannot carry (on the 8-bit grids): fragile_tail_net's ReLU6 output, one saturated channel
+    setting the grid of 47 near zero. Before, w6a6 TFLite quantized every tensor (parity 0.62 here, 0.02 on
+    EdgeFace-XS). The kept tensor gets no clamp, which would put it back on a grid for its readers."""
+    args = ["export", "-m", "tests._quant_models:fragile_tail_net", "--w6a6", "--format", "tflite"]
+    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
+    code = main([*args, "--parity-images", "16", "--min-cosine", "0.99", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    (kept,) = row["kept_float_tensors"]
+    model = tl.read(Path(row["path"]).read_bytes())
+    graph = model.subgraphs[0]
+    names = [tl.tensor_name(t) for t in graph.tensors]
+    assert kept + tl.CLAMP_SUFFIX not in names and graph.tensors[names.index(kept)].type == 0  # FLOAT32
+    assert any(n.endswith(tl.CLAMP_SUFFIX) for n in names)  # the other held tensors keep theirs
