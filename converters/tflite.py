@@ -8,13 +8,14 @@ checkpoint of `edgeface quantize` learned where there is one, else every activat
 TFLite graph is sampled on the calibration images and its range chosen by the same MSE search as the ONNX
 export (qdq.RangeCollector), so both artifacts of one export agree. Weight scales are imposed afterwards
 (tflite_learned.py), since the quantizer always derives its own. w6a6 holds weights to [-31, 31] and every
-activation but the graph's ends to 64 codes (tflite_learned.py says how). litert-torch's PT2E quantizer was
-measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
+activation but the graph's ends and the float ones to 64 codes (tflite_learned.py says how). litert-torch's
+PT2E quantizer was measured too (docs/speed.md); it needs a second, slower conversion of a prepared graph.
 
 Before quantization, computations on constants are folded (tflite_fold.py), and tflite_mixed.py decides
 which ops stay float: a DIV by rule, and, when the fully fake-quantized graph misses the parity trigger
 (hybrids with outlier residual streams, not plain CNNs), the ops of the tensors a measured sensitivity pass
-keeps float.
+keeps float; w6a6 keeps the same tensors float as int8 (measured on the 8-bit grids, as the ONNX export
+does), unless a checkpoint decided its float layers.
 """
 
 from __future__ import annotations
@@ -177,21 +178,19 @@ def build_tflite(
     n_activations = len(targets)
     kept: list[tuple[str, float]] = []
     base = {**mixed.rule_float_ops(data), **(learned.float_ops if learned is not None else {})}
-    if bits == 8:
-        # with learned scales too: the checkpoint rounds only the tensors its integer layers read, while
+    if bits == 8 or learned is None:
+        # int8 with learned scales too: the checkpoint rounds only the tensors its integer layers read, while
         # ai-edge-quantizer rounds every tensor it can (a decomposed LayerNorm's variance, a Linear's
         # output), so what int8 cannot carry here is found the same way as without a checkpoint; a plain
-        # CNN's fully quantized pass passes the trigger and nothing changes
-        if "fragile" not in _FLOAT_CACHE:
-            images = np.concatenate(batches)[:SENSITIVITY_IMAGES]
-            _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
-        kept = _FLOAT_CACHE["fragile"]
-    if bits < 8:
-        data, extra = tl.insert_clamps(data, targets)
-        targets.update(extra)
-        learned_float = tl.past_clamps(data, learned.float_ops) if learned is not None else {}
-        base = {**mixed.rule_float_ops(data), **learned_float}
+        # CNN's fully quantized pass passes the trigger and nothing changes. w6a6 keeps float what int8
+        # cannot carry, chosen on the 8-bit grids as the ONNX export does (a w6a6 checkpoint's float layers
+        # are its own choice)
+        grids = targets if bits == 8 else activation_targets(data, stats, 8, None, method)
+        kept = _fragile(data, grids, batches, base)
     float_ops = mixed.plan_float_ops(data, base, [t for t, _ in kept])
+    if bits < 8:
+        data, float_ops, extra = _with_clamps(data, targets, float_ops)
+        targets.update(extra)
     qsvs = {}
     graph = tl.read(data).subgraphs[0]
     # of each tensor's rank: the quantizer gives a clamp's constant (and any constant sharing a grid) these
@@ -265,6 +264,34 @@ def build_tflite(
         build_info["int8_weight_bytes"] = narrow_bytes
         build_info["grid_clamps"] = len(extra)
     return out, new_spec, build_info
+
+
+def _fragile(
+    data: bytes, targets: dict[str, Any], batches: list[np.ndarray], base: dict[int, str]
+) -> list[tuple[str, float]]:
+    """tflite_mixed.fragile_tensors on the first calibration images, once for every precision of an export."""
+    if "fragile" not in _FLOAT_CACHE:
+        images = np.concatenate(batches)[:SENSITIVITY_IMAGES]
+        _FLOAT_CACHE["fragile"] = mixed.fragile_tensors(data, targets, images, base)[0]
+    return _FLOAT_CACHE["fragile"]
+
+
+def _with_clamps(
+    data: bytes, targets: dict[str, Any], float_ops: dict[int, str]
+) -> tuple[bytes, dict[int, str], dict[str, Any]]:
+    """(float graph with the w6a6 clamps, its float ops, the clamps' targets). A tensor that no int8 op
+    writes or reads (kept float, or inside a float region) has no grid to hold and gets no clamp: a kept
+    tensor's clamp would put it back on a grid for its readers, and the others would be float MAXIMUMs
+    that cut them at the low end of a 6-bit range for nothing. A float tensor an int8 op reads keeps its
+    clamp, which reads only float and so stays float (tflite_mixed.spread_float): its reader's grid still
+    holds 64 codes."""
+    from edgeface.converters import tflite_learned as tl
+
+    names = list(targets)
+    untouched = mixed.float_points(data, float_ops, names) if float_ops else set()
+    held = {n: targets[n] for k, n in enumerate(names) if k not in untouched}
+    clamped, extra = tl.insert_clamps(data, held)
+    return clamped, mixed.spread_float(clamped, tl.past_clamps(clamped, float_ops)), extra
 
 
 def activation_targets(

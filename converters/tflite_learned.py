@@ -57,10 +57,15 @@ SAME_AS_INPUT = (
 # ops whose every input ai-edge-quantizer puts on the output's grid (it inserts an int8 requantize in front
 # of an input whose producer wrote another grid)
 SAME_AS_OUTPUT = ("CONCATENATION", "PACK", "SELECT", "SELECT_V2", "DYNAMIC_UPDATE_SLICE")
+# ops whose int8 kernels need every quantized input on the output's grid: XNNPACK refuses a concatenation
+# of two scales or zero points ("Mismatching quantization zero point across the 1th input ... for
+# CONCATENATE operator"), TFLite's int8 MAXIMUM/MINIMUM compare codes
+ONE_GRID = (*SAME_AS_OUTPUT, "MAXIMUM", "MINIMUM")
 # int8 kernels whose output grid is fixed by the kernel, not by calibration: (scale, zero point)
 FIXED_OUTPUT_GRID = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128), "TANH": (1.0 / 128, 0)}
 TOP = 127  # 6-bit codes are written at [TOP - 63, TOP] of the int8 range
 CLAMP_SUFFIX = "/grid6"  # the tensors an inserted clamp writes
+ONTO_SUFFIX = "/onto"  # the tensors requantize_inputs writes: `<input>/onto<its reader's output>`
 FUSED_LOWER = {1: 0.0, 2: -1.0, 3: 0.0}  # RELU, RELU_N1_TO_1, RELU6: the real value they clamp below at
 
 
@@ -392,12 +397,89 @@ def past_clamps(clamped_data: bytes, ops: Mapping[int, str]) -> dict[int, str]:
     return {originals[k]: why for k, why in ops.items()}
 
 
+@dataclass
+class _Moves:
+    """The zero points clamps_to_requantize moved: tensor index -> codes moved by, and the targets moved."""
+
+    graph: Any
+    targets: Mapping[str, Target]
+    shifted: dict[int, int] = field(default_factory=dict)
+    moved: dict[str, Target] = field(default_factory=dict)
+
+    def move(self, i: int, shift: int) -> None:
+        t = self.graph.tensors[i]
+        t.quantization.zeroPoint = np.asarray(t.quantization.zeroPoint) + shift
+        self.shifted[i] = shift
+        name = tensor_name(t)
+        if name in self.targets:
+            old = self.targets[name]
+            self.moved[name] = Target(old.scale, old.zero_point + shift, old.bits, old.qlo + shift)
+
+
+def _on_grid(t: Any) -> bool:
+    """An int8 tensor with a zero point (not float, not the int32 axis or the bool of a SELECT)."""
+    q = t.quantization
+    return t.type == 9 and q is not None and q.zeroPoint is not None and len(q.zeroPoint) > 0
+
+
+def _grid(t: Any) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    q = t.quantization
+    return tuple(np.asarray(q.scale, np.float32).tolist()), tuple(np.asarray(q.zeroPoint).tolist())
+
+
+def code_input(model: Any, op: Any) -> int:
+    """The input whose codes a SAME_AS_INPUT op copies: the first, but SPLIT's second (its first is the
+    axis)."""
+    return int(op.inputs[1] if op_name(model, op) == "SPLIT" else op.inputs[0])
+
+
+def requantize_inputs(model: Any, op: Any, code: int, moves: _Moves) -> list[Any]:
+    """int8 -> int8 QUANTIZE ops (opcode `code`) that put each quantized input of a ONE_GRID op that is not
+    on its output's grid onto it, rewiring the op to read them; in execution order, to run before it. The
+    tensors they write are added to `moves.moved` with the output's target, so check_targets sees them."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = model.subgraphs[0]
+    out = graph.tensors[int(op.outputs[0])]
+    target = moves.moved.get(tensor_name(out), moves.targets.get(tensor_name(out)))
+    new_ops: list[Any] = []
+    inputs = [int(i) for i in op.inputs]
+    for j, i in enumerate(inputs):
+        src = graph.tensors[i] if i >= 0 else None
+        if src is None or not _on_grid(src) or _grid(src) == _grid(out):
+            continue
+        t = schema.TensorT()
+        t.shape, t.shapeSignature, t.type, t.buffer = src.shape, src.shapeSignature, src.type, 0
+        t.name = (tensor_name(src) + ONTO_SUFFIX + tensor_name(out)).encode()
+        t.quantization = schema.QuantizationParametersT()
+        t.quantization.scale = np.array(out.quantization.scale, np.float32)
+        t.quantization.zeroPoint = np.array(out.quantization.zeroPoint, np.int64)
+        graph.tensors.append(t)
+        q = schema.OperatorT()
+        q.opcodeIndex, q.inputs = code, np.array([i], np.int32)
+        q.outputs = np.array([len(graph.tensors) - 1], np.int32)
+        q.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
+        q.builtinOptions = schema.QuantizeOptionsT()
+        new_ops.append(q)
+        inputs[j] = len(graph.tensors) - 1
+        if target is not None:
+            moves.moved[tensor_name(t)] = target
+    op.inputs = np.array(inputs, np.int32)
+    return new_ops
+
+
 def clamps_to_requantize(quant_data: bytes, targets: Mapping[str, Target]) -> tuple[bytes, dict[str, Target]]:
     """Rewrite every inserted MAXIMUM clamp of the quantized graph as an int8 -> int8 QUANTIZE onto the
-    bottom codes of its grid. Ops that copy codes without requantizing (pad, reshape, max-pool, a
-    PReLU-as-max) move their output with their inputs; inputs on different grids there are an error.
+    bottom codes of its grid, and keep the grids that kernels share on one grid after the move.
 
-    Returns the graph and the targets that changed."""
+    Ops that copy codes without requantizing (pad, reshape, max-pool: SAME_AS_INPUT) move their outputs with
+    their input. Ops that need their inputs and output on one grid (ONE_GRID: a concatenation, a
+    PReLU-as-max) move their output when every input moved alike; an input that moved otherwise is put back
+    on the output's grid by one more QUANTIZE (requantize_inputs): a concat input that only the concat reads
+    is clamped on the concat's grid (tflite.activation_targets) beside others that ai-edge-quantizer
+    requantized onto it, and XNNPACK refuses to delegate a concatenation of two grids.
+
+    Returns the graph and the targets that changed or were added."""
     from ai_edge_litert import schema_py_generated as schema
 
     model = read(quant_data)
@@ -406,43 +488,35 @@ def clamps_to_requantize(quant_data: bytes, targets: Mapping[str, Target]) -> tu
     code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.QUANTIZE
     code.version = 2  # int8 -> int8 requantization
     model.operatorCodes.append(code)
-    moved: dict[str, Target] = {}
-    shifted: dict[int, int] = {}  # tensor -> how far its codes moved
-
-    def move(i: int, shift: int) -> None:
-        t = graph.tensors[i]
-        t.quantization.zeroPoint = np.asarray(t.quantization.zeroPoint) + shift
-        shifted[i] = shift
-        name = tensor_name(t)
-        if name in targets:
-            old = targets[name]
-            moved[name] = Target(old.scale, old.zero_point + shift, old.bits, old.qlo + shift)
-
+    requantize = len(model.operatorCodes) - 1
+    moves = _Moves(graph, targets)
+    ops: list[Any] = []
     for op in graph.operators:
         kind = op_name(model, op)
         out = int(op.outputs[0])
         name = tensor_name(graph.tensors[out])
-        q = graph.tensors[out].quantization
-        if q is None or q.zeroPoint is None or not len(q.zeroPoint):
-            continue  # a float op (its reader is kept float): a float clamp holds it already, exactly
-        if kind == "MAXIMUM" and name.endswith(CLAMP_SUFFIX) and name in targets:
-            op.opcodeIndex = len(model.operatorCodes) - 1
+        if not _on_grid(graph.tensors[out]):
+            pass  # a float op (its reader is kept float): a float clamp holds it already, exactly
+        elif kind == "MAXIMUM" and name.endswith(CLAMP_SUFFIX) and name in targets:
+            op.opcodeIndex = requantize
             op.inputs = np.array(op.inputs[:1], np.int32)
             op.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
             op.builtinOptions = schema.QuantizeOptionsT()
-            move(out, -128 - targets[name].qlo)
-        elif kind in (*SAME_AS_INPUT, "MAXIMUM", "MINIMUM"):
-            ins = [int(op.inputs[0])] if kind in SAME_AS_INPUT else [int(i) for i in op.inputs if i >= 0]
-            shifts = {shifted.get(i, 0) for i in ins}
-            if shifts == {0}:
-                continue
-            consts = [i for i in ins if model.buffers[graph.tensors[i].buffer].data is not None]
-            if len(shifts) > 1 or consts:
-                raise EdgefaceError(
-                    f"w6a6: {kind} op #{graph.operators.index(op)} reads tensors on different grids"
-                )
-            move(out, shifts.pop())
-    return write(model), moved
+            moves.move(out, -128 - targets[name].qlo)
+        elif kind in SAME_AS_INPUT:
+            shift = moves.shifted.get(code_input(model, op), 0)
+            if shift:  # SPLIT, UNPACK: every output
+                for o in op.outputs:
+                    moves.move(int(o), shift)
+        elif kind in ONE_GRID:
+            ins = [int(i) for i in op.inputs if i >= 0 and _on_grid(graph.tensors[i])]
+            shifts = {moves.shifted.get(i, 0) for i in ins}
+            if len(shifts) == 1 and 0 not in shifts:  # a constant never moves, nor the output then
+                moves.move(out, shifts.pop())
+            ops.extend(requantize_inputs(model, op, requantize, moves))
+        ops.append(op)
+    graph.operators = ops
+    return write(model), moves.moved
 
 
 # --------------------------------------------------------------------------------------------- weights

@@ -12,6 +12,10 @@
   conv -> Linear) whose ReLU6 output is int8-fragile, as in mobilefacenet pruned and fine-tuned: one
   channel saturates at 6 and sets the per-tensor grid while the others stay near 0.01, and the global
   depthwise conv weights those small channels 60x.
+- `split_cat_net`: channel concats as EdgeFace-XS's split blocks write them: the input's channels split in
+  two, one half through a conv without activation, then concatenated back with the other half; and a
+  concat of two such convs. A conv output only the concat reads is written on the concat's grid, where
+  the w6a6 TFLite export's 6-bit clamp moves it off the grid XNNPACK's concatenation needs on every input.
 - `batch_of_one_net`: written for one image at a time (`view(1, -1)`), so quantization must fail on it
   with one line naming the layer that breaks.
 """
@@ -159,6 +163,30 @@ def prelu_net_112x96() -> nn.Module:
         "embedding_dim": 64,
     }
     return model.eval()
+
+
+class SplitCatNet(nn.Module):
+    """stem -> chunk(2) -> cat(conv(half 1), half 2) -> cat(conv(.), conv(.)) -> pooled Linear."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 8, stride=8), nn.ReLU())
+        self.branch = nn.Conv2d(8, 8, 3, padding=1)  # no activation: the 6-bit grid needs a clamp
+        self.left = nn.Conv2d(16, 8, 1)
+        self.right = nn.Conv2d(16, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.stem(x).chunk(2, dim=1)
+        x = torch.cat([self.branch(a), b], dim=1)  # one input clamped, one a slice of the stem's output
+        x = torch.cat([self.left(x), self.right(x)], dim=1)  # both inputs clamped
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def split_cat_net() -> nn.Module:
+    torch.manual_seed(0)
+    return SplitCatNet().eval()
 
 
 class BatchOfOneNet(nn.Module):

@@ -192,3 +192,69 @@ def test_tflite_w6a6_of_a_hybrid_gives_its_clamps_grids_of_their_rank(
     model = tl.read(Path(row["path"]).read_bytes())
     clamps = [t for t in model.subgraphs[0].tensors if tl.tensor_name(t).endswith(tl.CLAMP_SUFFIX)]
     assert {len(t.shape) for t in clamps} >= {1, 3}  # the ranks that failed are there
+
+
+def test_tflite_w6a6_concat_reads_its_inputs_on_its_grid(
+    calib_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """EdgeFace-XS's split blocks concatenate a conv output that only the concat reads (clamped on the
+    concat's grid, so the clamp moves its zero point) with inputs ai-edge-quantizer requantized onto that
+    grid; XNNPACK refuses a concatenation of two grids, which failed the export (exit 1, "failed to delegate
+    CONCATENATION node"). The moved input is requantized back; a concat of inputs that all moved alike
+    moves with them instead."""
+    args = ["export", "-m", "tests._quant_models:split_cat_net", "--w6a6", "--format", "tflite"]
+    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
+    code = main([*args, "--parity-images", "16", "--min-cosine", "0.9", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    assert row["parity"]["mean_cosine"] >= 0.99, row["parity"]
+    data = Path(row["path"]).read_bytes()
+    model = tl.read(data)
+    graph = model.subgraphs[0]
+
+    def grid(i: int) -> tuple[float, int]:
+        q = graph.tensors[i].quantization
+        return float(q.scale[0]), int(q.zeroPoint[0])
+
+    concats = [op for op in graph.operators if tl.op_name(model, op) == "CONCATENATION"]
+    assert len(concats) == 2
+    for op in concats:
+        assert {grid(int(i)) for i in op.inputs} == {grid(int(op.outputs[0]))}
+    onto = [t for t in graph.tensors if tl.ONTO_SUFFIX in tl.tensor_name(t)]
+    assert len(onto) == 1  # the first concat's clamped conv output; the second concat moved instead
+    assert grid(int(concats[1].outputs[0]))[1] < grid(int(concats[0].outputs[0]))[1]  # bottom codes
+
+    held, _ = _held_codes(data, sorted(calib_dir.rglob("*.jpg"))[:24], read_tflite_spec(data))
+    assert graph.tensors.index(onto[0]) in held  # requantized back onto the concat's 64 codes
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=data, num_threads=1)
+    interp.allocate_tensors()
+    assert [o["op_name"] for o in interp._get_ops_details()].count("DELEGATE") == 1
+
+
+def test_tflite_w6a6_keeps_float_what_int8_cannot_carry(
+    calib_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """As its int8 twin and the ONNX w6a6 export, w6a6 TFLite keeps float the tensors the sensitivity pass
+    finds int8 cannot carry (on the 8-bit grids): fragile_tail_net's ReLU6 output, one saturated channel
+    setting the grid of 47 near zero. Before, w6a6 TFLite quantized every tensor (parity 0.62 here, 0.02 on
+    EdgeFace-XS). The kept tensor gets no clamp, which would put it back on a grid for its readers."""
+    args = ["export", "-m", "tests._quant_models:fragile_tail_net", "--w6a6", "--format", "tflite"]
+    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
+    code = main([*args, "--parity-images", "16", "--min-cosine", "0.99", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    (kept,) = row["kept_float_tensors"]
+    model = tl.read(Path(row["path"]).read_bytes())
+    graph = model.subgraphs[0]
+    names = [tl.tensor_name(t) for t in graph.tensors]
+    assert kept + tl.CLAMP_SUFFIX not in names and graph.tensors[names.index(kept)].type == 0  # FLOAT32
+    assert any(n.endswith(tl.CLAMP_SUFFIX) for n in names)  # the other held tensors keep theirs
