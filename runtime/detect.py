@@ -26,7 +26,9 @@ from edgeface.errors import EdgefaceError
 DEFAULT_YUNET = (
     Path(__file__).resolve().parents[1].parent / "shared" / "models" / "face_detection_yunet_2026may.onnx"
 )
-REFINE_FACE_SIZE = 256  # px: smaller faces get their landmarks re-detected upscaled to this size
+# px: a smaller face has its landmarks re-detected upscaled to each size. One: (224, 288) is more precise but
+# costs 2.2x and takes `verify --pairs` below 10x (docs/face_selection.md, benchmarks/refine_heldout.py)
+REFINE_FACE_SIZES = (256,)
 REFINE_CONTEXT = 1.5  # crop side / box side around a face being refined
 MAX_SIDE = 640  # px: larger photos are detected downscaled (refine then works at full resolution)
 MIN_SIDE = 64  # px: narrower inputs are padded (OpenCV's YuNet returned uninitialised rows at <= 32 px)
@@ -207,33 +209,45 @@ class YuNetDetector:
         self,
         image_bgr: np.ndarray,
         face: Face,
-        face_size: int = REFINE_FACE_SIZE,
+        face_sizes: tuple[int, ...] = REFINE_FACE_SIZES,
         context: float = REFINE_CONTEXT,
     ) -> Face:
-        """Re-detect a small face on an upscaled crop around it, for more precise landmarks.
+        """Re-detect a small face on upscaled crops around it, for more precise landmarks.
 
         YuNet's landmarks are coarse on small faces: on the 250x250 LFW photos (faces ~100 px) they sit a
-        median 0.098 inter-ocular distances from the reference landmarks, 0.083 after re-detecting at
-        `face_size` px (tests/test_runtime_align.py measures it). The crop is `context` x the box so the
-        detector sees some context (2.0 gave the same error at 1.8x the pixels). Faces the detector already
-        saw at `face_size` or more are returned unchanged, so the cost (one detection on a 384 px square)
-        is paid only where it helps; a big face found in a downscaled photo is re-detected at that size.
-        With a face-mesh `landmarker`, that model gives the landmarks instead, at every face size.
+        median 0.098 inter-ocular distances from the reference landmarks, 0.073 after this. At each size in
+        `face_sizes` the face's crop is re-detected as it is and mirrored (the mirror cancels YuNet's
+        left/right-asymmetric errors), and all estimates are averaged. More sizes put the face on more
+        phases of YuNet's anchor grids, whose errors differ: (224, 288) gives 0.068 and never more false
+        rejects in the measurements of docs/face_selection.md, at 2.2x the cost, so it is a parameter, not
+        the default. The crop is `context` x the box so the detector sees some context. Faces the detector
+        already saw at the largest size or more are returned unchanged, so close-up camera frames pay
+        nothing; a big face found in a downscaled photo is re-detected at full resolution. With a
+        face-mesh `landmarker`, that model gives the landmarks instead, at every face size.
         """
         if self.landmarker is not None:
             return self.landmarker.refine(image_bgr, face)
+        size = max(face.box[2], face.box[3])
+        if size <= 0 or not face_sizes or (face.detected_size or size) >= max(face_sizes):
+            return face
+        found = [lm for face_size in face_sizes for lm in self._redetect(image_bgr, face, face_size, context)]
+        if not found:
+            return face
+        return Face(face.box, np.mean(found, axis=0), face.score, detected_size=float(max(face_sizes)))
+
+    def _redetect(
+        self, image_bgr: np.ndarray, face: Face, face_size: int, context: float
+    ) -> list[np.ndarray]:
+        """The face's landmarks re-detected on a crop scaled so the face is `face_size` px, and on its
+        mirror image (mapped back, left and right swapped): zero, one or two estimates."""
         x, y, w, h = face.box
         size = max(w, h)
-        if size <= 0 or (face.detected_size or size) >= face_size:
-            return face
         scale = face_size / size  # < 1 for a large face found in a downscaled photo
         side = context * size
         x0, y0 = x + w / 2 - side / 2, y + h / 2 - side / 2
         m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
         n = int(round(side * scale))
         crop = cv2.warpAffine(image_bgr, m, (n, n), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        # The crop and its mirror image: averaging the two estimates (the mirror's mapped back, left and
-        # right swapped) cancels YuNet's left/right-asymmetric landmark errors.
         found = [
             [lm / scale + np.array([x0, y0]) for lm in self._landmarks(c)] for c in (crop, cv2.flip(crop, 1))
         ]
@@ -246,9 +260,7 @@ class YuNetDetector:
             moved = [float(np.linalg.norm(c - face.landmarks, axis=1).mean()) for c in candidates]
             if candidates and min(moved) <= 0.25 * iod:
                 same.append(candidates[int(np.argmin(moved))])
-        if not same:
-            return face
-        return Face(face.box, np.mean(same, axis=0), face.score, detected_size=face_size)
+        return same
 
     def _landmarks(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         return [
