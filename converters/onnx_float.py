@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeface.quiet import native_silent
+
 OPSET = 17
 
 
@@ -30,8 +32,13 @@ def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSE
     and every shape computation is folded to a constant (`fold_constants`), which leaves no integer
     subgraph for the quantizer to trip on and nothing for the runtime to recompute per call.
     """
-    proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
-    if any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
+    try:
+        proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
+    except Exception:
+        # Shape arithmetic that feeds an op attribute (`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))`)
+        # cannot be exported with a symbolic batch at all; with a static input it is a constant.
+        proto = None
+    if proto is None or any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
         proto = _torch_to_onnx(model, input_size, opset, dynamic=False)
     return normalize_graph(proto)
 
@@ -46,7 +53,9 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
     # The TorchScript exporter is deprecated, but it is the one that folds Conv+BN and names every node after
     # its module (what a quantization plan keyed by module name needs; module docstring); its deprecation
     # warning is about our choice, not the user's model, so it is not shown to them.
-    with torch.no_grad(), warnings.catch_warnings():
+    # torch's TorchScript exporter always dumps its whole IR graph to stdout when it fails (its log switch
+    # tests a function object, so it is always on): tens of lines that bury the one-line error; -v keeps it.
+    with torch.no_grad(), warnings.catch_warnings(), native_silent(1):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,

@@ -6,6 +6,8 @@
 - `tiny_hybrid`: an EdgeNeXt-like hybrid: channels-last LayerNorm and Linear layers, GELU, layer-scale
   `gamma`, a cross-covariance attention with a per-head `temperature`, and shapes read from `x.shape`.
 - `fft_net`: uses an op the ONNX exporter does not know (a user model export cannot handle).
+- `shape_pool_net`: global pooling written with shape arithmetic, `h, w = x.shape[-2:]` then
+  `F.avg_pool2d(x, (h, w))`, as many classic CNN repos do.
 """
 
 from __future__ import annotations
@@ -132,3 +134,22 @@ class FFTNet(nn.Module):
 
 def fft_net() -> nn.Module:
     return FFTNet()
+
+
+class ShapePoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.PReLU(16))
+        self.fc = nn.Linear(16, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        h, w = x.shape[-2:]
+        x = F.avg_pool2d(x, (h, w))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def shape_pool_net() -> nn.Module:
+    return ShapePoolNet()

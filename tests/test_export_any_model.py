@@ -19,7 +19,7 @@ from edgeface.converters.torch_rewrite import prelu_as_max as torch_prelu_rewrit
 
 from edgeface.cli.main import main
 from edgeface.spec import read_spec_json, spec_path_for
-from tests._awkward_models import prelu_view_net, tiny_hybrid
+from tests._awkward_models import prelu_view_net, shape_pool_net, tiny_hybrid
 
 LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
 PV = "tests._awkward_models:prelu_view_net"
@@ -62,6 +62,29 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
     assert rewrite.rewritten == 6
     with torch.no_grad():
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_shape_arithmetic_in_op_arguments_exports() -> None:
+    """`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))` cannot be traced with a symbolic batch (the pooling
+    kernel must be a constant); the static-batch export takes it, and computes what torch does."""
+    net = shape_pool_net()
+    proto = export_float_onnx(net, (112, 112))
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_failed_onnx_trace_prints_no_ir_dump(capfd: pytest.CaptureFixture) -> None:
+    """torch dumps its whole TorchScript IR on stdout when an export fails; the user gets our one line."""
+    from edgeface.converters.onnx_float import OPSET, _torch_to_onnx
+
+    # the symbolic-batch attempt, which export_float_onnx then retries with a static batch
+    with pytest.raises(torch.onnx.errors.SymbolicValueError):
+        _torch_to_onnx(shape_pool_net(), (112, 112), OPSET, dynamic=True)
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err
 
 
 def _channel_widths(proto: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> dict[str, np.ndarray]:
