@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -119,6 +121,27 @@ def test_user_factory_measures_embedding_dim():
     assert spec.embedding_dim == 32 and spec.name == "tests._user_model:tiny_face_net"
     declared, dspec = build_model("tests._user_model:declared_spec_net")
     assert dspec.input_size == (96, 96) and dspec.channel_order == "BGR" and dspec.embedding_dim == 64
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("tuple_output_net", r"must be a \[batch, dim\] embedding tensor, got a tuple of 2 items"),
+        ("wrong_dim_spec_net", "returns 32-d embeddings but its spec says embedding_dim 128"),
+    ],
+)
+def test_declared_spec_does_not_skip_the_output_check(factory, message, tmp_path, capsys, lfw):
+    """A model with a declared spec used to skip the forward-pass check: a tuple output became an
+    internal failure deep in the export (exit 1), a wrong embedding_dim a late error about a staging file."""
+    from edgeface.cli.main import main
+
+    with pytest.raises(EdgefaceError, match=message):
+        build_model(f"tests._user_model:{factory}")
+    args = ["export", "-m", f"tests._user_model:{factory}", "--int8", "--format", "onnx"]
+    args += ["--calib", str(lfw), "-o", str(tmp_path / "out"), "--no-pack"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
 
 
 def test_registry_specs_are_valid():
