@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,43 @@ def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSE
     return normalize_graph(proto)
 
 
+def pooling_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of adaptive average pooling along one axis: row i averages the inputs
+    [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), the windows torch's adaptive_avg_pool uses."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def _adaptive_avg_pool2d(g: Any, x: Any, output_size: Any) -> Any:
+    """ONNX symbolic of adaptive_avg_pool2d for any output size of a static map.
+
+    torch's own refuses an output size that does not divide the input ("not factor of input size": a
+    (7, 7) pool on the 7x6 map of a 112x96 face, a (4, 4) pool on 14x14), because windows then differ in
+    size and overlap. Such a pool is a fixed linear map per axis: y = P_h x P_w^T, two MatMuls with
+    constant matrices, exact. Uniform windows keep the usual GlobalAveragePool / AveragePool.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    out = sh._parse_arg(output_size, "is")
+    sizes = sh._get_tensor_sizes(x) or []
+    if list(out) == [1, 1]:
+        return g.op("GlobalAveragePool", x)
+    if len(sizes) != 4 or sizes[2] is None or sizes[3] is None:
+        return sh._unimplemented("adaptive_avg_pool2d", "input size not accessible", x)
+    (h, w), (oh, ow) = sizes[2:], out
+    if h % oh == 0 and w % ow == 0:
+        k = [h // oh, w // ow]
+        return g.op("AveragePool", x, kernel_shape_i=k, strides_i=k)
+    import torch
+
+    right = g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(pooling_matrix(w, ow).T)))
+    left = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(h, oh)))
+    return g.op("MatMul", left, g.op("MatMul", x, right))
+
+
 def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic: bool) -> Any:
     import onnx
     import torch
@@ -55,7 +94,7 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
     # warning is about our choice, not the user's model, so it is not shown to them.
     # torch's TorchScript exporter always dumps its whole IR graph to stdout when it fails (its log switch
     # tests a function object, so it is always on): tens of lines that bury the one-line error; -v keeps it.
-    with torch.no_grad(), warnings.catch_warnings(), native_silent(1):
+    with torch.no_grad(), warnings.catch_warnings(), native_silent(1), _symbolics(opset):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
@@ -69,6 +108,20 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
             dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic else None,
         )
     return onnx.load_from_string(buf.getvalue())
+
+
+@contextmanager
+def _symbolics(opset: int) -> Iterator[None]:
+    """Our ONNX symbolics for ops torch's TorchScript exporter refuses in forms face models use, in force
+    for one export (the registry is global; it is restored after)."""
+    import torch
+
+    name = "aten::adaptive_avg_pool2d"
+    torch.onnx.register_custom_op_symbolic(name, _adaptive_avg_pool2d, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 def static_batch(proto: Any) -> bool:

@@ -8,6 +8,9 @@
 - `fft_net`: uses an op the ONNX exporter does not know (a user model export cannot handle).
 - `shape_pool_net`: global pooling written with shape arithmetic, `h, w = x.shape[-2:]` then
   `F.avg_pool2d(x, (h, w))`, as many classic CNN repos do.
+- `adaptive_pool_net`: a 112x96 net whose head was written for 112x112: `nn.AdaptiveAvgPool2d((7, 7))` on
+  its 7x6 map, and a functional `F.adaptive_avg_pool2d(x, 4)` on 14x12 (output sizes that do not divide
+  the input: windows of unequal size).
 """
 
 from __future__ import annotations
@@ -153,3 +156,23 @@ class ShapePoolNet(nn.Module):
 
 def shape_pool_net() -> nn.Module:
     return ShapePoolNet()
+
+
+class AdaptivePoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())  # 14x12
+        self.down = nn.Conv2d(8, 8, 3, 2, 1)  # 7x6
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(8 * 49 + 8 * 16, 16)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        side = F.adaptive_avg_pool2d(x, 4).flatten(1)
+        return self.fc(torch.cat([self.pool(self.down(x)).flatten(1), side], 1))
+
+
+def adaptive_pool_net() -> nn.Module:
+    return AdaptivePoolNet()

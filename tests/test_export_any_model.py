@@ -19,7 +19,7 @@ from edgeface.converters.torch_rewrite import prelu_as_max as torch_prelu_rewrit
 
 from edgeface.cli.main import main
 from edgeface.spec import read_spec_json, spec_path_for
-from tests._awkward_models import prelu_view_net, shape_pool_net, tiny_hybrid
+from tests._awkward_models import adaptive_pool_net, prelu_view_net, shape_pool_net, tiny_hybrid
 
 LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
 PV = "tests._awkward_models:prelu_view_net"
@@ -74,6 +74,24 @@ def test_shape_arithmetic_in_op_arguments_exports() -> None:
         ref = net(x).numpy()
     out = _session(proto).run(None, {"input": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
+    """torch's TorchScript exporter refuses adaptive average pooling whose output size does not divide the
+    input (a 112x112 head's (7, 7) pool on a 112x96 net's 7x6 map); it is two constant MatMuls, exact.
+    The override is for the export only: torch's own symbolic is back afterwards."""
+    import io
+
+    net = adaptive_pool_net()
+    proto = export_float_onnx(net, (112, 96))
+    x = torch.randn(1, 3, 112, 96)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert "MatMul" in {n.op_type for n in proto.graph.node}
+    with pytest.raises(torch.onnx.errors.SymbolicValueError, match="not factor"), torch.no_grad():
+        torch.onnx.export(net, (x,), io.BytesIO(), dynamo=False, opset_version=17)  # torch's own, restored
 
 
 def test_failed_onnx_trace_prints_no_ir_dump(capfd: pytest.CaptureFixture) -> None:
