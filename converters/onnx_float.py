@@ -61,7 +61,9 @@ def _adaptive_avg_pool2d(g: Any, x: Any, output_size: Any) -> Any:
     torch's own refuses an output size that does not divide the input ("not factor of input size": a
     (7, 7) pool on the 7x6 map of a 112x96 face, a (4, 4) pool on 14x14), because windows then differ in
     size and overlap. Such a pool is a fixed linear map per axis: y = P_h x P_w^T, two MatMuls with
-    constant matrices, exact. Uniform windows keep the usual GlobalAveragePool / AveragePool.
+    constant matrices, exact. Uniform windows keep the usual GlobalAveragePool / AveragePool. Both
+    constants are MatMul's first input (the W axis is pooled between two Transposes): a constant second
+    input is how a Linear layer looks to the quantizer and to a checkpoint's layer matching.
     """
     from torch.onnx import symbolic_helper as sh
 
@@ -77,9 +79,11 @@ def _adaptive_avg_pool2d(g: Any, x: Any, output_size: Any) -> Any:
         return g.op("AveragePool", x, kernel_shape_i=k, strides_i=k)
     import torch
 
-    right = g.op("Constant", value_t=torch.from_numpy(np.ascontiguousarray(pooling_matrix(w, ow).T)))
-    left = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(h, oh)))
-    return g.op("MatMul", left, g.op("MatMul", x, right))
+    p_w = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(w, ow)))
+    p_h = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(h, oh)))
+    x = g.op("Transpose", x, perm_i=[0, 1, 3, 2])  # N, C, W, H
+    x = g.op("Transpose", g.op("MatMul", p_w, x), perm_i=[0, 1, 3, 2])  # N, C, H, ow
+    return g.op("MatMul", p_h, x)
 
 
 def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic: bool) -> Any:

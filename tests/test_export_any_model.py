@@ -82,6 +82,8 @@ def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
     The override is for the export only: torch's own symbolic is back afterwards."""
     import io
 
+    from edgeface.converters.learned import weighted_nodes
+
     net = adaptive_pool_net()
     proto = export_float_onnx(net, (112, 96))
     x = torch.randn(1, 3, 112, 96)
@@ -90,6 +92,8 @@ def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
     out = _session(proto).run(None, {"input": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
     assert "MatMul" in {n.op_type for n in proto.graph.node}
+    # the pooling matrices do not pose as Linear layers (a quantize checkpoint matches layers to those)
+    assert [n.op_type for n in weighted_nodes(proto)] == ["Conv", "Conv", "Gemm"]
     with pytest.raises(torch.onnx.errors.SymbolicValueError, match="not factor"), torch.no_grad():
         torch.onnx.export(net, (x,), io.BytesIO(), dynamo=False, opset_version=17)  # torch's own, restored
 
