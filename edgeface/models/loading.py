@@ -40,6 +40,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if str(e).startswith("Weights only load failed"):
+            # torch's first line goes on to offer weights_only=False, which edgeface never uses (a pickled
+            # object can run code on load): say what the file is and what to save instead
+            raise EdgefaceError(
+                f"cannot load weights {path}: it holds pickled Python objects (e.g. a whole model saved "
+                "with torch.save(model)), which edgeface does not unpickle; save the weights with "
+                "torch.save(model.state_dict(), PATH)"
+            ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgefaceError(f"cannot load weights {path}: {first}") from None
 
