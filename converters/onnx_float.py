@@ -212,7 +212,7 @@ def normalize_graph(proto: Any) -> Any:
     nodes = linear_to_gemm(nodes, inits, shapes)
     nodes = fold_channel_scale(nodes, inits)
     nodes = _fold_batchnorm(nodes, inits)
-    nodes = _batchnorm_to_conv(nodes, inits)
+    nodes = _batchnorm_to_conv(nodes, inits, _static_shapes(_rebuilt(proto, nodes, inits)))
     used = {i for n in nodes for i in n.input}
     new_graph = helper.make_graph(
         nodes,
@@ -442,14 +442,20 @@ def fold_channel_scale(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[A
     return out
 
 
-def _batchnorm_to_conv(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
+def _batchnorm_to_conv(
+    nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]] | None = None
+) -> list[Any]:
     """A BatchNormalization that could not be folded (it precedes a zero-padded conv, as IResNet's bn1 and
-    bn2 do) becomes a 1x1 depthwise conv with bias: the same affine map, but one an int8 runtime runs."""
+    bn2 do) becomes a 1x1 depthwise conv with bias: the same affine map, but one an int8 runtime runs.
+    Only on feature maps: a BatchNorm1d on a [N, C] vector (before a head's Linear) stays as it is, a
+    Conv needs a 4-D input."""
     from onnx import helper
 
+    shapes = shapes or {}
     out = []
     for n in nodes:
-        if n.op_type != "BatchNormalization" or not all(i in inits for i in n.input[1:5]):
+        rank = len(shapes.get(n.input[0], [0, 0, 0, 0]))
+        if n.op_type != "BatchNormalization" or rank != 4 or not all(i in inits for i in n.input[1:5]):
             out.append(n)
             continue
         eps = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-5)
@@ -470,6 +476,38 @@ def _batchnorm_to_conv(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[A
     return out
 
 
+def _fold_batchnorm_into_gemm(bn: Any, gemm: Any, inits: dict[str, np.ndarray]) -> bool:
+    """Fold a BatchNorm1d that follows a Linear left as a Gemm (its input is not a flattened feature map,
+    e.g. a concat of pooled features) into the Gemm's weights and bias: exact. False when the Gemm is not
+    a plain `A @ B (+ C)` with constant B and C, and nothing is changed."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return False
+    if gemm.input[1] not in inits or (len(gemm.input) > 2 and gemm.input[2] and gemm.input[2] not in inits):
+        return False
+    if not all(i in inits for i in bn.input[1:5]):
+        return False
+    eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    gamma, beta, mean, var = (inits[i].astype(np.float64) for i in bn.input[1:5])
+    k = gamma / np.sqrt(var + eps)
+    w = inits[gemm.input[1]].astype(np.float64)
+    trans_b = bool(attrs.get("transB", 0))
+    if (w.shape[0] if trans_b else w.shape[1]) != k.size:
+        return False
+    has_bias = len(gemm.input) > 2 and bool(gemm.input[2])
+    b = inits[gemm.input[2]].astype(np.float64) if has_bias else np.zeros(k.size)
+    if b.size != k.size:
+        return False
+    wname, bname = gemm.input[1] + "_bnfold", gemm.input[1] + "_bnfold_bias"
+    inits[wname] = (w * (k[:, None] if trans_b else k[None, :])).astype(np.float32)
+    inits[bname] = ((b.reshape(-1) - mean) * k + beta).astype(np.float32)
+    gemm.input[:] = [gemm.input[0], wname, bname]
+    gemm.output[0] = bn.output[0]
+    return True
+
+
 def _fold_batchnorm(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
     """Fold a BatchNormalization that follows a Conv (whose only consumer it is) into the conv."""
     from onnx import helper
@@ -478,7 +516,13 @@ def _fold_batchnorm(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]
     out = list(nodes)
     for bn in [n for n in nodes if n.op_type == "BatchNormalization"]:
         conv = producers.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or len(_consumers(out, conv.output[0])) != 1:
+        if conv is None or len(_consumers(out, conv.output[0])) != 1:
+            continue
+        if conv.op_type == "Gemm":
+            if _fold_batchnorm_into_gemm(bn, conv, inits):
+                out.remove(bn)
+            continue
+        if conv.op_type != "Conv":
             continue
         eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (inits[i].astype(np.float64) for i in bn.input[1:5])

@@ -11,6 +11,8 @@
 - `adaptive_pool_net`: a 112x96 net whose head was written for 112x112: `nn.AdaptiveAvgPool2d((7, 7))` on
   its 7x6 map, and a functional `F.adaptive_avg_pool2d(x, 4)` on 14x12 (output sizes that do not divide
   the input: windows of unequal size).
+- `bn1d_head_net`: a head on a concat of pooled features: BatchNorm1d on the [N, C] vector, a Linear,
+  BatchNorm1d, then `F.normalize` (a unit-norm embedding).
 """
 
 from __future__ import annotations
@@ -176,3 +178,31 @@ class AdaptivePoolNet(nn.Module):
 
 def adaptive_pool_net() -> nn.Module:
     return AdaptivePoolNet()
+
+
+class BN1dHeadNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.BatchNorm2d(8), nn.ReLU())  # 28x28
+        self.b = nn.Sequential(nn.Conv2d(8, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.PReLU(16))  # 7x7
+        self.pre = nn.BatchNorm1d(8 + 16)
+        self.fc = nn.Linear(8 + 16, 20)
+        self.features = nn.BatchNorm1d(20)
+        with torch.no_grad():
+            for bn in (self.pre, self.features):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.3, 0.3)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        b = self.b(a)
+        f = torch.cat([F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(b, 1).flatten(1)], 1)
+        return F.normalize(self.features(self.fc(self.pre(f))), dim=1)
+
+
+def bn1d_head_net() -> nn.Module:
+    return BN1dHeadNet()

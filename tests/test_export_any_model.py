@@ -19,7 +19,13 @@ from edgeface.converters.torch_rewrite import prelu_as_max as torch_prelu_rewrit
 
 from edgeface.cli.main import main
 from edgeface.spec import read_spec_json, spec_path_for
-from tests._awkward_models import adaptive_pool_net, prelu_view_net, shape_pool_net, tiny_hybrid
+from tests._awkward_models import (
+    adaptive_pool_net,
+    bn1d_head_net,
+    prelu_view_net,
+    shape_pool_net,
+    tiny_hybrid,
+)
 
 LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
 PV = "tests._awkward_models:prelu_view_net"
@@ -96,6 +102,21 @@ def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
     assert [n.op_type for n in weighted_nodes(proto)] == ["Conv", "Conv", "Gemm"]
     with pytest.raises(torch.onnx.errors.SymbolicValueError, match="not factor"), torch.no_grad():
         torch.onnx.export(net, (x,), io.BytesIO(), dynamo=False, opset_version=17)  # torch's own, restored
+
+
+def test_batchnorm1d_on_vectors_exports() -> None:
+    """A BatchNorm1d after a Linear left as a Gemm (its input a concat of pooled features) and one on the
+    [N, C] vector before it used to become 1x1 convs on 2-D tensors: an invalid graph ("Input tensor must
+    have at least 3 dimensions"). The first folds into the Gemm, the second stays a BatchNormalization."""
+    net = bn1d_head_net()
+    proto = export_float_onnx(net, (112, 112))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("BatchNormalization") == 1 and ops.count("Gemm") == 1
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-5
 
 
 def test_failed_onnx_trace_prints_no_ir_dump(capfd: pytest.CaptureFixture) -> None:
