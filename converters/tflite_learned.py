@@ -161,19 +161,33 @@ def _dw1x1(model: Any, op: Any, graph: Any) -> bool:
 CASTS = ("QUANTIZE", "DEQUANTIZE")  # ops ai-edge-quantizer inserts where int8 and float ops meet
 
 
+def _is_copy(model: Any, op: Any) -> bool:
+    """A QUANTIZE/DEQUANTIZE, or a w6a6 grid clamp (a MAXIMUM with the grid's lowest value, exact on the
+    grid): ops that pass a tensor on unchanged for what PReLU matching cares about."""
+    if op_name(model, op) in CASTS:
+        return True
+    return bool(op.outputs is not None and len(op.outputs)) and tensor_name(
+        model.subgraphs[0].tensors[op.outputs[0]]
+    ).endswith(CLAMP_SUFFIX)
+
+
 def _source(model: Any, producers: Mapping[int, Any], i: int) -> int:
-    """Tensor `i`, or the tensor it is a QUANTIZE/DEQUANTIZE copy of (same value, another storage)."""
-    while (p := producers.get(i)) is not None and op_name(model, p) in CASTS:
-        i = int(p.inputs[0])
+    """Tensor `i`, or the activation it is a copy of through QUANTIZE/DEQUANTIZE ops and grid clamps."""
+    graph = model.subgraphs[0]
+    while (p := producers.get(i)) is not None and _is_copy(model, p):
+        ins = [int(j) for j in p.inputs if j >= 0 and not is_const(model, graph, int(j))]
+        if len(ins) != 1:
+            break
+        i = ins[0]
     return i
 
 
 def _readers(model: Any, graph: Any, i: int, users: Mapping[int, list[int]]) -> list[int]:
-    """The ops reading tensor `i`, looking through the QUANTIZE/DEQUANTIZE copies of it."""
+    """The ops reading tensor `i`, looking through its copies (QUANTIZE/DEQUANTIZE, grid clamps)."""
     out: list[int] = []
     for k in users.get(i, []):
         op = graph.operators[k]
-        if op_name(model, op) in CASTS:
+        if _is_copy(model, op):
             out.extend(_readers(model, graph, int(op.outputs[0]), users))
         else:
             out.append(k)
@@ -186,8 +200,9 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     a*x + (1-a)*relu(x): it feeds an ADD whose other input is the other 1x1 depthwise conv of the pair,
     one of the two reading RELU(the other's input).
 
-    The same in a quantized graph: the QUANTIZE/DEQUANTIZE ops the quantizer puts between an int8 op and
-    a float one (a tensor the sensitivity pass keeps float) are looked through, since they change no value.
+    The same in a quantized or w6a6 graph: the QUANTIZE/DEQUANTIZE ops the quantizer puts between an int8
+    op and a float one (a tensor the sensitivity pass keeps float) and the w6a6 grid clamps are looked
+    through, since they change no value that matters here.
     """
     op = graph.operators[k]
     if not _dw1x1(model, op, graph):
@@ -198,10 +213,6 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
         return _source(model, producers, int(i))
 
     nxt = _readers(model, graph, int(op.outputs[0]), users)
-    if len(nxt) == 1 and tensor_name(graph.tensors[graph.operators[nxt[0]].outputs[0]]).endswith(
-        CLAMP_SUFFIX
-    ):
-        nxt = _readers(model, graph, int(graph.operators[nxt[0]].outputs[0]), users)  # through a w6a6 clamp
     if len(nxt) != 1:
         return False
     m = graph.operators[nxt[0]]

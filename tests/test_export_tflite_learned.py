@@ -238,6 +238,28 @@ def test_prelu_checkpoint_exports_tflite_when_tensors_beside_its_rewrite_stay_fl
         tl.impose_weights(data, data, [])
 
 
+def test_w6a6_prelu_checkpoint_tells_slope_convs_behind_grid_clamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """w6a6 puts a grid clamp after every slope conv of the PReLU rewrite a x + (1 - a) relu(x), so the ADD
+    reads clamps, not the convs: the slope convs used to count as layers ("quantized TFLite graph has 23
+    weighted ops ... the plan 11: cannot place the weight scales") and the TFLite artifact was lost."""
+    _, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", PRELU, "--bits", "w6a6", "--calib", str(calib), "--num-images", "16"]
+    assert main([*args, "--quiet", "-o", str(ckpt)]) == 0
+    capsys.readouterr()
+    args = ["export", "-m", PRELU, "-w", str(ckpt), "--w6a6", "--format", "tflite", "--calib", str(calib)]
+    args += ["-o", str(tmp_path / "out"), "--calib-images", "48", "--parity-images", "16", "--json"]
+    code = main([*args, "--min-cosine", "0.5", "--no-pack"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    model = tl.read(Path(row["path"]).read_bytes())
+    main_ops, slopes = tl.weighted_ops(model)
+    assert (len(main_ops), len(slopes)) == (7, 10)  # 6 convs + fc; two slope convs for each of 5 PReLUs
+
+
 def test_hybrid_checkpoint_exports_tflite_with_its_learned_input_grids(
     hybrid_ckpt: tuple[Path, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
