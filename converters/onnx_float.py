@@ -117,14 +117,22 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
 @contextmanager
 def _symbolics(opset: int) -> Iterator[None]:
     """Our ONNX symbolics for ops torch's TorchScript exporter refuses in forms face models use, in force
-    for one export (the registry is global; it is restored after)."""
+    for one export (the registry is global; it is restored after).
+
+    Also off for the export: the fused "fast path" of nn.TransformerEncoderLayer / nn.MultiheadAttention
+    that eval mode takes without grad (aten::_transformer_encoder_layer_fwd, _native_multi_head_attention):
+    it has no ONNX symbolic, while the module's plain ops are the same computation.
+    """
     import torch
 
     name = "aten::adaptive_avg_pool2d"
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.onnx.register_custom_op_symbolic(name, _adaptive_avg_pool2d, opset)
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         yield
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 

@@ -13,6 +13,8 @@
   the input: windows of unequal size).
 - `bn1d_head_net`: a head on a concat of pooled features: BatchNorm1d on the [N, C] vector, a Linear,
   BatchNorm1d, then `F.normalize` (a unit-norm embedding).
+- `tiny_face_transformer`: a Face-Transformer-like ViT built from `nn.TransformerEncoder` (a class token,
+  positional embedding, LayerNorm head), whose eval forward takes PyTorch's fused fast path.
 """
 
 from __future__ import annotations
@@ -206,3 +208,26 @@ class BN1dHeadNet(nn.Module):
 
 def bn1d_head_net() -> nn.Module:
     return BN1dHeadNet()
+
+
+class TinyFaceTransformer(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, dim, 16, 16)  # 7x7 tokens
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 50, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.norm(self.encoder(t)[:, 0]))
+
+
+def tiny_face_transformer() -> nn.Module:
+    return TinyFaceTransformer()

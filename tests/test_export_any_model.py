@@ -24,6 +24,7 @@ from tests._awkward_models import (
     bn1d_head_net,
     prelu_view_net,
     shape_pool_net,
+    tiny_face_transformer,
     tiny_hybrid,
 )
 
@@ -117,6 +118,21 @@ def test_batchnorm1d_on_vectors_exports() -> None:
         ref = net(x).numpy()
     out = _session(proto).run(None, {"input": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-5
+
+
+def test_transformer_encoder_exports_without_its_fused_fast_path() -> None:
+    """nn.TransformerEncoderLayer in eval mode runs aten::_transformer_encoder_layer_fwd, which has no ONNX
+    symbolic ("Exporting the operator ... is not supported"); the export turns the fast path off (and
+    back on after), so the layer's plain ops are exported."""
+    net = tiny_face_transformer()
+    assert torch.backends.mha.get_fastpath_enabled()
+    proto = export_float_onnx(net, (112, 112))
+    assert torch.backends.mha.get_fastpath_enabled()
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
 def test_failed_onnx_trace_prints_no_ir_dump(capfd: pytest.CaptureFixture) -> None:
