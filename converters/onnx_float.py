@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+
+from edgeface.quiet import native_silent
 
 OPSET = 17
 
@@ -30,10 +34,56 @@ def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSE
     and every shape computation is folded to a constant (`fold_constants`), which leaves no integer
     subgraph for the quantizer to trip on and nothing for the runtime to recompute per call.
     """
-    proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
-    if any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
+    try:
+        proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
+    except Exception:
+        # Shape arithmetic that feeds an op attribute (`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))`)
+        # cannot be exported with a symbolic batch at all; with a static input it is a constant.
+        proto = None
+    if proto is None or any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
         proto = _torch_to_onnx(model, input_size, opset, dynamic=False)
     return normalize_graph(proto)
+
+
+def pooling_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of adaptive average pooling along one axis: row i averages the inputs
+    [floor(i n_in / n_out), ceil((i + 1) n_in / n_out)), the windows torch's adaptive_avg_pool uses."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
+def _adaptive_avg_pool2d(g: Any, x: Any, output_size: Any) -> Any:
+    """ONNX symbolic of adaptive_avg_pool2d for any output size of a static map.
+
+    torch's own refuses an output size that does not divide the input ("not factor of input size": a
+    (7, 7) pool on the 7x6 map of a 112x96 face, a (4, 4) pool on 14x14), because windows then differ in
+    size and overlap. Such a pool is a fixed linear map per axis: y = P_h x P_w^T, two MatMuls with
+    constant matrices, exact. Uniform windows keep the usual GlobalAveragePool / AveragePool. Both
+    constants are MatMul's first input (the W axis is pooled between two Transposes): a constant second
+    input is how a Linear layer looks to the quantizer and to a checkpoint's layer matching.
+    """
+    from torch.onnx import symbolic_helper as sh
+
+    out = sh._parse_arg(output_size, "is")
+    sizes = sh._get_tensor_sizes(x) or []
+    if list(out) == [1, 1]:
+        return g.op("GlobalAveragePool", x)
+    if len(sizes) != 4 or sizes[2] is None or sizes[3] is None:
+        return sh._unimplemented("adaptive_avg_pool2d", "input size not accessible", x)
+    (h, w), (oh, ow) = sizes[2:], out
+    if h % oh == 0 and w % ow == 0:
+        k = [h // oh, w // ow]
+        return g.op("AveragePool", x, kernel_shape_i=k, strides_i=k)
+    import torch
+
+    p_w = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(w, ow)))
+    p_h = g.op("Constant", value_t=torch.from_numpy(pooling_matrix(h, oh)))
+    x = g.op("Transpose", x, perm_i=[0, 1, 3, 2])  # N, C, W, H
+    x = g.op("Transpose", g.op("MatMul", p_w, x), perm_i=[0, 1, 3, 2])  # N, C, H, ow
+    return g.op("MatMul", p_h, x)
 
 
 def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic: bool) -> Any:
@@ -46,7 +96,9 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
     # The TorchScript exporter is deprecated, but it is the one that folds Conv+BN and names every node after
     # its module (what a quantization plan keyed by module name needs; module docstring); its deprecation
     # warning is about our choice, not the user's model, so it is not shown to them.
-    with torch.no_grad(), warnings.catch_warnings():
+    # torch's TorchScript exporter always dumps its whole IR graph to stdout when it fails (its log switch
+    # tests a function object, so it is always on): tens of lines that bury the one-line error; -v keeps it.
+    with torch.no_grad(), warnings.catch_warnings(), native_silent(1), _symbolics(opset):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
@@ -60,6 +112,28 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
             dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}} if dynamic else None,
         )
     return onnx.load_from_string(buf.getvalue())
+
+
+@contextmanager
+def _symbolics(opset: int) -> Iterator[None]:
+    """Our ONNX symbolics for ops torch's TorchScript exporter refuses in forms face models use, in force
+    for one export (the registry is global; it is restored after).
+
+    Also off for the export: the fused "fast path" of nn.TransformerEncoderLayer / nn.MultiheadAttention
+    that eval mode takes without grad (aten::_transformer_encoder_layer_fwd, _native_multi_head_attention):
+    it has no ONNX symbolic, while the module's plain ops are the same computation.
+    """
+    import torch
+
+    name = "aten::adaptive_avg_pool2d"
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.onnx.register_custom_op_symbolic(name, _adaptive_avg_pool2d, opset)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        torch.onnx.unregister_custom_op_symbolic(name, opset)
 
 
 def static_batch(proto: Any) -> bool:
@@ -146,7 +220,7 @@ def normalize_graph(proto: Any) -> Any:
     nodes = linear_to_gemm(nodes, inits, shapes)
     nodes = fold_channel_scale(nodes, inits)
     nodes = _fold_batchnorm(nodes, inits)
-    nodes = _batchnorm_to_conv(nodes, inits)
+    nodes = _batchnorm_to_conv(nodes, inits, _static_shapes(_rebuilt(proto, nodes, inits)))
     used = {i for n in nodes for i in n.input}
     new_graph = helper.make_graph(
         nodes,
@@ -376,14 +450,20 @@ def fold_channel_scale(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[A
     return out
 
 
-def _batchnorm_to_conv(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
+def _batchnorm_to_conv(
+    nodes: list[Any], inits: dict[str, np.ndarray], shapes: dict[str, list[int]] | None = None
+) -> list[Any]:
     """A BatchNormalization that could not be folded (it precedes a zero-padded conv, as IResNet's bn1 and
-    bn2 do) becomes a 1x1 depthwise conv with bias: the same affine map, but one an int8 runtime runs."""
+    bn2 do) becomes a 1x1 depthwise conv with bias: the same affine map, but one an int8 runtime runs.
+    Only on feature maps: a BatchNorm1d on a [N, C] vector (before a head's Linear) stays as it is, a
+    Conv needs a 4-D input."""
     from onnx import helper
 
+    shapes = shapes or {}
     out = []
     for n in nodes:
-        if n.op_type != "BatchNormalization" or not all(i in inits for i in n.input[1:5]):
+        rank = len(shapes.get(n.input[0], [0, 0, 0, 0]))
+        if n.op_type != "BatchNormalization" or rank != 4 or not all(i in inits for i in n.input[1:5]):
             out.append(n)
             continue
         eps = next((helper.get_attribute_value(a) for a in n.attribute if a.name == "epsilon"), 1e-5)
@@ -404,6 +484,38 @@ def _batchnorm_to_conv(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[A
     return out
 
 
+def _fold_batchnorm_into_gemm(bn: Any, gemm: Any, inits: dict[str, np.ndarray]) -> bool:
+    """Fold a BatchNorm1d that follows a Linear left as a Gemm (its input is not a flattened feature map,
+    e.g. a concat of pooled features) into the Gemm's weights and bias: exact. False when the Gemm is not
+    a plain `A @ B (+ C)` with constant B and C, and nothing is changed."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in gemm.attribute}
+    if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+        return False
+    if gemm.input[1] not in inits or (len(gemm.input) > 2 and gemm.input[2] and gemm.input[2] not in inits):
+        return False
+    if not all(i in inits for i in bn.input[1:5]):
+        return False
+    eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    gamma, beta, mean, var = (inits[i].astype(np.float64) for i in bn.input[1:5])
+    k = gamma / np.sqrt(var + eps)
+    w = inits[gemm.input[1]].astype(np.float64)
+    trans_b = bool(attrs.get("transB", 0))
+    if (w.shape[0] if trans_b else w.shape[1]) != k.size:
+        return False
+    has_bias = len(gemm.input) > 2 and bool(gemm.input[2])
+    b = inits[gemm.input[2]].astype(np.float64) if has_bias else np.zeros(k.size)
+    if b.size != k.size:
+        return False
+    wname, bname = gemm.input[1] + "_bnfold", gemm.input[1] + "_bnfold_bias"
+    inits[wname] = (w * (k[:, None] if trans_b else k[None, :])).astype(np.float32)
+    inits[bname] = ((b.reshape(-1) - mean) * k + beta).astype(np.float32)
+    gemm.input[:] = [gemm.input[0], wname, bname]
+    gemm.output[0] = bn.output[0]
+    return True
+
+
 def _fold_batchnorm(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]:
     """Fold a BatchNormalization that follows a Conv (whose only consumer it is) into the conv."""
     from onnx import helper
@@ -412,7 +524,13 @@ def _fold_batchnorm(nodes: list[Any], inits: dict[str, np.ndarray]) -> list[Any]
     out = list(nodes)
     for bn in [n for n in nodes if n.op_type == "BatchNormalization"]:
         conv = producers.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or len(_consumers(out, conv.output[0])) != 1:
+        if conv is None or len(_consumers(out, conv.output[0])) != 1:
+            continue
+        if conv.op_type == "Gemm":
+            if _fold_batchnorm_into_gemm(bn, conv, inits):
+                out.remove(bn)
+            continue
+        if conv.op_type != "Conv":
             continue
         eps = next((helper.get_attribute_value(a) for a in bn.attribute if a.name == "epsilon"), 1e-5)
         gamma, beta, mean, var = (inits[i].astype(np.float64) for i in bn.input[1:5])

@@ -32,7 +32,7 @@ from edgeface.converters.sensitivity import SENSITIVITY_IMAGES
 from edgeface.converters.staging import native_section
 from edgeface.converters.tflite_fold import fold_constants
 
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ModelError
 from edgeface.quiet import native_quiet
 from edgeface.spec import ModelSpec, TensorQuant
 
@@ -219,7 +219,7 @@ def build_tflite(
         targets.update(moved)
     off = tl.check_targets(out, targets)
     if off:
-        raise EdgefaceError(
+        raise ModelError(
             f"ai-edge-quantizer did not keep the activation scales asked for on {len(off)} tensors "
             f"(first: {off[0]})"
         )

@@ -158,34 +158,76 @@ def _dw1x1(model: Any, op: Any, graph: Any) -> bool:
     return tuple(graph.tensors[op.inputs[1]].shape[1:3]) == (1, 1)
 
 
+CASTS = ("QUANTIZE", "DEQUANTIZE")  # ops ai-edge-quantizer inserts where int8 and float ops meet
+
+
+def _is_copy(model: Any, op: Any) -> bool:
+    """A QUANTIZE/DEQUANTIZE, or a w6a6 grid clamp (a MAXIMUM with the grid's lowest value, exact on the
+    grid): ops that pass a tensor on unchanged for what PReLU matching cares about."""
+    if op_name(model, op) in CASTS:
+        return True
+    return bool(op.outputs is not None and len(op.outputs)) and tensor_name(
+        model.subgraphs[0].tensors[op.outputs[0]]
+    ).endswith(CLAMP_SUFFIX)
+
+
+def _source(model: Any, producers: Mapping[int, Any], i: int) -> int:
+    """Tensor `i`, or the activation it is a copy of through QUANTIZE/DEQUANTIZE ops and grid clamps."""
+    graph = model.subgraphs[0]
+    while (p := producers.get(i)) is not None and _is_copy(model, p):
+        ins = [int(j) for j in p.inputs if j >= 0 and not is_const(model, graph, int(j))]
+        if len(ins) != 1:
+            break
+        i = ins[0]
+    return i
+
+
+def _readers(model: Any, graph: Any, i: int, users: Mapping[int, list[int]]) -> list[int]:
+    """The ops reading tensor `i`, looking through its copies (QUANTIZE/DEQUANTIZE, grid clamps)."""
+    out: list[int] = []
+    for k in users.get(i, []):
+        op = graph.operators[k]
+        if _is_copy(model, op):
+            out.extend(_readers(model, graph, int(op.outputs[0]), users))
+        else:
+            out.append(k)
+    return out
+
+
 def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]]) -> bool:
     """A bias-free 1x1 depthwise conv of torch_rewrite.prelu_as_max. Max form: its output only feeds
     (through a w6a6 clamp, if any) a MAXIMUM that also reads the conv's own input. Any-slope form
     a*x + (1-a)*relu(x): it feeds an ADD whose other input is the other 1x1 depthwise conv of the pair,
-    one of the two reading RELU(the other's input)."""
+    one of the two reading RELU(the other's input).
+
+    The same in a quantized or w6a6 graph: the QUANTIZE/DEQUANTIZE ops the quantizer puts between an int8
+    op and a float one (a tensor the sensitivity pass keeps float) and the w6a6 grid clamps are looked
+    through, since they change no value that matters here.
+    """
     op = graph.operators[k]
     if not _dw1x1(model, op, graph):
         return False
-    nxt = users.get(int(op.outputs[0]), [])
-    if len(nxt) == 1 and tensor_name(graph.tensors[graph.operators[nxt[0]].outputs[0]]).endswith(
-        CLAMP_SUFFIX
-    ):
-        nxt = users.get(int(graph.operators[nxt[0]].outputs[0]), [])  # through a w6a6 clamp
+    producers = {int(o): p for p in graph.operators for o in p.outputs}
+
+    def src(i: int) -> int:
+        return _source(model, producers, int(i))
+
+    nxt = _readers(model, graph, int(op.outputs[0]), users)
     if len(nxt) != 1:
         return False
     m = graph.operators[nxt[0]]
     if op_name(model, m) == "MAXIMUM":
-        return int(op.inputs[0]) in [int(i) for i in m.inputs]
+        return src(op.inputs[0]) in [src(i) for i in m.inputs]
     if op_name(model, m) != "ADD":
         return False
-    producers = {int(o.outputs[0]): o for o in graph.operators}
-    others = [producers.get(int(i)) for i in m.inputs if int(i) != int(op.outputs[0])]
+    mine = int(op.outputs[0])
+    others = [producers.get(src(i)) for i in m.inputs if src(i) != mine]
     if len(others) != 1 or others[0] is None or not _dw1x1(model, others[0], graph):
         return False
-    a, b = int(op.inputs[0]), int(others[0].inputs[0])
-    for relu_out, src in ((a, b), (b, a)):
+    a, b = src(op.inputs[0]), src(others[0].inputs[0])
+    for relu_out, x in ((a, b), (b, a)):
         r = producers.get(relu_out)
-        if r is not None and op_name(model, r) == "RELU" and int(r.inputs[0]) == src:
+        if r is not None and op_name(model, r) == "RELU" and src(r.inputs[0]) == x:
             return True
     return False
 
@@ -207,12 +249,13 @@ def model_adds(model: Any) -> list[Any]:
     ADD of a constant (a bias, GELU's erf + 1): what learned.add_nodes_of lists on the checkpoint's side."""
     graph = model.subgraphs[0]
     writer = {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
+    producers = {int(o): op for op in graph.operators for o in op.outputs}
     slopes = set(weighted_ops(model)[1])
     return [
         op
         for op in graph.operators
         if op_name(model, op) == "ADD"
-        and not any(writer.get(int(i)) in slopes for i in op.inputs)
+        and not any(writer.get(_source(model, producers, int(i))) in slopes for i in op.inputs if i >= 0)
         and not any(is_const(model, graph, int(i)) for i in op.inputs if i >= 0)
     ]
 
@@ -297,7 +340,7 @@ def match_plan(
         n = out_channels(model, k)
         if len(layer["weight_scale"]) != n:
             op = graph.operators[k]
-            raise EdgefaceError(
+            raise ModelError(
                 f"learned scales of {name} ({len(layer['weight_scale'])} channels) do not fit TFLite op "
                 f"{op_name(model, op)} #{k} ({n} output channels)"
             )
@@ -532,9 +575,10 @@ def impose_weights(
     q_main, _ = weighted_ops(q)
     f_main, _ = weighted_ops(f)
     if len(q_main) != len(f_main) or len(q_main) != len(scales):
-        raise EdgefaceError(
+        raise ModelError(
             f"quantized TFLite graph has {len(q_main)} weighted ops, the float one {len(f_main)}, the plan "
-            f"{len(scales)}: cannot place the weight scales"
+            f"{len(scales)}: cannot place the weight scales (export the float weights with --int8 instead, "
+            "or --format onnx)"
         )
     buffer_users: dict[int, int] = {}
     for t in qg.tensors:
@@ -549,7 +593,10 @@ def impose_weights(
         if wt.type == 0:  # an op the recipe left float (tflite_mixed.py) keeps its float weights
             continue
         if tuple(wt.shape) != w.shape or op_name(f, fop) != kind:
-            raise EdgefaceError(f"TFLite op #{qk} ({kind}) does not match its float op #{fk}")
+            raise ModelError(
+                f"TFLite op #{qk} ({kind}) does not match its float op #{fk}: cannot place the weight scales "
+                "(export the float weights with --int8 instead, or --format onnx)"
+            )
         qmax = 2 ** (bits - 1) - 1
         wm = np.moveaxis(w, axis, 0)
         if s is None:
@@ -557,7 +604,10 @@ def impose_weights(
             s = np.where(top > 0, top / qmax, 1.0 / qmax)  # a dead channel: any step, its bias must fit
         s = np.asarray(s, np.float32)
         if s.shape != (wm.shape[0],):
-            raise EdgefaceError(f"{s.size} weight scales for TFLite op #{qk} with {wm.shape[0]} channels")
+            raise ModelError(
+                f"{s.size} weight scales for TFLite op #{qk} with {wm.shape[0]} channels (export the float "
+                "weights with --int8 instead, or --format onnx)"
+            )
         fb = buffer_array(f, fg.tensors[fop.inputs[2]], np.float32) if _has_bias(qop) else None
         s_in = float(qg.tensors[qop.inputs[0]].quantization.scale[0]) if fb is not None else 0.0
         if fb is not None:

@@ -9,7 +9,8 @@ worked, and buries the one line that matters. Three kinds of noise, three mechan
   libraries load.
 - Native code that writes straight to file descriptor 2 (LiteRT's delegate banner, the converter's
   absl lines): `native_quiet()` points fd 2 at a temporary file around the few calls that do it; what was
-  captured is replayed when the call fails, so a library's own explanation of an error is never lost.
+  captured is replayed when the call fails, so a library's own explanation of an error is never lost;
+  `native_silent(fd)` drops a native failure dump outright (torch's ONNX exporter prints its IR graph).
 Pure stdlib, so the runtime (which imports no torch) can use it.
 """
 
@@ -106,6 +107,39 @@ def native_quiet() -> Iterator[None]:
             os.close(saved)
         except OSError:
             pass
+
+
+@contextmanager
+def native_silent(fd: int) -> Iterator[None]:
+    """Discard what native code writes to file descriptor `fd` during the block (unless verbose).
+
+    For libraries whose native side prints a dump on failure that the raised exception already sums up
+    (torch's TorchScript ONNX exporter writes its whole IR graph to stdout, where it would also corrupt
+    `--json -` output); unlike `native_quiet` nothing is replayed.
+    """
+    stream = sys.stdout if fd == 1 else sys.stderr if fd == 2 else None
+    if _VERBOSE:
+        yield
+        return
+    try:
+        if stream is not None:
+            stream.flush()
+        saved = os.dup(fd)
+    except (OSError, ValueError):  # no usable fd (embedded interpreters): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), fd)
+        yield
+    finally:
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _restore(saved: int) -> None:

@@ -6,6 +6,15 @@
 - `tiny_hybrid`: an EdgeNeXt-like hybrid: channels-last LayerNorm and Linear layers, GELU, layer-scale
   `gamma`, a cross-covariance attention with a per-head `temperature`, and shapes read from `x.shape`.
 - `fft_net`: uses an op the ONNX exporter does not know (a user model export cannot handle).
+- `shape_pool_net`: global pooling written with shape arithmetic, `h, w = x.shape[-2:]` then
+  `F.avg_pool2d(x, (h, w))`, as many classic CNN repos do.
+- `adaptive_pool_net`: a 112x96 net whose head was written for 112x112: `nn.AdaptiveAvgPool2d((7, 7))` on
+  its 7x6 map, and a functional `F.adaptive_avg_pool2d(x, 4)` on 14x12 (output sizes that do not divide
+  the input: windows of unequal size).
+- `bn1d_head_net`: a head on a concat of pooled features: BatchNorm1d on the [N, C] vector, a Linear,
+  BatchNorm1d, then `F.normalize` (a unit-norm embedding).
+- `tiny_face_transformer`: a Face-Transformer-like ViT built from `nn.TransformerEncoder` (a class token,
+  positional embedding, LayerNorm head), whose eval forward takes PyTorch's fused fast path.
 """
 
 from __future__ import annotations
@@ -132,3 +141,93 @@ class FFTNet(nn.Module):
 
 def fft_net() -> nn.Module:
     return FFTNet()
+
+
+class ShapePoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.PReLU(16))
+        self.fc = nn.Linear(16, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        h, w = x.shape[-2:]
+        x = F.avg_pool2d(x, (h, w))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def shape_pool_net() -> nn.Module:
+    return ShapePoolNet()
+
+
+class AdaptivePoolNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())  # 14x12
+        self.down = nn.Conv2d(8, 8, 3, 2, 1)  # 7x6
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc = nn.Linear(8 * 49 + 8 * 16, 16)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(x)
+        side = F.adaptive_avg_pool2d(x, 4).flatten(1)
+        return self.fc(torch.cat([self.pool(self.down(x)).flatten(1), side], 1))
+
+
+def adaptive_pool_net() -> nn.Module:
+    return AdaptivePoolNet()
+
+
+class BN1dHeadNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, 4, 1), nn.BatchNorm2d(8), nn.ReLU())  # 28x28
+        self.b = nn.Sequential(nn.Conv2d(8, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.PReLU(16))  # 7x7
+        self.pre = nn.BatchNorm1d(8 + 16)
+        self.fc = nn.Linear(8 + 16, 20)
+        self.features = nn.BatchNorm1d(20)
+        with torch.no_grad():
+            for bn in (self.pre, self.features):
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.3, 0.3)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        b = self.b(a)
+        f = torch.cat([F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(b, 1).flatten(1)], 1)
+        return F.normalize(self.features(self.fc(self.pre(f))), dim=1)
+
+
+def bn1d_head_net() -> nn.Module:
+    return BN1dHeadNet()
+
+
+class TinyFaceTransformer(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, dim, 16, 16)  # 7x7 tokens
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, 50, dim) * 0.02)
+        layer = nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos
+        return self.head(self.norm(self.encoder(t)[:, 0]))
+
+
+def tiny_face_transformer() -> nn.Module:
+    return TinyFaceTransformer()

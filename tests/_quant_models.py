@@ -16,6 +16,8 @@
   two, one half through a conv without activation, then concatenated back with the other half; and a
   concat of two such convs. A conv output only the concat reads is written on the concat's grid, where
   the w6a6 TFLite export's 6-bit clamp moves it off the grid XNNPACK's concatenation needs on every input.
+- `hswish_prelu_net`: Hardswish next to PReLUs with trained-like slopes, adaptive pooling and a
+  BatchNorm1d head, on a 128x128 ImageNet-normalised input.
 - `batch_of_one_net`: written for one image at a time (`view(1, -1)`), so quantization must fail on it
   with one line naming the layer that breaks.
 """
@@ -243,4 +245,50 @@ def fragile_tail_net() -> nn.Module:
         conv.bias[0] = 100.0  # always 6 after ReLU6: the per-tensor grid spans [0, 6]
         model.gdc.weight.mul_(60.0)
         model.gdc.weight[0] = 0.01
+    return model.eval()
+
+
+class HswishPReLUNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+
+        def unit(cin: int, cout: int, act: nn.Module) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), act)
+
+        self.body = nn.Sequential(
+            unit(3, 16, nn.Hardswish()),
+            unit(16, 32, nn.PReLU(32)),
+            unit(32, 32, nn.PReLU(32)),
+            unit(32, 64, nn.Hardswish()),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, 48)
+        self.features = nn.BatchNorm1d(48, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.fc(self.pool(self.body(x)).reshape(-1, 64)))
+
+
+def hswish_prelu_net() -> nn.Module:
+    torch.manual_seed(0)
+    model = HswishPReLUNet()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):  # trained-like slopes: negative ones and some above 1
+                m.weight.copy_(torch.empty(m.weight.shape).uniform_(-1.0, 2.0, generator=g))
+            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                if m.affine:
+                    m.weight.uniform_(0.5, 2.0, generator=g)
+                    m.bias.uniform_(-0.3, 0.3, generator=g)
+    model.edgeface_spec = {
+        "input_size": [128, 128],
+        "layout": "NCHW",
+        "channel_order": "RGB",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "embedding_dim": 48,
+    }
     return model.eval()

@@ -39,3 +39,24 @@ def declared_spec_net() -> nn.Module:
         "embedding_dim": 64,
     }
     return model
+
+
+class TupleOutputNet(TinyFaceNet):
+    """Returns (embedding, logits), as many training repos' models do."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = super().forward(x)
+        return e, e[:, :10]
+
+
+def tuple_output_net() -> nn.Module:
+    model = TupleOutputNet()
+    model.edgeface_spec = {**declared_spec_net().edgeface_spec, "embedding_dim": 32}
+    return model
+
+
+def wrong_dim_spec_net() -> nn.Module:
+    """Declares a 128-d embedding; the network returns 32 values."""
+    model = TinyFaceNet(32)
+    model.edgeface_spec = {**declared_spec_net().edgeface_spec, "embedding_dim": 128}
+    return model

@@ -61,6 +61,16 @@ def test_eval_subset_writes_json_roc_and_table(lfw, mfn_weights, tmp_path, capsy
     assert f"{data['acc'] * 100:.2f} %" in captured.out  # percent in the table, fraction in the JSON
 
 
+def test_eval_of_a_model_that_flattens_with_view(lfw, tmp_path, capsys) -> None:
+    """`x.view(x.size(0), -1)` cannot run on the channels_last tensors eval uses for speed; such a model
+    used to end in an internal failure, now it is evaluated in NCHW (on a 112x96 input here)."""
+    pairs = _subset(lfw, tmp_path, per_fold=2)
+    args = ["eval", "--model", "tests._awkward_models:prelu_view_net", "--pairs", str(pairs)]
+    args += ["--images", str(lfw / "aligned112"), "--folds", "6-7", "--json", str(tmp_path / "e.json")]
+    assert main(args) == 0, capsys.readouterr().err[-500:]
+    assert json.loads((tmp_path / "e.json").read_text())["n_pairs"] == 8
+
+
 def test_eval_json_to_stdout_is_not_mixed_with_progress(lfw, mfn_weights, tmp_path, capsys) -> None:
     pairs = _subset(lfw, tmp_path, per_fold=3)
     roc = tmp_path / "curve.png"

@@ -19,7 +19,14 @@ from edgeface.converters.torch_rewrite import prelu_as_max as torch_prelu_rewrit
 
 from edgeface.cli.main import main
 from edgeface.spec import read_spec_json, spec_path_for
-from tests._awkward_models import prelu_view_net, tiny_hybrid
+from tests._awkward_models import (
+    adaptive_pool_net,
+    bn1d_head_net,
+    prelu_view_net,
+    shape_pool_net,
+    tiny_face_transformer,
+    tiny_hybrid,
+)
 
 LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
 PV = "tests._awkward_models:prelu_view_net"
@@ -62,6 +69,81 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
     assert rewrite.rewritten == 6
     with torch.no_grad():
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_shape_arithmetic_in_op_arguments_exports() -> None:
+    """`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))` cannot be traced with a symbolic batch (the pooling
+    kernel must be a constant); the static-batch export takes it, and computes what torch does."""
+    net = shape_pool_net()
+    proto = export_float_onnx(net, (112, 112))
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
+    """torch's TorchScript exporter refuses adaptive average pooling whose output size does not divide the
+    input (a 112x112 head's (7, 7) pool on a 112x96 net's 7x6 map); it is two constant MatMuls, exact.
+    The override is for the export only: torch's own symbolic is back afterwards."""
+    import io
+
+    from edgeface.converters.learned import weighted_nodes
+
+    net = adaptive_pool_net()
+    proto = export_float_onnx(net, (112, 96))
+    x = torch.randn(1, 3, 112, 96)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert "MatMul" in {n.op_type for n in proto.graph.node}
+    # the pooling matrices do not pose as Linear layers (a quantize checkpoint matches layers to those)
+    assert [n.op_type for n in weighted_nodes(proto)] == ["Conv", "Conv", "Gemm"]
+    with pytest.raises(torch.onnx.errors.SymbolicValueError, match="not factor"), torch.no_grad():
+        torch.onnx.export(net, (x,), io.BytesIO(), dynamo=False, opset_version=17)  # torch's own, restored
+
+
+def test_batchnorm1d_on_vectors_exports() -> None:
+    """A BatchNorm1d after a Linear left as a Gemm (its input a concat of pooled features) and one on the
+    [N, C] vector before it used to become 1x1 convs on 2-D tensors: an invalid graph ("Input tensor must
+    have at least 3 dimensions"). The first folds into the Gemm, the second stays a BatchNormalization."""
+    net = bn1d_head_net()
+    proto = export_float_onnx(net, (112, 112))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("BatchNormalization") == 1 and ops.count("Gemm") == 1
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-5
+
+
+def test_transformer_encoder_exports_without_its_fused_fast_path() -> None:
+    """nn.TransformerEncoderLayer in eval mode runs aten::_transformer_encoder_layer_fwd, which has no ONNX
+    symbolic ("Exporting the operator ... is not supported"); the export turns the fast path off (and
+    back on after), so the layer's plain ops are exported."""
+    net = tiny_face_transformer()
+    assert torch.backends.mha.get_fastpath_enabled()
+    proto = export_float_onnx(net, (112, 112))
+    assert torch.backends.mha.get_fastpath_enabled()
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+
+
+def test_failed_onnx_trace_prints_no_ir_dump(capfd: pytest.CaptureFixture) -> None:
+    """torch dumps its whole TorchScript IR on stdout when an export fails; the user gets our one line."""
+    from edgeface.converters.onnx_float import OPSET, _torch_to_onnx
+
+    # the symbolic-batch attempt, which export_float_onnx then retries with a static batch
+    with pytest.raises(torch.onnx.errors.SymbolicValueError):
+        _torch_to_onnx(shape_pool_net(), (112, 112), OPSET, dynamic=True)
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err
 
 
 def _channel_widths(proto: onnx.ModelProto, tensors: list[str], x: np.ndarray) -> dict[str, np.ndarray]:

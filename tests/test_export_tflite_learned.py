@@ -11,7 +11,7 @@ import pytest
 from edgeface.converters import tflite_learned as tl
 
 from edgeface.cli.main import main
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, ModelError
 
 sys.path.insert(0, str(Path(__file__).parent))
 import test_export_learned  # noqa: E402
@@ -211,6 +211,53 @@ def test_prelu_net_residual_add_is_told_from_the_prelu_rewrite_adds(
     for op in adds:
         if op is not residual:
             assert _on(_int8_grid(model, op.outputs[0]), prelu_outputs)
+
+
+def test_prelu_checkpoint_exports_tflite_when_tensors_beside_its_rewrite_stay_float(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Where a conv feeding a PReLU stays float (the checkpoint's choice here; the sensitivity pass makes it
+    on trained models), the quantizer puts QUANTIZE / DEQUANTIZE ops inside the PReLU rewrite
+    a x + (1 - a) relu(x); its slope convs are still told from the model's layers (they used to count as
+    layers: "cannot place the weight scales", exit 2, nothing written)."""
+    model = "tests._quant_models:hswish_prelu_net"
+    _, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", model, "--calib", str(calib), "--num-images", "16", "--quiet", "-o", str(ckpt)]
+    args += ["--keep-float", "body.1.0"]
+    assert main(args) == 0
+    row = _export(model, ckpt, calib, tmp_path / "out", "tflite", capsys)
+    assert row["parity"]["mean_cosine"] >= 0.99
+    graph = tl.read(Path(row["path"]).read_bytes())
+    ops = [tl.op_name(graph, op) for op in graph.subgraphs[0].operators]
+    assert {"QUANTIZE", "DEQUANTIZE"} <= set(ops)  # the case under test: casts inside the graph
+    main_ops, slopes = tl.weighted_ops(graph)
+    assert (len(main_ops), len(slopes)) == (5, 4)  # 4 convs + fc; two slope convs per rewritten PReLU
+    data = Path(row["path"]).read_bytes()
+    with pytest.raises(ModelError):  # a plan that cannot be placed is our failure (exit 1), not the user's
+        tl.impose_weights(data, data, [])
+
+
+def test_w6a6_prelu_checkpoint_tells_slope_convs_behind_grid_clamps(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """w6a6 puts a grid clamp after every slope conv of the PReLU rewrite a x + (1 - a) relu(x), so the ADD
+    reads clamps, not the convs: the slope convs used to count as layers ("quantized TFLite graph has 23
+    weighted ops ... the plan 11: cannot place the weight scales") and the TFLite artifact was lost."""
+    _, calib = _tiny_and_calib(tmp_path)
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "-m", PRELU, "--bits", "w6a6", "--calib", str(calib), "--num-images", "16"]
+    assert main([*args, "--quiet", "-o", str(ckpt)]) == 0
+    capsys.readouterr()
+    args = ["export", "-m", PRELU, "-w", str(ckpt), "--w6a6", "--format", "tflite", "--calib", str(calib)]
+    args += ["-o", str(tmp_path / "out"), "--calib-images", "48", "--parity-images", "16", "--json"]
+    code = main([*args, "--min-cosine", "0.5", "--no-pack"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    model = tl.read(Path(row["path"]).read_bytes())
+    main_ops, slopes = tl.weighted_ops(model)
+    assert (len(main_ops), len(slopes)) == (7, 10)  # 6 convs + fc; two slope convs for each of 5 PReLUs
 
 
 def test_hybrid_checkpoint_exports_tflite_with_its_learned_input_grids(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -100,6 +102,47 @@ def test_common_wrappers(wrapper, tmp_path, mfn_weights):
     assert load_model("mobilefacenet", path).spec.embedding_dim == 128
 
 
+@pytest.mark.parametrize(
+    "layout",
+    ["no_num_batches_tracked", "lightning_model_prefix", "backbone_beside_margin_head", "ddp_in_lightning"],
+)
+def test_training_checkpoint_layouts_load(layout, tmp_path):
+    """Checkpoints as training code writes them: without BN's num_batches_tracked (older PyTorch, converted
+    MXNet/Caffe weights: torch's own load_state_dict accepts them), a Lightning module's `model.` prefix,
+    the network under `backbone.` beside a margin head's weights. They used to be refused as not fitting."""
+    net, _ = build_model("tests._user_model:tiny_face_net")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.uniform_(-0.5, 0.5)
+    state = net.state_dict()
+    if layout == "no_num_batches_tracked":
+        obj = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    elif layout == "lightning_model_prefix":
+        obj = {"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3}
+    elif layout == "backbone_beside_margin_head":
+        backbone = {f"backbone.{k}": v for k, v in state.items()}
+        obj = {"state_dict": {**backbone, "head.kernel": torch.ones(32, 9)}}
+    else:
+        obj = {"state_dict": {f"module.model.{k}": v for k, v in state.items()}}
+    torch.save(obj, tmp_path / "w.pt")
+    loaded = load_model("tests._user_model:tiny_face_net", tmp_path / "w.pt").model
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net.eval()(x))
+
+
+def test_ambiguous_prefix_is_refused_naming_the_keys(tmp_path):
+    """Two sub-networks that both fit (a student and its EMA copy): no guessing, the keys are named."""
+    net, _ = build_model("tests._user_model:tiny_face_net")
+    state = net.state_dict()
+    torch.save(
+        {**{f"student.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in state.items()}},
+        tmp_path / "w.pt",
+    )
+    with pytest.raises(EdgefaceError, match="do not fit the architecture: missing keys"):
+        load_model("tests._user_model:tiny_face_net", tmp_path / "w.pt")
+
+
 def test_weights_that_do_not_fit_name_the_keys(mfn_weights):
     with pytest.raises(EdgefaceError, match=r"do not fit the architecture: missing keys \['conv1.weight'"):
         load_model("iresnet18", mfn_weights)
@@ -119,6 +162,27 @@ def test_user_factory_measures_embedding_dim():
     assert spec.embedding_dim == 32 and spec.name == "tests._user_model:tiny_face_net"
     declared, dspec = build_model("tests._user_model:declared_spec_net")
     assert dspec.input_size == (96, 96) and dspec.channel_order == "BGR" and dspec.embedding_dim == 64
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        ("tuple_output_net", r"must be a \[batch, dim\] embedding tensor, got a tuple of 2 items"),
+        ("wrong_dim_spec_net", "returns 32-d embeddings but its spec says embedding_dim 128"),
+    ],
+)
+def test_declared_spec_does_not_skip_the_output_check(factory, message, tmp_path, capsys, lfw):
+    """A model with a declared spec used to skip the forward-pass check: a tuple output became an
+    internal failure deep in the export (exit 1), a wrong embedding_dim a late error about a staging file."""
+    from edgeface.cli.main import main
+
+    with pytest.raises(EdgefaceError, match=message):
+        build_model(f"tests._user_model:{factory}")
+    args = ["export", "-m", f"tests._user_model:{factory}", "--int8", "--format", "onnx"]
+    args += ["--calib", str(lfw), "-o", str(tmp_path / "out"), "--no-pack"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(message, err[0]), err
 
 
 def test_registry_specs_are_valid():

@@ -1,9 +1,11 @@
 """Checkpoint loading: one entry point (`load_model`) used by every command that takes --model/--weights.
 
 Checkpoints load with `torch.load(weights_only=True)`: a checkpoint is data, never code. We accept a bare
-state_dict, the usual wrappers ({'state_dict': ...}, {'model': ...}, {'net_state_dict': ...}) and the
-'module.' prefix DataParallel/DDP adds, and edgeface's own compressed checkpoints, which carry their spec and
-enough structure (pruned channel counts, quantization recipe) to rebuild the compressed model.
+state_dict, the usual wrappers ({'state_dict': ...}, {'model': ...}, {'net_state_dict': ...}), the
+'module.' prefix DataParallel/DDP adds, a training wrapper's prefix ('model.', 'backbone.' beside a
+margin head) when exactly one prefix fits, checkpoints without BatchNorm's num_batches_tracked, and
+edgeface's own compressed checkpoints, which carry their spec and enough structure (pruned channel
+counts, quantization recipe) to rebuild the compressed model.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        if str(e).startswith("Weights only load failed"):
+            # torch's first line goes on to offer weights_only=False, which edgeface never uses (a pickled
+            # object can run code on load): say what the file is and what to save instead
+            raise EdgefaceError(
+                f"cannot load weights {path}: it holds pickled Python objects (e.g. a whole model saved "
+                "with torch.save(model)), which edgeface does not unpickle; save the weights with "
+                "torch.save(model.state_dict(), PATH)"
+            ) from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EdgefaceError(f"cannot load weights {path}: {first}") from None
 
@@ -61,9 +71,41 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return state
 
 
+# buffers that hold no learned value: checkpoints of older PyTorch versions and converted ones (MXNet,
+# Caffe, TF ports) lack them, and torch's own BatchNorm loading fills them in
+UNLEARNED_BUFFERS = ("num_batches_tracked",)
+
+
+def _unlearned(key: str) -> bool:
+    return key.rpartition(".")[2] in UNLEARNED_BUFFERS
+
+
+def fit_prefix(state: dict[str, torch.Tensor], own: Any) -> dict[str, torch.Tensor]:
+    """The part of `state` under the one key prefix that makes it the model's key set, prefix removed.
+
+    Training checkpoints nest the face network under an attribute of the training wrapper: Lightning's
+    `model.`, a recognition trainer's `backbone.` beside its margin head's `head.kernel`. When the keys
+    do not fit as they are and exactly one prefix (one or two dotted parts) gives exactly the model's keys,
+    that part is taken; otherwise `state` is returned unchanged and the strict load names the mismatch.
+    """
+    wanted = {k for k in own if not _unlearned(k)}
+
+    def fits(keys: set[str]) -> bool:
+        return wanted <= keys and all(k in own for k in keys)
+
+    if fits(set(state)):
+        return state
+    prefixes = {".".join(k.split(".")[:n]) + "." for k in state for n in (1, 2) if k.count(".") >= n}
+    found = [p for p in prefixes if fits({k[len(p) :] for k in state if k.startswith(p)})]
+    if len(found) != 1:
+        return state
+    return {k[len(found[0]) :]: v for k, v in state.items() if k.startswith(found[0])}
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> None:
     """load_state_dict(strict=True) with an error that names the first mismatches, not a wall of keys."""
     own = model.state_dict()
+    state = {**{k: v for k, v in own.items() if _unlearned(k) and k not in state}, **state}
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shape = [
@@ -107,6 +149,7 @@ def load_model(
         return LoadedModel(net.eval(), spec, obj)
     net, spec = build_model(model, override)
     if obj is not None:
-        load_state_strict(net, unwrap_state_dict(obj), source=f"weights {weights}")
+        state = fit_prefix(unwrap_state_dict(obj), net.state_dict())
+        load_state_strict(net, state, source=f"weights {weights}")
         spec = spec.replace(provenance={**spec.provenance, "weights": Path(weights).name})  # type: ignore[arg-type]
     return LoadedModel(net.eval(), spec, None)

@@ -93,7 +93,21 @@ def _import_factory(ref: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def _describe(out: Any) -> str:
+    if isinstance(out, dict):
+        return f"a dict with keys {sorted(map(str, out))[:4]}"
+    if isinstance(out, tuple | list):
+        return f"a {type(out).__name__} of {len(out)} items"
+    return str(getattr(out, "shape", type(out).__name__))
+
+
 def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
+    """The embedding size of one forward pass on a zero face of the spec's input size.
+
+    Every later step (tracing, calibration, parity, the runtime) assumes a [batch, dim] tensor from an
+    input of `spec.input_size`; a model that returns a tuple or a dict, or a spec that does not fit the
+    model, is refused here with one line instead of failing deep inside an export.
+    """
     import torch
 
     h, w = spec.input_size
@@ -112,9 +126,21 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         raise EdgefaceError(
-            f"model output must be a [batch, dim] embedding tensor, got {getattr(out, 'shape', type(out))}"
+            f"model output must be a [batch, dim] embedding tensor, got {_describe(out)}; make the factory "
+            "return a module whose forward returns only the embedding"
         )
     return int(out.shape[1])
+
+
+def _checked(model: nn.Module, spec: ModelSpec, declared: bool = True) -> ModelSpec:
+    """`spec` with the embedding size the model really returns; a declared size that differs is refused."""
+    dim = _measure_embedding_dim(model, spec)
+    if declared and spec.embedding_dim != dim:
+        raise EdgefaceError(
+            f"the model returns {dim}-d embeddings but its spec says embedding_dim {spec.embedding_dim}; "
+            "fix the spec (--spec or edgeface_spec)"
+        )
+    return spec.replace(embedding_dim=dim)
 
 
 def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec]:
@@ -134,7 +160,7 @@ def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.M
     if not isinstance(model, nn.Module):
         raise EdgefaceError(f"factory --model {name} returned {type(model).__name__}, not a torch.nn.Module")
     if spec_override is not None:
-        return model, spec_override
+        return model, _checked(model, spec_override)
     declared = getattr(model, "edgeface_spec", None) or getattr(
         importlib.import_module(name.partition(":")[0]), "EDGEFACE_SPEC", None
     )
@@ -144,6 +170,5 @@ def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.M
         data.setdefault("name", name)
         spec = ModelSpec.from_dict(data)
     else:
-        spec = ModelSpec(name=name)
-        spec = spec.replace(embedding_dim=_measure_embedding_dim(model, spec))
-    return model, spec
+        return model, _checked(model, ModelSpec(name=name), declared=False)
+    return model, _checked(model, spec)
