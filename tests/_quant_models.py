@@ -143,19 +143,29 @@ class PReLUNet(nn.Module):
         return self.features(self.fc(x))
 
 
-def prelu_net_112x96() -> nn.Module:
-    torch.manual_seed(0)
-    model = PReLUNet()
-    g = torch.Generator().manual_seed(2)
+def trained_like(
+    model: nn.Module, seed: int, slopes: tuple[float, float], bn_scale: tuple[float, float], bn_shift: float
+) -> None:
+    """PReLU slopes and BatchNorm statistics of a trained network, not their initialisation: slopes spread
+    over `slopes` (negative ones and some above 1, which the exporters' PReLU rewrites must handle), running
+    statistics and affine parameters off their 0/1 defaults."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.PReLU):  # trained-like slopes: many negative, some above 1
-                m.weight.copy_(torch.empty(m.weight.shape).uniform_(-4.0, 2.2, generator=g))
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.empty(m.weight.shape).uniform_(*slopes, generator=g))
             elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.3, 0.3, generator=g)
                 m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.2, generator=g)
+                if m.affine:
+                    m.weight.uniform_(*bn_scale, generator=g)
+                    m.bias.uniform_(-bn_shift, bn_shift, generator=g)
+
+
+def prelu_net_112x96() -> nn.Module:
+    torch.manual_seed(0)
+    model = PReLUNet()
+    trained_like(model, seed=2, slopes=(-4.0, 2.2), bn_scale=(0.5, 1.5), bn_shift=0.2)  # many negative slopes
     model.edgeface_spec = {
         "input_size": [112, 96],
         "layout": "NCHW",
@@ -272,17 +282,7 @@ class HswishPReLUNet(nn.Module):
 def hswish_prelu_net() -> nn.Module:
     torch.manual_seed(0)
     model = HswishPReLUNet()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.PReLU):  # trained-like slopes: negative ones and some above 1
-                m.weight.copy_(torch.empty(m.weight.shape).uniform_(-1.0, 2.0, generator=g))
-            elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                if m.affine:
-                    m.weight.uniform_(0.5, 2.0, generator=g)
-                    m.bias.uniform_(-0.3, 0.3, generator=g)
+    trained_like(model, seed=3, slopes=(-1.0, 2.0), bn_scale=(0.5, 2.0), bn_shift=0.3)
     model.edgeface_spec = {
         "input_size": [128, 128],
         "layout": "NCHW",

@@ -66,6 +66,20 @@ def _held_codes(data: bytes, images: list[Path], spec) -> tuple[dict[int, set[in
     return held, [codes[i] for i in ends if i in codes]
 
 
+def _export_w6a6(
+    factory: str, calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture, min_cosine: float
+) -> dict:
+    """`edgeface export --w6a6 --format tflite` of a tests._quant_models factory, small calibration; its
+    JSON row (the export must succeed)."""
+    args = ["export", "-m", f"tests._quant_models:{factory}", "--w6a6", "--format", "tflite"]
+    args += ["--calib", str(calib), "-o", str(tmp_path / "out"), "--calib-images", "48"]
+    code = main([*args, "--parity-images", "16", "--min-cosine", str(min_cosine), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    (row,) = json.loads(captured.out)
+    return row
+
+
 def test_tflite_w6a6_holds_the_6bit_grid(
     tiny_model: str,  # noqa: F811
     calib_dir: Path,  # noqa: F811
@@ -182,12 +196,7 @@ def test_tflite_w6a6_of_a_hybrid_gives_its_clamps_grids_of_their_rank(
     """A hybrid holds rank-1 and rank-3 tensors (tokens, the pooled embedding) to the 6-bit grid; the clamp
     constants take the quantizer's scale arrays, which must have their tensor's rank (rank-4 arrays made
     ai-edge-quantizer refuse: "Ranks of scales (5) ... must be the same as the tensor rank (1)")."""
-    args = ["export", "-m", "tests._quant_models:tiny_hybrid", "--w6a6", "--format", "tflite"]
-    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
-    code = main([*args, "--parity-images", "16", "--min-cosine", "0.9", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err[-1500:]
-    (row,) = json.loads(captured.out)
+    row = _export_w6a6("tiny_hybrid", calib_dir, tmp_path, capsys, min_cosine=0.9)
     assert row["parity"]["mean_cosine"] >= 0.9
     model = tl.read(Path(row["path"]).read_bytes())
     clamps = [t for t in model.subgraphs[0].tensors if tl.tensor_name(t).endswith(tl.CLAMP_SUFFIX)]
@@ -204,12 +213,7 @@ def test_tflite_w6a6_concat_reads_its_inputs_on_its_grid(
     grid; XNNPACK refuses a concatenation of two grids, which failed the export (exit 1, "failed to delegate
     CONCATENATION node"). The moved input is requantized back; a concat of inputs that all moved alike
     moves with them instead."""
-    args = ["export", "-m", "tests._quant_models:split_cat_net", "--w6a6", "--format", "tflite"]
-    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
-    code = main([*args, "--parity-images", "16", "--min-cosine", "0.9", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err[-1500:]
-    (row,) = json.loads(captured.out)
+    row = _export_w6a6("split_cat_net", calib_dir, tmp_path, capsys, min_cosine=0.9)
     assert row["parity"]["mean_cosine"] >= 0.99, row["parity"]
     data = Path(row["path"]).read_bytes()
     model = tl.read(data)
@@ -246,12 +250,7 @@ def test_tflite_w6a6_keeps_float_what_int8_cannot_carry(
     finds int8 cannot carry (on the 8-bit grids): fragile_tail_net's ReLU6 output, one saturated channel
     setting the grid of 47 near zero. Before, w6a6 TFLite quantized every tensor (parity 0.62 here, 0.02 on
     EdgeFace-XS). The kept tensor gets no clamp, which would put it back on a grid for its readers."""
-    args = ["export", "-m", "tests._quant_models:fragile_tail_net", "--w6a6", "--format", "tflite"]
-    args += ["--calib", str(calib_dir), "-o", str(tmp_path / "out"), "--calib-images", "48"]
-    code = main([*args, "--parity-images", "16", "--min-cosine", "0.99", "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err[-1500:]
-    (row,) = json.loads(captured.out)
+    row = _export_w6a6("fragile_tail_net", calib_dir, tmp_path, capsys, min_cosine=0.99)
     (kept,) = row["kept_float_tensors"]
     model = tl.read(Path(row["path"]).read_bytes())
     graph = model.subgraphs[0]
