@@ -69,6 +69,19 @@ def summary_line(data: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
+    """One line naming the opaque modules whose weights stayed float and their share of the weights."""
+    total = sum(p.numel() for k, p in net.named_parameters() if p.dim() >= 2 and k.endswith("weight"))
+    share = 100.0 * sum(w for _, _, w in floating) / max(total, 1)
+    names = ", ".join(f"{n} ({c})" for n, c, _ in floating[:3])
+    more = f" and {len(floating) - 3} more" if len(floating) > 3 else ""
+    return (
+        f"{names}{more} keep their weights float ({share:.0f} % of the model's): forward calls each as one "
+        "opaque op, and quantize makes integer only the Conv2d and Linear layers forward calls itself; "
+        "call their layers in forward to quantize them"
+    )
+
+
 @click.command("quantize")
 @model_options
 @click.option(
@@ -255,6 +268,7 @@ def quantize_cmd(
         raise EdgefaceError("--report needs an LFW root (pairs.txt + aligned112/): give --lfw DIR")
 
     from edgeface.compress.quant import mixed_precision, model_size_bytes, ptq, qat, quant_plan
+    from edgeface.compress.quant.prepare import opaque_weight_modules
     from edgeface.models.loading import load_model
 
     rank, world = join_distributed()
@@ -334,6 +348,8 @@ def quantize_cmd(
     }
     if mixed_report:
         data["mixed"] = {k: v for k, v in mixed_report.items() if k != "sensitivity"}
+    floating = opaque_weight_modules(qmodel)
+    data["opaque_float_modules"] = [{"name": n, "class": c, "weights": w} for n, c, w in floating]
     if rank == 0:
         save_quantized(out, qmodel, spec, model, loaded.checkpoint, plan)
         if plan_path:
@@ -353,6 +369,8 @@ def quantize_cmd(
                 progress=progress,
             )
             data["report"] = [str(p) for p in write_report(rep, report_path)]
+        if floating:
+            click.echo(f"warning: {float_weights_line(floating, net)}", err=True)
         click.echo(dumps_json(data) if as_json else summary_line(data))
     if world > 1:
         import torch.distributed as dist

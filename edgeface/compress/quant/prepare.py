@@ -441,6 +441,28 @@ def weight_quantizers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
 
 
+def opaque_weight_modules(model: nn.Module) -> list[tuple[str, str, int]]:
+    """(module name, class, weight count) of each module the traced forward calls as one opaque op that
+    holds weight matrices or kernels: nn.MultiheadAttention, nn.TransformerEncoder, an RNN. The graph
+    analysis does not enter such a call, so its weights stay float whatever the bits; "w8a8" alone would
+    imply they are integer. (Conv2d and Linear layers the placement keeps float are its own choice, and
+    the export's report lists them with the reason.)"""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = model.get_submodule(str(node.target))
+        if isinstance(module, nn.Conv2d | nn.Linear | QuantConv2d | QuantLinear):
+            continue
+        count = sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and k.endswith("weight"))
+        if count:
+            found.append((str(node.target), type(module).__name__, count))
+    return found
+
+
 def set_quant_enabled(model: nn.Module, weights: bool | None = None, activations: bool | None = None) -> None:
     for m in model.modules():
         if weights is not None and isinstance(m, QuantConv2d | QuantLinear):
