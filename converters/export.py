@@ -236,6 +236,8 @@ def _model_failure(e: BaseException, fmt: str, prec: str) -> str:
     )
     frames = traceback.extract_tb(e.__traceback__)
     origin = next((f"{Path(f.filename).name}:{f.name}" for f in reversed(frames)), "")
+    if isinstance(e, ModelError):  # raised by our code, its message already says what to do
+        return f"{fmt} {prec} export failed{where}: {text} (in {origin})"
     return f"{fmt} {prec} export failed{where} ({type(e).__name__}: {text}; in {origin}); {hint}"
 
 

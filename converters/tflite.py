@@ -135,6 +135,10 @@ def build_tflite(
     """
     if precision not in ("fp32", "int8", "w6a6"):
         raise EdgefaceError(f"unknown TFLite precision '{precision}' (fp32, int8, w6a6)")
+    from edgeface.models.registry import scripted_hint
+
+    if (hint := scripted_hint(net, "TFLite export")) is not None:
+        raise ModelError(hint)
     key = id(net)
     # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales (they
     # belong to the original channels); exact in float, so the fp32 artifact shares the equalized graph

@@ -60,3 +60,9 @@ def wrong_dim_spec_net() -> nn.Module:
     model = TinyFaceNet(32)
     model.edgeface_spec = {**declared_spec_net().edgeface_spec, "embedding_dim": 128}
     return model
+
+
+def scripted_face_net() -> nn.Module:
+    """What a repository that ships TorchScript hands over: the network compiled by torch.jit.script."""
+    torch.manual_seed(0)
+    return torch.jit.script(TinyFaceNet().eval())

@@ -294,3 +294,22 @@ def test_a_model_we_cannot_export_is_one_line_exit_1(
     err = capsys.readouterr().err
     # the failure inside the exporter itself, not only where the summary error was raised
     assert "Traceback" in err and "direct cause of the following exception" in err
+
+
+def test_torchscript_model_exports_to_onnx_and_gets_one_line_for_tflite_and_quantize(
+    calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A factory returning torch.jit.script(net): ONNX export works; TFLite (litert-torch) and quantize
+    (torch.fx) need the Python forward and used to fail with messages about state-dict entries and
+    control flow. Each now says it is TorchScript and what to return instead, exit 1."""
+    ref = "tests._user_model:scripted_face_net"
+    base = ["--calib", str(calib), "--calib-images", "16", "--parity-images", "8"]
+    assert main(["export", "-m", ref, "--fp32", "--format", "onnx", *base, "-o", str(tmp_path / "o")]) == 0
+    capsys.readouterr()
+    code = main(["export", "-m", ref, "--fp32", "--format", "tflite", *base, "-o", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 1 and "TorchScript" in err and "plain nn.Module" in err and "Traceback" not in err, err
+    quantize = ["quantize", "-m", ref, "--calib", str(calib), "--num-images", "8"]
+    code = main([*quantize, "-o", str(tmp_path / "q.pt")])
+    err = capsys.readouterr().err
+    assert code == 1 and "TorchScript" in err and "Traceback" not in err, err

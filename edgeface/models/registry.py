@@ -93,6 +93,32 @@ def _import_factory(ref: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def torchscript_part(model: Any) -> str | None:
+    """The name of a TorchScript module inside `model` ("" for the model itself), else None.
+
+    A factory returning `torch.jit.script(net)` gives a module that runs and exports to ONNX, but torch.fx
+    (quantize) and litert-torch (TFLite) need the Python forward; they fail with messages about control
+    flow or state-dict entries that do not point at the cause."""
+    import torch
+
+    for name, m in model.named_modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            return name
+    return None
+
+
+def scripted_hint(model: Any, what: str) -> str | None:
+    """One error line for `what` (an operation) on a model holding TorchScript, else None."""
+    part = torchscript_part(model)
+    if part is None:
+        return None
+    where = f"its submodule '{part}' is" if part else "it is"
+    return (
+        f"{what} needs the model's Python forward, but {where} TorchScript (torch.jit.script/trace): have "
+        "the factory return the plain nn.Module (ONNX export and eval take TorchScript)"
+    )
+
+
 def _describe(out: Any) -> str:
     if isinstance(out, dict):
         return f"a dict with keys {sorted(map(str, out))[:4]}"

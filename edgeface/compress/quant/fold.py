@@ -41,6 +41,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace `model`; a clear error for models with data-dependent control flow."""
     if isinstance(model, fx.GraphModule):
         return model
+    from edgeface.models.registry import scripted_hint
+
+    if (hint := scripted_hint(model, "quantization")) is not None:
+        raise ModelError(hint)
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types; all mean "this forward cannot be traced"
