@@ -115,7 +115,7 @@ def scripted_hint(model: Any, what: str) -> str | None:
     where = f"its submodule '{part}' is" if part else "it is"
     return (
         f"{what} needs the model's Python forward, but {where} TorchScript (torch.jit.script/trace): have "
-        "the factory return the plain nn.Module (ONNX export and eval take TorchScript)"
+        "the factory return the plain nn.Module (ONNX export takes TorchScript)"
     )
 
 
