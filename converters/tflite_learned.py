@@ -152,6 +152,11 @@ def consumers(graph: Any) -> dict[int, list[int]]:
     return users
 
 
+def writers(graph: Any) -> dict[int, int]:
+    """Tensor index -> the index of the op that writes it (consumers' twin)."""
+    return {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
+
+
 def _dw1x1(model: Any, op: Any, graph: Any) -> bool:
     if op_name(model, op) != "DEPTHWISE_CONV_2D":
         return False
@@ -171,10 +176,10 @@ def _is_copy(model: Any, op: Any) -> bool:
     ).endswith(CLAMP_SUFFIX)
 
 
-def _source(model: Any, producers: Mapping[int, Any], i: int) -> int:
+def _source(model: Any, writer: Mapping[int, int], i: int) -> int:
     """Tensor `i`, or the activation it is a copy of through QUANTIZE/DEQUANTIZE ops and grid clamps."""
     graph = model.subgraphs[0]
-    while (p := producers.get(i)) is not None and _is_copy(model, p):
+    while (k := writer.get(i)) is not None and _is_copy(model, p := graph.operators[k]):
         ins = [int(j) for j in p.inputs if j >= 0 and not is_const(model, graph, int(j))]
         if len(ins) != 1:
             break
@@ -207,10 +212,13 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     op = graph.operators[k]
     if not _dw1x1(model, op, graph):
         return False
-    producers = {int(o): p for p in graph.operators for o in p.outputs}
+    writer = writers(graph)
 
     def src(i: int) -> int:
-        return _source(model, producers, int(i))
+        return _source(model, writer, int(i))
+
+    def producer(i: int) -> Any:
+        return graph.operators[writer[i]] if i in writer else None
 
     nxt = _readers(model, graph, int(op.outputs[0]), users)
     if len(nxt) != 1:
@@ -221,12 +229,12 @@ def is_prelu_slope(model: Any, graph: Any, k: int, users: Mapping[int, list[int]
     if op_name(model, m) != "ADD":
         return False
     mine = int(op.outputs[0])
-    others = [producers.get(src(i)) for i in m.inputs if src(i) != mine]
+    others = [producer(src(i)) for i in m.inputs if src(i) != mine]
     if len(others) != 1 or others[0] is None or not _dw1x1(model, others[0], graph):
         return False
     a, b = src(op.inputs[0]), src(others[0].inputs[0])
     for relu_out, x in ((a, b), (b, a)):
-        r = producers.get(relu_out)
+        r = producer(relu_out)
         if r is not None and op_name(model, r) == "RELU" and src(r.inputs[0]) == x:
             return True
     return False
@@ -236,9 +244,12 @@ def copies_of(model: Any, tensor: int) -> list[str]:
     """The tensor and those it copies through SAME_AS_INPUT ops (reshape, transpose, ...) back to the op
     that computed it, whose output grid they all keep (tflite.activation_targets)."""
     graph = model.subgraphs[0]
-    writer = {int(o): op for op in graph.operators for o in op.outputs}
+    writer = writers(graph)
     chain = [tensor]
-    while (op := writer.get(chain[-1])) is not None and op_name(model, op) in SAME_AS_INPUT:
+    while (k := writer.get(chain[-1])) is not None:
+        op = graph.operators[k]
+        if op_name(model, op) not in SAME_AS_INPUT:
+            break
         chain.append(int(op.inputs[0]))
     return [tensor_name(graph.tensors[i]) for i in chain]
 
@@ -248,14 +259,13 @@ def model_adds(model: Any) -> list[Any]:
     torch_rewrite spelled as a x + (1 - a) relu(x) (an input written by one of its slope convs), not an
     ADD of a constant (a bias, GELU's erf + 1): what learned.add_nodes_of lists on the checkpoint's side."""
     graph = model.subgraphs[0]
-    writer = {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
-    producers = {int(o): op for op in graph.operators for o in op.outputs}
+    writer = writers(graph)
     slopes = set(weighted_ops(model)[1])
     return [
         op
         for op in graph.operators
         if op_name(model, op) == "ADD"
-        and not any(writer.get(_source(model, producers, int(i))) in slopes for i in op.inputs if i >= 0)
+        and not any(writer.get(_source(model, writer, int(i))) in slopes for i in op.inputs if i >= 0)
         and not any(is_const(model, graph, int(i)) for i in op.inputs if i >= 0)
     ]
 

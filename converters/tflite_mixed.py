@@ -48,8 +48,7 @@ def _graph(data: bytes) -> tuple[Any, Any, list[str], dict[int, int], dict[int, 
     model = tl.read(data)
     graph = model.subgraphs[0]
     names = [tl.tensor_name(t) for t in graph.tensors]
-    producer = {int(o): k for k, op in enumerate(graph.operators) for o in op.outputs}
-    return model, graph, names, producer, tl.consumers(graph)
+    return model, graph, names, tl.writers(graph), tl.consumers(graph)
 
 
 def rule_float_ops(data: bytes) -> dict[int, str]:

@@ -71,8 +71,9 @@ def summary_line(data: dict[str, Any]) -> str:
 
 def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
     """One line naming the opaque modules whose weights stayed float and their share of the weights."""
-    total = sum(p.numel() for k, p in net.named_parameters() if p.dim() >= 2 and k.endswith("weight"))
-    share = 100.0 * sum(w for _, _, w in floating) / max(total, 1)
+    from edgeface.compress.quant.prepare import weight_count
+
+    share = 100.0 * sum(w for _, _, w in floating) / max(weight_count(net), 1)
     names = ", ".join(f"{n} ({c})" for n, c, _ in floating[:3])
     more = f" and {len(floating) - 3} more" if len(floating) > 3 else ""
     return (

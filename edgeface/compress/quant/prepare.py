@@ -441,6 +441,11 @@ def weight_quantizers(model: nn.Module) -> dict[str, QuantConv2d | QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantConv2d | QuantLinear)}
 
 
+def weight_count(module: nn.Module) -> int:
+    """Elements of the weight matrices and kernels in `module` (biases and norm scales left out)."""
+    return sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and k.endswith("weight"))
+
+
 def opaque_weight_modules(model: nn.Module) -> list[tuple[str, str, int]]:
     """(module name, class, weight count) of each module the traced forward calls as one opaque op that
     holds weight matrices or kernels: nn.MultiheadAttention, nn.TransformerEncoder, an RNN. The graph
@@ -457,7 +462,7 @@ def opaque_weight_modules(model: nn.Module) -> list[tuple[str, str, int]]:
         module = model.get_submodule(str(node.target))
         if isinstance(module, nn.Conv2d | nn.Linear | QuantConv2d | QuantLinear):
             continue
-        count = sum(p.numel() for k, p in module.named_parameters() if p.dim() >= 2 and k.endswith("weight"))
+        count = weight_count(module)
         if count:
             found.append((str(node.target), type(module).__name__, count))
     return found
