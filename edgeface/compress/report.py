@@ -120,7 +120,7 @@ def model_row(name: str, model: nn.Module, spec: ModelSpec, evaluation: dict[str
         "name": name,
         "precision": spec.precision,
         "params": parameter_count(model),
-        "macs": count_macs(model, (3, h, w)),
+        "macs": count_macs(model, (spec.channels, h, w)),
         "size_bytes": model_size_bytes(model),
         "acc": v["acc"],
         "acc_std": v["acc_std"],

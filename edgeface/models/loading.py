@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeface import quiet
 from edgeface.errors import EdgefaceError
-from edgeface.models.registry import build_model
-from edgeface.spec import ModelSpec, read_spec_json
+from edgeface.models.registry import build_model, defaulted_note
+from edgeface.spec import ModelSpec, read_declared_spec, read_spec_json
 
 CHECKPOINT_FORMAT = "edgeface.checkpoint/1"
 _WRAPPER_KEYS = ("state_dict", "model", "net_state_dict", "model_state_dict", "backbone")
@@ -140,14 +141,21 @@ def load_model(
     model: str, weights: str | os.PathLike[str] | None = None, spec_file: str | os.PathLike[str] | None = None
 ) -> LoadedModel:
     """Build `model` and load `weights`; the returned model is in eval mode."""
-    override = read_spec_json(spec_file) if spec_file else None
+    declared = read_declared_spec(spec_file) if spec_file else None
     obj = read_checkpoint(weights) if weights else None
     if is_edgeface_checkpoint(obj):
         from edgeface.models.checkpoint import restore
 
+        override = read_spec_json(spec_file) if spec_file else None  # replaces a recorded, complete spec
         net, spec = restore(obj, model, override, source=f"checkpoint {weights}")
         return LoadedModel(net.eval(), spec, obj)
-    net, spec = build_model(model, override)
+    try:
+        net, spec = build_model(model, declared)
+    except EdgefaceError as e:
+        if spec_file and str(e).startswith("invalid model spec"):
+            raise type(e)(f"{spec_file}: {e}") from None
+        raise
+    quiet.note(defaulted_note(spec.provenance.get("spec_defaults") or [], spec))
     if obj is not None:
         state = fit_prefix(unwrap_state_dict(obj), net.state_dict())
         load_state_strict(net, state, source=f"weights {weights}")

@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from edgeface.errors import EdgefaceError
-from edgeface.spec import ModelSpec
+from edgeface.errors import EdgefaceError, ModelError
+from edgeface.spec import GRAY, ModelSpec, with_defaults
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,6 +127,66 @@ def _describe(out: Any) -> str:
     return str(getattr(out, "shape", type(out).__name__))
 
 
+class _FirstConv(Exception):
+    """Raised by a pre-hook to stop the probe forward at the first conv: only its input matters."""
+
+
+def first_conv(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, int] | None:
+    """(name, in_channels) of the first Conv2d the forward calls, or None if it calls none first.
+
+    The module order of a model says nothing about the order its forward runs; a pre-hook sees the first
+    conv actually called, and stops the forward there, before the conv can fail on a wrong channel count.
+    """
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    found: list[tuple[str, int]] = []
+
+    def hook(m: nn.Module, _args: Any) -> None:
+        found.append((names.get(m, type(m).__name__), int(m.in_channels)))  # type: ignore[arg-type]
+        raise _FirstConv
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, *input_size))
+    except Exception:  # noqa: BLE001 - _FirstConv, or a forward that fails before any conv
+        pass
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+def _check_channels(model: nn.Module, spec: ModelSpec) -> None:
+    """A spec whose channel count is not the one the model's first conv takes is refused here, naming it.
+
+    Otherwise the probe forward fails with torch's "expected input[1, 3, 112, 112] to have 1 channels",
+    which names neither the layer nor the spec field to fix."""
+    conv = first_conv(model, spec.input_size)
+    if conv is None or conv[1] == spec.channels:
+        return
+    name, cin = conv
+    if cin not in (1, 3):
+        raise ModelError(
+            f"the model's first conv '{name}' takes {cin} input channels; edgeface feeds faces as 3 channels "
+            "(channel_order RGB or BGR) or 1 (GRAY): make the model's stem take one of those"
+        )
+    want = (
+        'channel_order "GRAY" with one mean and one std value'
+        if cin == 1
+        else ("channel_order RGB or BGR with three mean and three std values")
+    )
+    raise EdgefaceError(
+        f"the model's first conv '{name}' takes {cin} input channel{'s' if cin > 1 else ''} but the spec "
+        f"feeds {spec.channels} (channel_order {spec.channel_order}); declare {want} "
+        "(--spec or edgeface_spec)"
+    )
+
+
 def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     """The embedding size of one forward pass on a zero face of the spec's input size.
 
@@ -136,16 +196,17 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     """
     import torch
 
-    h, w = spec.input_size
+    _check_channels(model, spec)
+    c, (h, w) = spec.channels, spec.input_size
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, h, w))
+            out = model(torch.zeros(1, c, h, w))
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EdgefaceError(
-            f"the model fails on a 1x3x{h}x{w} input ({type(e).__name__}: {first}); give --spec with its "
+            f"the model fails on a 1x{c}x{h}x{w} input ({type(e).__name__}: {first}); give --spec with its "
             "input_size, or declare EDGEFACE_SPEC in its module"
         ) from None
     finally:
@@ -169,10 +230,52 @@ def _checked(model: nn.Module, spec: ModelSpec, declared: bool = True) -> ModelS
     return spec.replace(embedding_dim=dim)
 
 
-def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec]:
-    """Instantiate a model (random weights) and its spec."""
+def _default_spec(model: nn.Module, name: str, declared: dict[str, Any]) -> ModelSpec:
+    """The documented defaults (112x112 RGB, mean/std 0.5), GRAY when the model's first conv takes 1
+    channel: for a 1-channel model, RGB would be a default that cannot run."""
+    size = declared.get("input_size")
+    probe = (
+        tuple(size)
+        if isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and 8 <= v <= 4096 for v in size)
+        else (112, 112)
+    )
+    conv = first_conv(model, probe)  # type: ignore[arg-type]
+    if conv is not None and conv[1] == 1:
+        return ModelSpec(name=name, channel_order=GRAY, mean=(0.5,), std=(0.5,))
+    return ModelSpec(name=name)
+
+
+def defaulted_note(defaulted: list[str], spec: ModelSpec) -> str | None:
+    """One line naming the spec fields the model did not declare and the values they took."""
+    if not defaulted:
+        return None
+    shown = {
+        "input_size": "x".join(map(str, spec.input_size)),
+        "layout": spec.layout,
+        "channel_order": spec.channel_order,
+        "mean": "/".join(f"{v:g}" for v in spec.mean),
+        "std": "/".join(f"{v:g}" for v in spec.std),
+        "embedding_dim": f"{spec.embedding_dim} (measured)",
+    }
+    parts = ", ".join(f"{k} {shown[k]}" for k in defaulted)
+    return f"{spec.name}: the spec does not declare {', '.join(defaulted)}; using the defaults: {parts}"
+
+
+def build_model(
+    name: str, spec_override: ModelSpec | dict[str, Any] | None = None
+) -> tuple[nn.Module, ModelSpec]:
+    """Instantiate a model (random weights) and its spec.
+
+    `spec_override` is a complete spec, or a user's declared fields (`--spec FILE.json`) that may leave
+    some out; the fields left out take the defaults and are listed in the spec's provenance under
+    `spec_defaults` (`defaulted_note` words them for the user)."""
     if name in REGISTRY:
         entry = REGISTRY[name]
+        if isinstance(spec_override, dict):
+            spec, missing = with_defaults({"name": name, **spec_override}, entry.spec)
+            return entry.factory(), _record_defaults(spec, [k for k in missing if k != "embedding_dim"])
         return entry.factory(), spec_override or entry.spec
     if ":" not in name:
         raise EdgefaceError(
@@ -185,16 +288,23 @@ def build_model(name: str, spec_override: ModelSpec | None = None) -> tuple[nn.M
         raise EdgefaceError(f"factory --model {name} failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
         raise EdgefaceError(f"factory --model {name} returned {type(model).__name__}, not a torch.nn.Module")
-    if spec_override is not None:
+    if isinstance(spec_override, ModelSpec):
         return model, _checked(model, spec_override)
-    declared = getattr(model, "edgeface_spec", None) or getattr(
-        importlib.import_module(name.partition(":")[0]), "EDGEFACE_SPEC", None
-    )
-    if declared is not None:
-        data = dict(declared)
-        data.setdefault("schema_version", 1)
-        data.setdefault("name", name)
-        spec = ModelSpec.from_dict(data)
-    else:
-        return model, _checked(model, ModelSpec(name=name), declared=False)
-    return model, _checked(model, spec)
+    declared = spec_override
+    if declared is None:
+        declared = getattr(model, "edgeface_spec", None) or getattr(
+            importlib.import_module(name.partition(":")[0]), "EDGEFACE_SPEC", None
+        )
+    if declared is None:
+        declared = {}
+    elif not isinstance(declared, dict):
+        raise EdgefaceError(f"--model {name}: edgeface_spec must be a dict, got {type(declared).__name__}")
+    spec, missing = with_defaults({"name": name, **declared}, _default_spec(model, name, declared))
+    spec = _checked(model, spec, declared="embedding_dim" not in missing)
+    return model, _record_defaults(spec, missing)
+
+
+def _record_defaults(spec: ModelSpec, missing: list[str]) -> ModelSpec:
+    if not missing:
+        return spec
+    return spec.replace(provenance={**spec.provenance, "spec_defaults": list(missing)})

@@ -114,7 +114,7 @@ def new_record(
 
 def spec_input_shape(spec: ModelSpec) -> tuple[int, int, int]:
     h, w = spec.input_size
-    return (3, int(h), int(w))
+    return (spec.channels, int(h), int(w))
 
 
 def ptq(
