@@ -26,9 +26,7 @@ SHAPE_SOURCES = ("Shape", "Size")  # ops that read a tensor's shape, not its val
 FOLD_MAX_ELEMENTS = 1 << 22  # a folded constant larger than this (an Expand, say) stays a node
 
 
-def export_float_onnx(
-    model: Any, input_size: tuple[int, int], opset: int = OPSET, channels: int = 3
-) -> Any:
+def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSET, channels: int = 3) -> Any:
     """An eval-mode nn.Module as an in-memory ModelProto (NCHW float input 'input', output 'embedding').
 
     The batch axis is dynamic unless the model's forward does arithmetic on its input's shape
