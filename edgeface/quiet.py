@@ -60,10 +60,10 @@ def verbose() -> bool:
     return _VERBOSE
 
 
-def silence_notes() -> None:
+def silence_notes(silent: bool = True) -> None:
     """`--quiet`: no `note:` lines (facts the user may want, never warnings or errors)."""
     global _NOTES
-    _NOTES = False
+    _NOTES = not silent
 
 
 def note(message: str | None) -> None:

@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     before_verb = args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
     debug = "--debug" in before_verb
     quiet.configure(verbose=debug or bool({"-v", "--verbose"} & set(before_verb)))
-    if {"-q", "--quiet"} & set(before_verb):
-        quiet.silence_notes()
+    quiet.silence_notes(bool({"-q", "--quiet"} & set(before_verb)))  # each run decides (tests run many)
     try:
         cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:

@@ -231,8 +231,15 @@ def _checked(model: nn.Module, spec: ModelSpec, declared: bool = True) -> ModelS
 
 
 def _default_spec(model: nn.Module, name: str, declared: dict[str, Any]) -> ModelSpec:
-    """The documented defaults (112x112 RGB, mean/std 0.5), GRAY when the model's first conv takes 1
-    channel: for a 1-channel model, RGB would be a default that cannot run."""
+    """The documented defaults (112x112 RGB, mean/std 0.5), GRAY when the declared mean or std has one
+    value (only GRAY takes one), or when none is declared and the model's first conv takes 1 channel: for
+    a 1-channel model RGB would be a default that cannot run. Declared three-value mean/std keep RGB, so a
+    1-channel model gets the channel error that names its first conv."""
+    counts = {len(v) for k in ("mean", "std") if isinstance(v := declared.get(k), list)}
+    if counts == {1}:
+        return ModelSpec(name=name, channel_order=GRAY, mean=(0.5,), std=(0.5,))
+    if counts:
+        return ModelSpec(name=name)
     size = declared.get("input_size")
     probe = (
         tuple(size)
