@@ -37,6 +37,11 @@ def four_channel_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+def one_channel_net() -> nn.Module:
+    """A grayscale model that declares no spec at all."""
+    return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def test_luma_is_the_bt601_weights_rounded_on_every_colour():
     v = np.arange(1 << 24, dtype=np.uint32)[::5]  # every red-green pair with 52 blues (the suite stays fast)
     bgr = np.stack([v & 255, (v >> 8) & 255, v >> 16], axis=-1).astype(np.uint8)[None]
@@ -101,6 +106,15 @@ def test_an_undeclared_one_channel_model_defaults_to_gray():
     net, spec = build_model("tests._awkward_models:gray_lightcnn", {"input_size": [128, 128]})
     assert (spec.channel_order, spec.mean, spec.std) == ("GRAY", (0.5,), (0.5,))
     assert spec.provenance["spec_defaults"] == ["layout", "channel_order", "mean", "std", "embedding_dim"]
+
+
+def test_a_model_declaring_nothing_is_gray_with_a_note_only_when_its_first_conv_takes_one_channel(capsys):
+    spec = load_model("tests.test_gray_models:one_channel_net").spec
+    assert (spec.channel_order, spec.input_size, spec.embedding_dim) == ("GRAY", (112, 112), 8)
+    assert "channel_order GRAY, mean 0.5, std 0.5" in capsys.readouterr().err
+    spec = load_model("tests._user_model:tiny_face_net").spec  # RGB: the documented defaults, no note
+    assert spec.channel_order == "RGB" and "spec_defaults" not in spec.provenance
+    assert "note:" not in capsys.readouterr().err
 
 
 def test_torch_evaluation_feeds_the_luma(lfw):

@@ -308,6 +308,8 @@ def build_model(
         raise EdgefaceError(f"--model {name}: edgeface_spec must be a dict, got {type(declared).__name__}")
     spec, missing = with_defaults({"name": name, **declared}, _default_spec(model, name, declared))
     spec = _checked(model, spec, declared="embedding_dim" not in missing)
+    if not declared and spec.channel_order != GRAY:
+        return model, spec  # nothing declared: the documented defaults, as always (no note on every run)
     return model, _record_defaults(spec, missing)
 
 
