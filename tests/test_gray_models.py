@@ -22,6 +22,7 @@ from torch import nn
 
 from edgeface.cli.main import main
 from edgeface.errors import EdgefaceError, ModelError
+from edgeface.eval.embed import TorchFaceModel
 from edgeface.models.loading import load_model
 from edgeface.models.registry import build_model, first_conv
 from edgeface.spec import JSON_SCHEMA, ModelSpec
@@ -126,6 +127,14 @@ def test_torch_evaluation_feeds_the_luma(lfw):
     grey = [cv2.cvtColor(cv2.resize(f, (128, 128)), cv2.COLOR_BGR2GRAY) for f in faces]  # INTER_LINEAR
     ref = net(torch.from_numpy(np.stack(grey)[:, None].astype(np.float32) / 255.0))
     assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.999
+
+
+def test_torch_evaluation_of_an_nhwc_gray_spec_keeps_plain_strides(lfw):
+    """An artifact spec says NHWC; the torch model still gets NCHW, with strides its `view` accepts."""
+    net, spec = build_model(GRAY_NET)
+    faces = [read_image(p) for p in sorted((lfw / "aligned112").rglob("*.jpg"))[:2]]
+    nhwc = TorchFaceModel(net, spec.replace(layout="NHWC")).embed(faces)
+    np.testing.assert_array_equal(nhwc, TorchFaceModel(net, spec).embed(faces))
 
 
 @pytest.fixture(scope="module")
