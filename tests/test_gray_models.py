@@ -43,6 +43,21 @@ def one_channel_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+class SelfGrayNet(nn.Module):
+    """Takes RGB and converts to grey itself: its first conv takes 1 channel, the model takes 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = one_channel_net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.mean(1, keepdim=True))
+
+
+def self_gray_net() -> nn.Module:
+    return SelfGrayNet()
+
+
 def test_luma_is_the_bt601_weights_rounded_on_every_colour():
     v = np.arange(1 << 24, dtype=np.uint32)[::5]  # every red-green pair with 52 blues (the suite stays fast)
     bgr = np.stack([v & 255, (v >> 8) & 255, v >> 16], axis=-1).astype(np.uint8)[None]
@@ -116,6 +131,15 @@ def test_a_model_declaring_nothing_is_gray_with_a_note_only_when_its_first_conv_
     spec = load_model("tests._user_model:tiny_face_net").spec  # RGB: the documented defaults, no note
     assert spec.channel_order == "RGB" and "spec_defaults" not in spec.provenance
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_model_that_converts_to_grey_itself_stays_rgb():
+    """The first conv's 1 channel is not what the model takes: the probe sees the conv's input has another
+    channel count than the model's, so it neither defaults to GRAY nor refuses an RGB spec."""
+    _, spec = build_model("tests.test_gray_models:self_gray_net")
+    assert spec.channel_order == "RGB" and spec.embedding_dim == 8
+    _, spec = build_model("tests.test_gray_models:self_gray_net", {"mean": [0.5] * 3, "std": [0.5] * 3})
+    assert spec.channel_order == "RGB"
 
 
 def test_torch_evaluation_feeds_the_luma(lfw):

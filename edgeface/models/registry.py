@@ -131,8 +131,11 @@ class _FirstConv(Exception):
     """Raised by a pre-hook to stop the probe forward at the first conv: only its input matters."""
 
 
-def first_conv(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, int] | None:
-    """(name, in_channels) of the first Conv2d the forward calls, or None if it calls none first.
+def first_conv(model: nn.Module, input_size: tuple[int, int], channels: int = 3) -> tuple[str, int] | None:
+    """(name, in_channels) of the first Conv2d the forward calls on a `channels`-channel input, when that
+    conv receives the input's channels unchanged; else None (no conv, or the forward changes the channel
+    count first, as a model that converts to grey itself does: then the conv says nothing about what the
+    model takes).
 
     The module order of a model says nothing about the order its forward runs; a pre-hook sees the first
     conv actually called, and stops the forward there, before the conv can fail on a wrong channel count.
@@ -140,10 +143,11 @@ def first_conv(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, int]
     import torch
 
     names = {m: n for n, m in model.named_modules()}
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, int, int]] = []
 
-    def hook(m: nn.Module, _args: Any) -> None:
-        found.append((names.get(m, type(m).__name__), int(m.in_channels)))  # type: ignore[arg-type]
+    def hook(m: nn.Module, args: Any) -> None:
+        got = args[0].shape[1] if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 else -1
+        found.append((names.get(m, type(m).__name__), int(m.in_channels), int(got)))  # type: ignore[arg-type]
         raise _FirstConv
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -151,36 +155,38 @@ def first_conv(model: nn.Module, input_size: tuple[int, int]) -> tuple[str, int]
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, *input_size))
+            model(torch.zeros(1, channels, *input_size))
     except Exception:  # noqa: BLE001 - _FirstConv, or a forward that fails before any conv
         pass
     finally:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return found[0] if found else None
+    if not found or found[0][2] != channels:
+        return None
+    return found[0][0], found[0][1]
 
 
-def _check_channels(model: nn.Module, spec: ModelSpec) -> None:
-    """A spec whose channel count is not the one the model's first conv takes is refused here, naming it.
+def _channel_error(model: nn.Module, spec: ModelSpec) -> EdgefaceError | None:
+    """Why a forward on the spec's channels failed, when the reason is the first conv's channel count.
 
-    Otherwise the probe forward fails with torch's "expected input[1, 3, 112, 112] to have 1 channels",
-    which names neither the layer nor the spec field to fix."""
-    conv = first_conv(model, spec.input_size)
+    torch's own "expected input[1, 3, 112, 112] to have 1 channels" names neither the layer nor the spec
+    field to fix."""
+    conv = first_conv(model, spec.input_size, spec.channels)
     if conv is None or conv[1] == spec.channels:
-        return
+        return None
     name, cin = conv
     if cin not in (1, 3):
-        raise ModelError(
+        return ModelError(
             f"the model's first conv '{name}' takes {cin} input channels; edgeface feeds faces as 3 channels "
             "(channel_order RGB or BGR) or 1 (GRAY): make the model's stem take one of those"
         )
     want = (
         'channel_order "GRAY" with one mean and one std value'
         if cin == 1
-        else ("channel_order RGB or BGR with three mean and three std values")
+        else "channel_order RGB or BGR with three mean and three std values"
     )
-    raise EdgefaceError(
+    return EdgefaceError(
         f"the model's first conv '{name}' takes {cin} input channel{'s' if cin > 1 else ''} but the spec "
         f"feeds {spec.channels} (channel_order {spec.channel_order}); declare {want} "
         "(--spec or edgeface_spec)"
@@ -196,7 +202,6 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     """
     import torch
 
-    _check_channels(model, spec)
     c, (h, w) = spec.channels, spec.input_size
     was_training = model.training
     model.eval()
@@ -204,6 +209,10 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
         with torch.no_grad():
             out = model(torch.zeros(1, c, h, w))
     except Exception as e:
+        model.train(was_training)
+        reason = _channel_error(model, spec)
+        if reason is not None:
+            raise reason from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise EdgefaceError(
             f"the model fails on a 1x{c}x{h}x{w} input ({type(e).__name__}: {first}); give --spec with its "
