@@ -430,7 +430,7 @@ def with_defaults(declared: dict[str, Any], base: ModelSpec) -> tuple[ModelSpec,
     the documented defaults. Fields that are present are validated as they are: a wrong value is never
     replaced. mean/std left out take `base`'s only when the channel count is the same, else 0.5 per channel
     (a GRAY model's one value); face_crop left out stays null, so it follows the declared input_size. The
-    caller measures an `embedding_dim` left out (registry._checked).
+    caller measures an `embedding_dim` left out (registry.check_spec).
     """
     if not isinstance(declared, dict):
         _fail("a spec must be a JSON object")

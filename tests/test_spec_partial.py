@@ -115,3 +115,24 @@ def test_a_partial_spec_file_through_the_cli(lfw, tmp_path: Path, capsys):
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]
     assert "'mean' must be a list of 3 finite numbers" in err
+
+
+def test_a_partial_spec_file_over_a_compressed_checkpoint_keeps_the_checkpoint_fields(lfw, tmp_path):
+    ckpt = tmp_path / "q.pt"
+    args = ["quantize", "--model", GRAY_NET, "--calib", str(lfw / "aligned112"), "--num-images", "16"]
+    assert main([*args, "--quiet", "-o", str(ckpt)]) == 0
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"threshold": 0.5}))
+    spec = load_model(GRAY_NET, ckpt, spec_file=path).spec
+    assert (spec.threshold, spec.channel_order, spec.input_size, spec.precision) == (
+        0.5,
+        "GRAY",
+        (128, 128),
+        "w8a8",
+    )
+    path.write_text(json.dumps({"channel_order": "BGR", "mean": [0.5]}))  # present and invalid: refused
+    with pytest.raises(EdgefaceError, match=r"s\.json: invalid model spec: 'mean' must be a list of 3"):
+        load_model(GRAY_NET, ckpt, spec_file=path)
+    path.write_text(json.dumps({"channel_order": "BGR"}))  # an override must fit the model, as a declaration
+    with pytest.raises(EdgefaceError, match=r"first conv 'conv1.conv' takes 1 input channel but the spec"):
+        load_model(GRAY_NET, ckpt, spec_file=path)

@@ -228,7 +228,7 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     return int(out.shape[1])
 
 
-def _checked(model: nn.Module, spec: ModelSpec, declared: bool = True) -> ModelSpec:
+def check_spec(model: nn.Module, spec: ModelSpec, declared: bool = True) -> ModelSpec:
     """`spec` with the embedding size the model really returns; a declared size that differs is refused."""
     dim = _measure_embedding_dim(model, spec)
     if declared and spec.embedding_dim != dim:
@@ -305,7 +305,7 @@ def build_model(
     if not isinstance(model, nn.Module):
         raise EdgefaceError(f"factory --model {name} returned {type(model).__name__}, not a torch.nn.Module")
     if isinstance(spec_override, ModelSpec):
-        return model, _checked(model, spec_override)
+        return model, check_spec(model, spec_override)
     declared = spec_override
     if declared is None:
         declared = getattr(model, "edgeface_spec", None) or getattr(
@@ -316,7 +316,7 @@ def build_model(
     elif not isinstance(declared, dict):
         raise EdgefaceError(f"--model {name}: edgeface_spec must be a dict, got {type(declared).__name__}")
     spec, missing = with_defaults({"name": name, **declared}, _default_spec(model, name, declared))
-    spec = _checked(model, spec, declared="embedding_dim" not in missing)
+    spec = check_spec(model, spec, declared="embedding_dim" not in missing)
     if not declared and spec.channel_order != GRAY:
         return model, spec  # nothing declared: the documented defaults, as always (no note on every run)
     return model, _record_defaults(spec, missing)
