@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
+from torch import nn
 
 from edgeface.cli.main import main
 from edgeface.errors import EdgefaceError
 from edgeface.models.loading import load_model
 from edgeface.models.registry import build_model
 from edgeface.spec import ModelSpec, with_defaults
+from tests._awkward_models import gray_lightcnn
 from tests.test_eval_cli import _subset
 
 BASE = ModelSpec(name="m")
@@ -136,3 +139,34 @@ def test_a_partial_spec_file_over_a_compressed_checkpoint_keeps_the_checkpoint_f
     path.write_text(json.dumps({"channel_order": "BGR"}))  # an override must fit the model, as a declaration
     with pytest.raises(EdgefaceError, match=r"first conv 'conv1.conv' takes 1 input channel but the spec"):
         load_model(GRAY_NET, ckpt, spec_file=path)
+
+
+def proxy_spec_net() -> nn.Module:
+    net = gray_lightcnn()
+    net.edgeface_spec = MappingProxyType(dict(net.edgeface_spec))  # a read-only mapping
+    return net
+
+
+def object_spec_net() -> nn.Module:
+    net = gray_lightcnn()
+    net.edgeface_spec = ModelSpec(
+        name="g", input_size=(128, 128), channel_order="GRAY", mean=(0.0,), std=(1.0,)
+    )
+    return net
+
+
+def test_a_spec_object_or_any_mapping_is_a_declaration():
+    """`edgeface_spec` as a read-only mapping works like the dict; as a ModelSpec it is complete, and
+    probed: its default embedding_dim 512 is not what the model returns."""
+    assert build_model("tests.test_spec_partial:proxy_spec_net")[1].channel_order == "GRAY"
+    with pytest.raises(EdgefaceError, match="returns 32-d embeddings but its spec says embedding_dim 512"):
+        build_model("tests.test_spec_partial:object_spec_net")
+
+
+def test_a_partial_spec_that_does_not_fit_a_builtin_model_is_refused(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"channel_order": "GRAY"}))
+    with pytest.raises(
+        EdgefaceError, match=r"first conv 'conv1.0' takes 3 input channels but the spec feeds 1"
+    ):
+        load_model("mobilefacenet", spec_file=path)

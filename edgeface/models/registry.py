@@ -9,7 +9,7 @@ forward pass, since guessing it wrong would only fail later and more confusingly
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,9 +289,12 @@ def build_model(
     `spec_defaults` (`defaulted_note` words them for the user)."""
     if name in REGISTRY:
         entry = REGISTRY[name]
-        if isinstance(spec_override, dict):
+        if isinstance(spec_override, dict):  # a partial --spec: the rest is this model's own spec
             spec, missing = with_defaults({"name": name, **spec_override}, entry.spec)
-            return entry.factory(), _record_defaults(spec, [k for k in missing if k != "embedding_dim"])
+            model = entry.factory()
+            return model, _record_defaults(
+                check_spec(model, spec), [k for k in missing if k != "embedding_dim"]
+            )
         return entry.factory(), spec_override or entry.spec
     if ":" not in name:
         raise EdgefaceError(
@@ -311,10 +314,13 @@ def build_model(
         declared = getattr(model, "edgeface_spec", None) or getattr(
             importlib.import_module(name.partition(":")[0]), "EDGEFACE_SPEC", None
         )
+    if isinstance(declared, ModelSpec):
+        return model, check_spec(model, declared)
     if declared is None:
         declared = {}
-    elif not isinstance(declared, dict):
+    elif not isinstance(declared, Mapping):
         raise EdgefaceError(f"--model {name}: edgeface_spec must be a dict, got {type(declared).__name__}")
+    declared = dict(declared)
     spec, missing = with_defaults({"name": name, **declared}, _default_spec(model, name, declared))
     spec = check_spec(model, spec, declared="embedding_dim" not in missing)
     if not declared and spec.channel_order != GRAY:
