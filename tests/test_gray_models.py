@@ -211,3 +211,7 @@ def test_eval_and_verify_run_on_the_gray_artifacts(exported, suffix, lfw, tmp_pa
     assert main(["verify", "--model", str(path), "--json", *map(str, photos)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert -1.0 <= result["score"] <= 1.0 and all(f["faces_found"] == 1 for f in result["faces"])
+    # the export's output folder is a pack: the same verify through it, with the artifact chosen by name
+    pack = ["verify", "--model", str(exported), "--artifact", path.name, "--json", *map(str, photos)]
+    assert main(pack) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(result["score"], abs=1e-6)
