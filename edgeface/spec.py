@@ -429,13 +429,14 @@ def with_defaults(declared: dict[str, Any], base: ModelSpec) -> tuple[ModelSpec,
     Users declare what differs from the defaults (a 112x96 input, their mean/std) and expect the rest to be
     the documented defaults. Fields that are present are validated as they are: a wrong value is never
     replaced. mean/std left out take `base`'s only when the channel count is the same, else 0.5 per channel
-    (a GRAY model's one value); face_crop left out stays null, so it follows the declared input_size. The
-    caller measures an `embedding_dim` left out (registry.check_spec).
+    (a GRAY model's one value); face_crop left out is null when input_size is declared (it follows that
+    size), else base's. The caller measures an `embedding_dim` left out (registry.check_spec).
     """
     if not isinstance(declared, dict):
         _fail("a spec must be a JSON object")
     data = {k: v for k, v in base.to_dict().items() if k not in DEFAULTABLE}
-    data["face_crop"] = None
+    if "input_size" in declared:
+        data["face_crop"] = None  # base's crop was for base's size; left out, it follows the declared one
     data.update(declared)
     data.setdefault("schema_version", SCHEMA_VERSION)
     missing = [k for k in DEFAULTABLE if k not in declared]

@@ -170,3 +170,9 @@ def test_a_partial_spec_that_does_not_fit_a_builtin_model_is_refused(tmp_path):
         EdgefaceError, match=r"first conv 'conv1.0' takes 3 input channels but the spec feeds 1"
     ):
         load_model("mobilefacenet", spec_file=path)
+
+
+def test_a_base_face_crop_is_kept_unless_the_declaration_changes_the_input_size():
+    base = ModelSpec(name="b", input_size=(112, 96), face_crop=(10.0, 0.0, 96.0, 112.0))
+    assert with_defaults({"threshold": 0.4}, base)[0].face_crop == (10.0, 0.0, 96.0, 112.0)
+    assert with_defaults({"input_size": [112, 112]}, base)[0].face_crop is None
