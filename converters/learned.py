@@ -267,6 +267,16 @@ def add_nodes_of(qmodel: Any) -> list[str]:
     ]
 
 
+def add_quantizers(quantizers: Mapping[str, Any], add_nodes: Sequence[str] | None) -> list[str]:
+    """The quantizers on the checkpoint's own additions (`add_nodes`, add_nodes_of). A quantizer on the
+    addition of a constant (a ViT's tokens + positional embedding) is a layer's input quantizer, which the
+    layer carries; without `add_nodes`, every `aq_add*` counts."""
+    if add_nodes is None:
+        return [q for q in quantizers if q.startswith("aq_add")]
+    own = {"aq_" + name for name in add_nodes}
+    return [q for q in quantizers if q in own]
+
+
 def add_pairs(
     ops: list[Any], quantizers: Mapping[str, Any], add_nodes: Sequence[str] | None
 ) -> list[Any] | None:
@@ -274,7 +284,7 @@ def add_pairs(
     additions (`add_nodes`) as many as the graph's, each quantizer goes to its addition's position: an
     addition left float (it feeds only float layers) has no quantizer and must not shift the others.
     Without them, only equal counts match, in order."""
-    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    add_q = add_quantizers(quantizers, add_nodes)
     if add_nodes is not None and len(add_nodes) == len(ops):
         position = {"aq_" + name: k for k, name in enumerate(add_nodes)}
         if all(q in position for q in add_q):

@@ -328,7 +328,7 @@ def match_plan(
     position in `add_nodes`).
     `order`: every conv/linear of the checkpoint in execution order (learned.weighted_layers); the ones the
     plan does not hold were left float by `edgeface quantize` and their ops stay float."""
-    from edgeface.converters.learned import add_pairs, split_layers
+    from edgeface.converters.learned import add_pairs, add_quantizers, split_layers
     from edgeface.converters.qdq import CHECKPOINT_FLOAT_REASON
 
     model = read(float_data)
@@ -364,7 +364,7 @@ def match_plan(
     if plan.get("input_quantizer"):
         acts[tensor_name(graph.tensors[graph.inputs[0]])] = act(quantizers[plan["input_quantizer"]])
     adds = model_adds(model)
-    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    add_q = add_quantizers(quantizers, add_nodes)
     pairs = add_pairs(adds, quantizers, add_nodes)
     if add_q and pairs is None:
         raise ModelError(

@@ -15,6 +15,8 @@
   BatchNorm1d, then `F.normalize` (a unit-norm embedding).
 - `tiny_face_transformer`: a Face-Transformer-like ViT built from `nn.TransformerEncoder` (a class token,
   positional embedding, LayerNorm head), whose eval forward takes PyTorch's fused fast path.
+- `shared_conv_net`: weight sharing: one conv stem applied to the image and its mirror image, one block
+  applied twice in a row.
 """
 
 from __future__ import annotations
@@ -231,3 +233,26 @@ class TinyFaceTransformer(nn.Module):
 
 def tiny_face_transformer() -> nn.Module:
     return TinyFaceTransformer()
+
+
+class SharedConvNet(nn.Module):
+    """One conv applied to the image and to its mirror image (weight sharing), and one block reused twice
+    in a row: each module runs at two places in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.ReLU())  # 28x28
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU())
+        self.down = nn.Conv2d(16, 32, 3, 4, 1)  # 7x7
+        self.fc = nn.Linear(32, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x) + self.stem(torch.flip(x, dims=[3])).flip(3)
+        x = x + self.block(self.block(x))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
+def shared_conv_net() -> nn.Module:
+    return SharedConvNet()
