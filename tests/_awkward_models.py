@@ -17,6 +17,7 @@
   positional embedding, LayerNorm head), whose eval forward takes PyTorch's fused fast path.
 - `shared_conv_net`: weight sharing: one conv stem applied to the image and its mirror image, one block
   applied twice in a row.
+- `bias_kv_attention_net`: an nn.MultiheadAttention with `add_bias_kv`, which quantize leaves opaque (float).
 """
 
 from __future__ import annotations
@@ -256,3 +257,26 @@ class SharedConvNet(nn.Module):
 
 def shared_conv_net() -> nn.Module:
     return SharedConvNet()
+
+
+class BiasKVAttentionNet(nn.Module):
+    """A conv stem, then tokens through an nn.MultiheadAttention with `add_bias_kv` (learned key/value
+    tokens appended), a configuration quantize does not write out: it stays one opaque float op."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, dim, 16, 16)  # 7x7 tokens
+        self.attn = nn.MultiheadAttention(dim, 2, add_bias_kv=True, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(self.norm(t.mean(1)))
+
+
+def bias_kv_attention_net() -> nn.Module:
+    return BiasKVAttentionNet()
