@@ -117,7 +117,7 @@ def test_unsupported_attention_stays_opaque_and_training_mode_is_kept() -> None:
 
 
 def test_quantized_encoder_has_integer_linears() -> None:
-    """Through prepare/insert (what `edgeface quantize` runs): every Linear of the encoder is a QuantLinear."""
+    """Through prepare and insert (what `edgeface quantize` runs): every Linear of the encoder is integer."""
     from edgeface.compress.quant.prepare import opaque_weight_modules
     from edgeface.compress.quant.ptq import quantize_structure
     from tests._awkward_models import tiny_face_transformer
