@@ -127,3 +127,25 @@ def test_quantized_encoder_has_integer_linears() -> None:
     for name in ("self_attn.in_proj", "self_attn.out_proj", "linear1", "linear2"):
         assert isinstance(layer.get_submodule(name), QuantLinear), name
     assert opaque_weight_modules(gm) == []
+
+
+class _MaskedAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.register_buffer("mask", torch.triu(torch.ones(10, 10, dtype=torch.bool), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, attn_mask=self.mask, need_weights=False)[0]
+
+
+def test_a_mask_held_by_the_model_traces() -> None:
+    """The mask's dtype and rank decide its additive form: that runs outside the trace (an fx leaf)."""
+    torch.manual_seed(0)
+    model = _MaskedAttention().eval()
+    mine = copy.deepcopy(model)
+    write_out(mine)
+    gm = fx.symbolic_trace(mine)
+    x = torch.randn(2, 10, 16)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-5)
