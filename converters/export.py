@@ -274,12 +274,19 @@ def _speed_check(
     if ratio < 1.0:
         floats = build.extra.get("float_ops", {})
         left = ", ".join(f"{k} x{v['count']}" for k, v in floats.items())
-        why = (
-            f"float ops left in it: {left}"
-            if left
-            else "no float ops are left, so this CPU's int8 kernels are the cause (docs/speed.md); "
-            "time it on the device with `edgeface profile`"
-        )
+        outside = ", ".join(f"{k} x{n}" for k, n in build.extra.get("outside_xnnpack", {}).items())
+        if left:
+            why = f"float ops left in it: {left}"
+        elif outside:
+            why = (
+                f"XNNPACK's delegate does not take its integer {outside}, so LiteRT runs them with its own "
+                "kernels (docs/speed.md); time it on the device with `edgeface profile`"
+            )
+        else:
+            why = (
+                "no float ops are left, so this CPU's int8 kernels are the cause (docs/speed.md); "
+                "time it on the device with `edgeface profile`"
+            )
         report.extra.setdefault("warnings", []).append(
             f"{path.name} is not faster than its fp32 twin here ({ratio:.2f}x, batch 1, one thread); {why}"
         )
@@ -347,6 +354,9 @@ def _build_tflite(prec: str, net: Any, spec: ModelSpec, x_cal: np.ndarray, plan:
     data, new_spec, info = build_tflite(net, spec, prec, _batches(_to_layout(x_cal, "NHWC")), plan)
     floats = info.pop("float_ops", [])
     reasons = info.pop("float_op_reasons", {})  # ops the exporter keeps float, and why
+    outside = [op for op in info.pop("outside_delegate", []) if op not in floats]
+    if outside:  # integer ops LiteRT runs itself, between XNNPACK partitions
+        info["outside_xnnpack"] = {op: outside.count(op) for op in sorted(set(outside))}
     if floats:
         none = "ai-edge-quantizer has no int8 kernel for it"
         info["float_ops"] = {

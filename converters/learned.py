@@ -78,6 +78,26 @@ def weighted_layers(qmodel: Any) -> list[str]:
     ]
 
 
+def opaque_module_of(label: str, plan: Mapping[str, Any]) -> str | None:
+    """The opaque module (quant_plan's `opaque_modules`: kept float, called as one op) an exported op
+    belongs to, read from its name. Both exporters name by the call's module attribute: torch.onnx scopes
+    nodes ("/attn/MatMul", "/attn_1/Gemm" for the second module named attn), litert-torch names tensors by
+    class and attribute ("...MultiheadAttention_attn;15"). A name can be ambiguous, so split_layers' count
+    check then refuses the match rather than guess."""
+    import re
+
+    scopes = label.strip("/").split("/")[:-1]
+    for m in plan.get("opaque_modules") or []:
+        name, cls = str(m["name"]), str(m["class"])
+        last = name.rsplit(".", 1)[-1]
+        if f"{cls}_{last};" in label or any(re.fullmatch(re.escape(last) + r"(_\d+)?", s) for s in scopes):
+            return name
+    return None
+
+
+OPAQUE_REASON = "forward calls it as one opaque op ({}), so edgeface quantize kept its weights float"
+
+
 def float_layers(qmodel: Any, plan: Mapping[str, Any], order: Sequence[str]) -> dict[str, str]:
     """{layer: why} for the weighted layers the checkpoint left float, for the export report."""
     from edgeface.compress.quant.prepare import FLOAT_KEY
@@ -94,6 +114,8 @@ def float_layers(qmodel: Any, plan: Mapping[str, Any], order: Sequence[str]) -> 
             out[layer] = f"edgeface quantize's fallback: its input quantizer cost {cost}x the mean loss"
         else:
             out[layer] = why_of.get(layer) or "left float by edgeface quantize"
+    for m in plan.get("opaque_modules") or []:
+        out[str(m["name"])] = OPAQUE_REASON.format(m["class"])
     return out
 
 
@@ -114,6 +136,26 @@ def split_layers(
     return [op for op, n in pairs if n not in plan["layers"]], [
         (op, n) for op, n in pairs if n in plan["layers"]
     ]
+
+
+def with_calls(matched: Sequence[tuple[Any, str]], plan: Mapping[str, Any]) -> list[tuple[Any, str, dict]]:
+    """[(op, layer, the layer's plan entry with the quantizers of this op's own call)]: a layer forward
+    calls at k places (one conv applied to an image and its mirror image) matches k ops, in execution
+    order, which share its weight scales but each read and write their own grids."""
+    seen: dict[str, int] = {}
+    out = []
+    for op, name in matched:
+        layer = plan["layers"][name]
+        calls = layer.get("calls") or [layer]
+        k = seen[name] = seen.get(name, -1) + 1
+        if k >= len(calls):
+            raise ModelError(
+                f"layer {name} runs {k + 1} times in the exported graph but {len(calls)} in the quantized "
+                "checkpoint: cannot carry its learned scales over; export the float weights with "
+                "--int8/--w6a6 instead"
+            )
+        out.append((op, name, {**layer, **calls[k]}))
+    return out
 
 
 def _bits(q: dict[str, Any]) -> int:
@@ -170,14 +212,18 @@ def match_onnx(
 ) -> dict[str, Any]:
     """`order`: all weighted layers in execution order (weighted_layers); those not in the plan were left
     float by `edgeface quantize` (its measured fallback, or no integer reader) and stay float in the
-    export. Returns the weight scales and bits per node, the activation ranges and bits per tensor, the
-    nodes to keep float and the tensors to leave unquantized (`float_tensors`, see the module docstring)."""
+    export, as do the nodes inside a module it kept opaque (opaque_module_of). Returns the weight scales
+    and bits per node, the activation ranges and bits per tensor, the nodes to keep float and the tensors
+    to leave unquantized (`float_tensors`, see the module docstring)."""
     from edgeface.converters import qdq
     from onnx import numpy_helper
 
     inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     nodes = weighted_nodes(proto)
+    opaque = [n for n in nodes if opaque_module_of(n.name, plan)]
+    nodes = [n for n in nodes if not opaque_module_of(n.name, plan)]
     left_float, matched = split_layers(nodes, plan, order, "ONNX graph", "conv/linear nodes")
+    left_float += opaque
     producers = {o: n for n in proto.graph.node for o in n.output}
     consumers: dict[str, list[Any]] = {}
     for n in proto.graph.node:
@@ -194,8 +240,8 @@ def match_onnx(
         if tensor not in acts:  # the same quantizer reached twice; a layer's output comes first
             acts[tensor], act_bits[tensor] = _range(q), _bits(q)
 
-    for node, name in matched:
-        layer = plan["layers"][name]
+    matched_calls = with_calls(matched, plan)
+    for node, name, layer in matched_calls:
         w = inits[node.input[1]]
         channels = w.shape[qdq.weight_axis(node)]
         if len(layer["weight_scale"]) != channels:
@@ -211,8 +257,7 @@ def match_onnx(
             float_tensors.append(out)  # the checkpoint's layer writes float (QGemm with a float output)
             continue
         put(layer_output(node, consumers, inits), layer["output"])
-    for node, name in matched:
-        layer = plan["layers"][name]
+    for node, _, layer in matched_calls:
         if layer["input"] is not None:
             for t in copies_of(node.input[0], producers, inits):
                 put(t, layer["input"])
@@ -267,6 +312,16 @@ def add_nodes_of(qmodel: Any) -> list[str]:
     ]
 
 
+def add_quantizers(quantizers: Mapping[str, Any], add_nodes: Sequence[str] | None) -> list[str]:
+    """The quantizers on the checkpoint's own additions (`add_nodes`, add_nodes_of). A quantizer on the
+    addition of a constant (a ViT's tokens + positional embedding) is a layer's input quantizer, which the
+    layer carries; without `add_nodes`, every `aq_add*` counts."""
+    if add_nodes is None:
+        return [q for q in quantizers if q.startswith("aq_add")]
+    own = {"aq_" + name for name in add_nodes}
+    return [q for q in quantizers if q in own]
+
+
 def add_pairs(
     ops: list[Any], quantizers: Mapping[str, Any], add_nodes: Sequence[str] | None
 ) -> list[Any] | None:
@@ -274,7 +329,7 @@ def add_pairs(
     additions (`add_nodes`) as many as the graph's, each quantizer goes to its addition's position: an
     addition left float (it feeds only float layers) has no quantizer and must not shift the others.
     Without them, only equal counts match, in order."""
-    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    add_q = add_quantizers(quantizers, add_nodes)
     if add_nodes is not None and len(add_nodes) == len(ops):
         position = {"aq_" + name: k for k, name in enumerate(add_nodes)}
         if all(q in position for q in add_q):

@@ -253,6 +253,7 @@ def build_tflite(
         "quantizer": "ai-edge-quantizer" + (" + learned scales" if learned is not None else ""),
         "int8_weight_bytes": info["int8_weight_bytes"],
         "float_ops": info["float_op_list"],  # export.py reports them, and warns when int8 is not faster
+        "outside_delegate": info["outside_delegate"],
     }
     reasons = {}
     model = tl.read(data)
@@ -381,12 +382,37 @@ def activation_targets(
     return targets
 
 
+def outside_delegate(ops: list[dict[str, Any]]) -> list[str]:
+    """Names of the ops XNNPACK's delegate did not take, from an allocated interpreter's op list.
+
+    LiteRT runs them with its own kernels between delegate partitions; for int8 those are reference code
+    (RELU, HARD_SWISH and MAXIMUM alone cost an int8 graph more than all its convolutions, measured with
+    benchmarks/litert_ops.py), and the delegate takes the same ops on a phone, so a slow int8 artifact
+    whose ops are all integer is explained by this list, not by the CPU. The interpreter lists each
+    DELEGATE node after the ops; an op is delegated when it lies between a DELEGATE node's outputs and
+    its inputs."""
+    producer = {t: k for k, op in enumerate(ops) if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    taken: set[int] = set()
+    for node in ops:
+        if node["op_name"] != "DELEGATE":
+            continue
+        stop, todo = set(node["inputs"]), list(node["outputs"])
+        while todo:
+            k = producer.get(todo.pop())
+            if k is not None and k not in taken:
+                taken.add(k)
+                todo.extend(t for t in ops[k]["inputs"] if t >= 0 and t not in stop)
+    return [op["op_name"] for k, op in enumerate(ops) if op["op_name"] != "DELEGATE" and k not in taken]
+
+
 def inspect_tflite(data: bytes) -> dict[str, Any]:
-    """Per-channel weight layers, float operators left, and the graph's input/output quantization."""
+    """Per-channel weight layers, float operators left, ops outside the XNNPACK delegate, and the graph's
+    input/output quantization."""
     interp = _interpreter(data)
     details = {t["index"]: t for t in interp.get_tensor_details()}
     per_channel, weight_bytes, float_ops = 0, 0, []
-    for op in interp._get_ops_details():
+    ops = interp._get_ops_details()
+    for op in ops:
         if op["op_name"] == "DELEGATE":  # a delegate node repeats the ops it took, which are listed too
             continue
         ins = [details[i] for i in op["inputs"] if i >= 0]
@@ -410,6 +436,7 @@ def inspect_tflite(data: bytes) -> dict[str, Any]:
         "int8_weight_bytes": weight_bytes,
         "float_ops": sorted(set(float_ops)),
         "float_op_list": float_ops,
+        "outside_delegate": outside_delegate(ops),
         "input_quant": tq(interp.get_input_details()[0]),
         "output_quant": tq(interp.get_output_details()[0]),
     }

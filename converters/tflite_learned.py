@@ -327,18 +327,31 @@ def match_plan(
     add quantizers onto the model's own ADD ops (model_adds; learned.add_pairs: by their addition's
     position in `add_nodes`).
     `order`: every conv/linear of the checkpoint in execution order (learned.weighted_layers); the ones the
-    plan does not hold were left float by `edgeface quantize` and their ops stay float."""
-    from edgeface.converters.learned import add_pairs, split_layers
+    plan does not hold were left float by `edgeface quantize` and their ops stay float, as do the ops of a
+    module it kept opaque (learned.opaque_module_of)."""
+    from edgeface.converters.learned import (
+        add_pairs,
+        add_quantizers,
+        opaque_module_of,
+        split_layers,
+        with_calls,
+    )
     from edgeface.converters.qdq import CHECKPOINT_FLOAT_REASON
 
     model = read(float_data)
     graph = model.subgraphs[0]
     main, _ = weighted_ops(model)
+    opaque = [
+        k
+        for k in main
+        if any(opaque_module_of(tensor_name(graph.tensors[i]), plan) for i in graph.operators[k].outputs)
+    ]
+    main = [k for k in main if k not in opaque]
     left_float, matched = split_layers(
         main, plan, order, "TFLite graph", "CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED ops"
     )
-    float_ops = {k: CHECKPOINT_FLOAT_REASON for k in left_float}
-    main, layers = [k for k, _ in matched], [(name, plan["layers"][name]) for _, name in matched]
+    float_ops = {k: CHECKPOINT_FLOAT_REASON for k in (*left_float, *opaque)}
+    main, layers = [k for k, _ in matched], [(name, layer) for _, name, layer in with_calls(matched, plan)]
     quantizers = plan["quantizers"]
 
     def act(q: Mapping[str, Any]) -> tuple[float, int, int, int]:
@@ -364,7 +377,7 @@ def match_plan(
     if plan.get("input_quantizer"):
         acts[tensor_name(graph.tensors[graph.inputs[0]])] = act(quantizers[plan["input_quantizer"]])
     adds = model_adds(model)
-    add_q = [q for q in quantizers if q.startswith("aq_add")]
+    add_q = add_quantizers(quantizers, add_nodes)
     pairs = add_pairs(adds, quantizers, add_nodes)
     if add_q and pairs is None:
         raise ModelError(

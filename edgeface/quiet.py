@@ -90,47 +90,13 @@ def configure(verbose: bool = False) -> None:
 
 
 @contextmanager
-def native_quiet() -> Iterator[None]:
-    """Silence what native code writes to fd 2 during the block (unless verbose); replay it on failure."""
-    if _VERBOSE:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to silence
-        yield
-        return
-    capture = tempfile.TemporaryFile()
-    try:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            _restore(saved)
-            capture.seek(0)
-            text = capture.read().decode("utf-8", "replace").strip()
-            if text:
-                print(text, file=sys.stderr)
-            raise
-        _restore(saved)
-    finally:
-        capture.close()
-        try:
-            os.close(saved)
-        except OSError:
-            pass
+def _redirected(fd: int, target: int) -> Iterator[None]:
+    """Point file descriptor `fd` at `target` during the block (unless verbose), then back.
 
-
-@contextmanager
-def native_silent(fd: int) -> Iterator[None]:
-    """Discard what native code writes to file descriptor `fd` during the block (unless verbose).
-
-    For libraries whose native side prints a dump on failure that the raised exception already sums up
-    (torch's TorchScript ONNX exporter writes its whole IR graph to stdout, where it would also corrupt
-    `--json -` output); unlike `native_quiet` nothing is replayed.
+    Python's own buffered stream on that descriptor is flushed before and after, so nothing it holds lands
+    on the wrong side of the switch. A process without a usable `fd` (embedded interpreters) is left as is.
     """
-    stream = sys.stdout if fd == 1 else sys.stderr if fd == 2 else None
+    stream = {1: sys.stdout, 2: sys.stderr}.get(fd)
     if _VERBOSE:
         yield
         return
@@ -138,12 +104,11 @@ def native_silent(fd: int) -> Iterator[None]:
         if stream is not None:
             stream.flush()
         saved = os.dup(fd)
-    except (OSError, ValueError):  # no usable fd (embedded interpreters): nothing to silence
+    except (OSError, ValueError):
         yield
         return
     try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), fd)
+        os.dup2(target, fd)
         yield
     finally:
         try:
@@ -155,9 +120,28 @@ def native_silent(fd: int) -> Iterator[None]:
         os.close(saved)
 
 
-def _restore(saved: int) -> None:
-    try:
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os.dup2(saved, 2)
+@contextmanager
+def native_quiet() -> Iterator[None]:
+    """Silence what native code writes to fd 2 during the block (unless verbose); replay it on failure."""
+    with tempfile.TemporaryFile() as capture:
+        try:
+            with _redirected(2, capture.fileno()):
+                yield
+        except BaseException:
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace").strip()
+            if text:
+                print(text, file=sys.stderr)
+            raise
+
+
+@contextmanager
+def native_silent(fd: int) -> Iterator[None]:
+    """Discard what native code writes to file descriptor `fd` during the block (unless verbose).
+
+    For libraries whose native side prints a dump on failure that the raised exception already sums up
+    (torch's TorchScript ONNX exporter writes its whole IR graph to stdout, where it would also corrupt
+    `--json -` output); unlike `native_quiet` nothing is replayed.
+    """
+    with open(os.devnull, "wb") as sink, _redirected(fd, sink.fileno()):
+        yield

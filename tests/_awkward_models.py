@@ -15,6 +15,9 @@
   BatchNorm1d, then `F.normalize` (a unit-norm embedding).
 - `tiny_face_transformer`: a Face-Transformer-like ViT built from `nn.TransformerEncoder` (a class token,
   positional embedding, LayerNorm head), whose eval forward takes PyTorch's fused fast path.
+- `shared_conv_net`: weight sharing: one conv stem applied to the image and its mirror image, one block
+  applied twice in a row.
+- `bias_kv_attention_net`: an nn.MultiheadAttention with `add_bias_kv`, which quantize leaves opaque (float).
 - `gray_lightcnn`: a LightCNN-like net on 128x128 grayscale faces (one input channel, pixel / 255 with
   mean 0 and std 1), Max-Feature-Map activations; its `edgeface_spec` declares only input_size,
   channel_order GRAY, mean and std (the rest takes the defaults).
@@ -234,6 +237,52 @@ class TinyFaceTransformer(nn.Module):
 
 def tiny_face_transformer() -> nn.Module:
     return TinyFaceTransformer()
+
+
+class SharedConvNet(nn.Module):
+    """One conv applied to the image and to its mirror image (weight sharing), and one block reused twice
+    in a row: each module runs at two places in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 4, 1), nn.BatchNorm2d(16), nn.ReLU())  # 28x28
+        self.block = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU())
+        self.down = nn.Conv2d(16, 32, 3, 4, 1)  # 7x7
+        self.fc = nn.Linear(32, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x) + self.stem(torch.flip(x, dims=[3])).flip(3)
+        x = x + self.block(self.block(x))
+        return self.fc(self.down(x).mean((2, 3)))
+
+
+def shared_conv_net() -> nn.Module:
+    return SharedConvNet()
+
+
+class BiasKVAttentionNet(nn.Module):
+    """A conv stem, then tokens through an nn.MultiheadAttention with `add_bias_kv` (learned key/value
+    tokens appended), a configuration quantize does not write out: it stays one opaque float op."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, dim, 16, 16)  # 7x7 tokens
+        self.attn = nn.MultiheadAttention(dim, 2, add_bias_kv=True, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 24)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        return self.head(self.norm(t.mean(1)))
+
+
+def bias_kv_attention_net() -> nn.Module:
+    return BiasKVAttentionNet()
 
 
 class MFM(nn.Module):

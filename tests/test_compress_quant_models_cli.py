@@ -110,18 +110,21 @@ def test_real_edgeface_xs_quantizes_and_reloads(
 def test_quantize_names_the_weight_layers_it_leaves_float(
     faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """nn.TransformerEncoder runs as one opaque call the graph analysis does not enter, so quantize leaves
-    its weights float; "w8a8" alone would imply they are integer. The warning names it and its share, the
-    JSON lists it; the test hybrid, whose attention is written out in forward, gets no warning."""
+    """A module forward calls as one opaque op the graph analysis does not enter (here a MultiheadAttention
+    with add_bias_kv, which quantize does not write out) keeps its weights float; "w8a8" alone would imply
+    they are integer. The warning names it and its share, the JSON lists it; the test hybrid, whose
+    attention is written out in forward, and a ViT of nn.TransformerEncoder, which quantize writes out
+    (written_out.py), get no warning."""
     import json
 
     args = ["quantize", "--calib", str(faces), "--num-images", "8", "--quiet", "--json"]
-    vit = "tests._awkward_models:tiny_face_transformer"
-    assert main([*args, "-m", vit, "-o", str(tmp_path / "v.pt")]) == 0
+    opaque = "tests._awkward_models:bias_kv_attention_net"
+    assert main([*args, "-m", opaque, "-o", str(tmp_path / "b.pt")]) == 0
     captured = capsys.readouterr()
-    assert "warning:" in captured.err and "encoder (TransformerEncoder)" in captured.err, captured.err
+    assert "warning:" in captured.err and "attn (MultiheadAttention)" in captured.err, captured.err
     (row,) = json.loads(captured.out)["opaque_float_modules"]
-    assert row["class"] == "TransformerEncoder" and row["weights"] > 0
-    assert main([*args, "-m", HYBRID, "-o", str(tmp_path / "h.pt")]) == 0
-    captured = capsys.readouterr()
-    assert "warning:" not in captured.err and json.loads(captured.out)["opaque_float_modules"] == []
+    assert row["class"] == "MultiheadAttention" and row["weights"] > 0
+    for model in (HYBRID, "tests._awkward_models:tiny_face_transformer"):
+        assert main([*args, "-m", model, "-o", str(tmp_path / "h.pt")]) == 0
+        captured = capsys.readouterr()
+        assert "warning:" not in captured.err and json.loads(captured.out)["opaque_float_modules"] == []

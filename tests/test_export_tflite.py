@@ -111,6 +111,9 @@ def test_tflite_int8_export(
     assert info["float_ops"] == [] and info["per_channel_layers"] == 5  # 4 convs + the linear head
     row = next(r for r in rows if r["precision"] == "int8")
     assert row["parity"]["mean_cosine"] >= 0.95 and row["parity"]["images"] == 16
+    # XNNPACK's delegate takes every op of this plain CNN (ReLUs fused into the convs), fp32 and int8
+    assert info["outside_delegate"] == [] and "outside_xnnpack" not in row
+    assert inspect_tflite((out / "tinyface_fp32.tflite").read_bytes())["outside_delegate"] == []
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [
             "tinyface_fp32.tflite",

@@ -190,6 +190,13 @@ def test_int8_tflite_keeps_prelu_max_on_one_grid(faces: np.ndarray) -> None:
         x_lo, x_hi = stats.range(names[0], "mse", 8)
         widened += want_hi > x_hi + scale or want_lo < x_lo - scale
     assert widened >= 1
+    # XNNPACK's delegate takes MAXIMUM and a RELU of its own (the fallback layers' exact form) only in float:
+    # LiteRT runs the int8 ones itself, and the export names them when the artifact is not faster than fp32
+    from edgeface.converters.tflite import inspect_tflite
+
+    outside = inspect_tflite(data)["outside_delegate"]
+    assert outside.count("MAXIMUM") == 3 and set(outside) == {"MAXIMUM", "RELU"}, outside
+    assert inspect_tflite(float_data)["outside_delegate"] == []
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=data, num_threads=1)

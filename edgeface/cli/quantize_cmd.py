@@ -76,10 +76,12 @@ def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
     share = 100.0 * sum(w for _, _, w in floating) / max(weight_count(net), 1)
     names = ", ".join(f"{n} ({c})" for n, c, _ in floating[:3])
     more = f" and {len(floating) - 3} more" if len(floating) > 3 else ""
+    one = len(floating) == 1
     return (
-        f"{names}{more} keep their weights float ({share:.0f} % of the model's): forward calls each as one "
-        "opaque op, and quantize makes integer only the Conv2d and Linear layers forward calls itself; "
-        "call their layers in forward to quantize them"
+        f"{names}{more} {'keeps its' if one else 'keep their'} weights float ({share:.0f} % of the model's): "
+        f"forward calls {'it' if one else 'each'} as one opaque op (quantize writes out only torch.nn's "
+        "own MultiheadAttention without add_bias_kv/add_zero_attn, TransformerEncoder and its layers) "
+        "and export keeps it float; call its Linear layers in forward to make them integer"
     )
 
 

@@ -38,13 +38,16 @@ BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model`; a clear error for models with data-dependent control flow."""
+    """Symbolically trace `model` (changed in place: torch.nn's attention and transformer-encoder modules
+    are written out, written_out.py); a clear error for models with data-dependent control flow."""
     if isinstance(model, fx.GraphModule):
         return model
+    from edgeface.compress.quant.written_out import write_out
     from edgeface.models.registry import scripted_hint
 
     if (hint := scripted_hint(model, "quantization")) is not None:
         raise ModelError(hint)
+    write_out(model)
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types; all mean "this forward cannot be traced"

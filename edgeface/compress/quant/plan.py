@@ -3,11 +3,14 @@
 `quant_plan` lists, per weight layer (keyed by its qualified module name, which is also the ONNX
 initializer prefix under torch.onnx.export(dynamo=False)), the weight bits and per-channel scales, the
 channel axis of its activations (a Linear on an NHWC tensor: the last), and the scale / zero point / bits
-of the activation quantizers on its input and output; plus every activation quantizer by name with the
-graph node it rounds, the op that produced that tensor and the ops that read it; and every op that runs in
-float, with the reason from the per-operator table. The input quantizer of a layer is found by walking
-back through ops that keep values on their grid (table kind same_grid: flatten, reshape, permute, dropout,
-max-pool, ...), so a consumer never has to re-derive the graph.
+of the activation quantizers on its input and output (a layer called at several places in forward, its
+weights shared, has those of each call in `calls`, in execution order; its own are its first call's); plus
+every activation quantizer by name with the graph node it rounds, the op that produced that tensor and the
+ops that read it; every op that runs in float, with the reason from the per-operator table; and the modules
+forward calls as one opaque op, whose weights stayed float (`opaque_modules`: exporters keep them float).
+The input quantizer of a layer is found by walking back through ops that keep values on their grid (table
+kind same_grid: flatten, reshape, permute, dropout, max-pool, ...), so a consumer never has to re-derive
+the graph.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import fx, nn
 
 from edgeface.compress.quant.fakequant import ActQuant, QuantConv2d, QuantLinear, act_range, weight_range
 from edgeface.compress.quant.fold import get_module, is_passthrough
+from edgeface.compress.quant.prepare import opaque_weight_modules
 
 
 def _act(q: ActQuant) -> dict[str, Any]:
@@ -129,6 +133,16 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
         lo, hi = weight_range(m.weight_bits)
         src = _producer_quantizer(gm, node.args[0])
         dst = _consumer_quantizer(gm, node)
+        call = {
+            "activation": _activation_after(gm, node),
+            "input_quantizer": src,
+            "output_quantizer": dst,
+            "input": _act(acts[src]) if src else None,
+            "output": _act(acts[dst]) if dst else None,
+        }
+        if str(node.target) in layers:  # shared weights: one more call of a layer, with its own grids
+            layers[str(node.target)]["calls"].append(call)
+            continue
         layers[str(node.target)] = {
             "type": "conv2d" if isinstance(m, QuantConv2d) else "linear",
             "weight_bits": m.weight_bits,
@@ -138,11 +152,8 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
             "weight_axis": 0,
             "channel_axis": getattr(m, "channel_axis", 1 if isinstance(m, QuantConv2d) else -1),
             "activation_rank": getattr(m, "activation_rank", None),
-            "activation": _activation_after(gm, node),
-            "input_quantizer": src,
-            "output_quantizer": dst,
-            "input": _act(acts[src]) if src else None,
-            "output": _act(acts[dst]) if dst else None,
+            **call,
+            "calls": [call],
         }
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     out_q = _producer_quantizer(gm, output_node.args[0])
@@ -156,6 +167,7 @@ def quant_plan(qmodel: nn.Module) -> dict[str, Any]:
         "layers": layers,
         "quantizers": {n: {**_act(q), **where.get(n, {})} for n, q in acts.items()},
         "float_ops": {n.name: n.meta["edgeface_float"] for n in gm.graph.nodes if "edgeface_float" in n.meta},
+        "opaque_modules": [{"name": n, "class": c, "weights": w} for n, c, w in opaque_weight_modules(gm)],
     }
 
 

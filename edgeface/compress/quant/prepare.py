@@ -448,7 +448,8 @@ def weight_count(module: nn.Module) -> int:
 
 def opaque_weight_modules(model: nn.Module) -> list[tuple[str, str, int]]:
     """(module name, class, weight count) of each module the traced forward calls as one opaque op that
-    holds weight matrices or kernels: nn.MultiheadAttention, nn.TransformerEncoder, an RNN. The graph
+    holds weight matrices or kernels: an RNN, an attention written_out.py does not write out (add_bias_kv,
+    a subclass with its own forward). The graph
     analysis does not enter such a call, so its weights stay float whatever the bits; "w8a8" alone would
     imply they are integer. (Conv2d and Linear layers the placement keeps float are its own choice, and
     the export's report lists them with the reason.)"""
