@@ -47,7 +47,7 @@ def plan_from_quantized(qmodel: Any, spec: ModelSpec) -> dict[str, Any]:
             m.quant_enabled = False
         elif isinstance(m, ActQuant):
             m.enabled = False
-    proto = export_float_onnx(twin, spec.input_size)
+    proto = export_float_onnx(twin, spec.input_size, channels=spec.channels)
     order, adds = weighted_layers(qmodel), add_nodes_of(qmodel)
     onnx_plan = match_onnx(proto, plan, order, adds)
     onnx_plan["layer_class"] = {n: layer_class(qmodel.get_submodule(n)) for n in order}  # for --layer-bits

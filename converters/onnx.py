@@ -35,7 +35,7 @@ class OnnxBuild:
 
 
 def float_graph(model: Any, spec: ModelSpec) -> Any:
-    return export_float_onnx(model, spec.input_size, OPSET)
+    return export_float_onnx(model, spec.input_size, OPSET, spec.channels)
 
 
 def _tensor_quant(p: qdq.QParams | None) -> TensorQuant | None:

@@ -26,7 +26,7 @@ SHAPE_SOURCES = ("Shape", "Size")  # ops that read a tensor's shape, not its val
 FOLD_MAX_ELEMENTS = 1 << 22  # a folded constant larger than this (an Expand, say) stays a node
 
 
-def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSET) -> Any:
+def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSET, channels: int = 3) -> Any:
     """An eval-mode nn.Module as an in-memory ModelProto (NCHW float input 'input', output 'embedding').
 
     The batch axis is dynamic unless the model's forward does arithmetic on its input's shape
@@ -35,13 +35,13 @@ def export_float_onnx(model: Any, input_size: tuple[int, int], opset: int = OPSE
     subgraph for the quantizer to trip on and nothing for the runtime to recompute per call.
     """
     try:
-        proto = _torch_to_onnx(model, input_size, opset, dynamic=True)
+        proto = _torch_to_onnx(model, input_size, opset, dynamic=True, channels=channels)
     except Exception:
         # Shape arithmetic that feeds an op attribute (`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))`)
         # cannot be exported with a symbolic batch at all; with a static input it is a constant.
         proto = None
     if proto is None or any(n.op_type in SHAPE_SOURCES for n in proto.graph.node):
-        proto = _torch_to_onnx(model, input_size, opset, dynamic=False)
+        proto = _torch_to_onnx(model, input_size, opset, dynamic=False, channels=channels)
     return normalize_graph(proto)
 
 
@@ -86,7 +86,9 @@ def _adaptive_avg_pool2d(g: Any, x: Any, output_size: Any) -> Any:
     return g.op("MatMul", p_h, x)
 
 
-def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic: bool) -> Any:
+def _torch_to_onnx(
+    model: Any, input_size: tuple[int, int], opset: int, dynamic: bool, channels: int = 3
+) -> Any:
     import onnx
     import torch
 
@@ -102,7 +104,7 @@ def _torch_to_onnx(model: Any, input_size: tuple[int, int], opset: int, dynamic:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model,
-            (torch.zeros(1, 3, h, w),),
+            (torch.zeros(1, channels, h, w),),
             buf,
             dynamo=False,
             opset_version=opset,

@@ -55,19 +55,20 @@ def _convert(net: Any, spec: ModelSpec) -> bytes:
         import litert_torch
 
     h, w = spec.input_size
+    sample = (torch.zeros(1, h, w, spec.channels),)
     wrapped = litert_torch.to_channel_last_io(net.eval(), args=[0]).eval()
     # litert-torch prints its progress on stdout, which belongs to `--json`, and its converter logs through
     # absl on fd 2: both only with `edgeface -v` (native_quiet replays them if the conversion fails)
     with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), native_section(), native_quiet():
         try:
-            edge = litert_torch.convert(wrapped, (torch.zeros(1, h, w, 3),))
+            edge = litert_torch.convert(wrapped, sample)
         except (RuntimeError, ValueError) as e:
             if "view" not in str(e):
                 raise
             # `x.view(x.size(0), -1)` on a tensor litert-torch keeps channels-last cannot be a view; feeding
             # the model a contiguous NCHW copy of the NHWC input (one TRANSPOSE in the graph) keeps every
             # tensor contiguous, as the model's author assumed
-            edge = litert_torch.convert(_ContiguousNCHW(net).eval(), (torch.zeros(1, h, w, 3),))
+            edge = litert_torch.convert(_ContiguousNCHW(net).eval(), sample)
         return bytes(edge.model_content())
 
 
@@ -80,7 +81,9 @@ def _contiguous_nchw_class() -> Any:
             self.net = net
 
         def forward(self, x: Any) -> Any:
-            return self.net(x.permute(0, 3, 1, 2).contiguous())
+            # clone, not contiguous(): a one-channel permute counts as contiguous but keeps channels-last
+            # strides, which the first conv passes on to its output
+            return self.net(x.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format))
 
     return ContiguousNCHW
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _VERBOSE = False
+_NOTES = True
 
 # loggers of the libraries we call; their warnings are about their internals, not the user's model
 THIRD_PARTY_LOGGERS = (
@@ -57,6 +58,18 @@ NATIVE_ENV = {
 
 def verbose() -> bool:
     return _VERBOSE
+
+
+def silence_notes(silent: bool = True) -> None:
+    """`--quiet`: no `note:` lines (facts the user may want, never warnings or errors)."""
+    global _NOTES
+    _NOTES = not silent
+
+
+def note(message: str | None) -> None:
+    """One `note:` line on stderr, unless notes are silenced."""
+    if message and _NOTES:
+        print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def configure(verbose: bool = False) -> None:

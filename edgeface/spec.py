@@ -6,8 +6,10 @@ places disagree about mean/std or channel order, verification silently degrades,
 this module exists to prevent. Pure stdlib so that it loads on a device without torch.
 
 Preprocessing contract: an aligned face of `input_size` pixels in `channel_order`, values in [0, 255], is
-fed as `(pixel / 255 - mean) / std` per channel, in `layout`. If `quantization.input` is set, the artifact
-takes integers: `q = round(x / scale) + zero_point` clipped to the dtype's range.
+fed as `(pixel / 255 - mean) / std` per channel, in `layout`. `GRAY` is one channel, the BT.601 luma of
+the RGB face rounded to 8 bits (`runtime.preprocess.luma`), with one mean and one std value. If
+`quantization.input` is set, the artifact takes integers: `q = round(x / scale) + zero_point` clipped
+to the dtype's range.
 """
 
 from __future__ import annotations
@@ -52,13 +54,24 @@ JSON_SCHEMA: dict[str, Any] = {
             "description": "[height, width] of the aligned face",
         },
         "layout": {"enum": ["NCHW", "NHWC"]},
-        "channel_order": {"enum": ["RGB", "BGR"]},
-        "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+        "channel_order": {
+            "enum": ["RGB", "BGR", "GRAY"],
+            "description": "GRAY: one channel, the BT.601 luma Y = 0.299 R + 0.587 G + 0.114 B rounded to 8 "
+            "bits; readers that know only RGB and BGR refuse such a spec instead of misreading it",
+        },
+        "mean": {
+            "type": "array",
+            "items": {"type": "number"},
+            "minItems": 1,
+            "maxItems": 3,
+            "description": "one value per channel: 3 for RGB/BGR, 1 for GRAY",
+        },
         "std": {
             "type": "array",
             "items": {"type": "number", "exclusiveMinimum": 0},
-            "minItems": 3,
+            "minItems": 1,
             "maxItems": 3,
+            "description": "one value per channel: 3 for RGB/BGR, 1 for GRAY",
         },
         "embedding_dim": {"type": "integer", "minimum": 1, "maximum": 65536},
         "face_crop": {
@@ -93,6 +106,9 @@ JSON_SCHEMA: dict[str, Any] = {
         },
         "provenance": {"type": "object"},
     },
+    "if": {"properties": {"channel_order": {"const": "GRAY"}}},
+    "then": {"properties": {"mean": {"maxItems": 1}, "std": {"maxItems": 1}}},
+    "else": {"properties": {"mean": {"minItems": 3}, "std": {"minItems": 3}}},
     "$defs": {
         "tensor_quant": {
             "type": ["object", "null"],
@@ -109,7 +125,8 @@ JSON_SCHEMA: dict[str, Any] = {
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few hundred bytes; anything near this is not one
 ALIGNED_SIDE = 112.0  # the ArcFace template's frame, in which face_crop is expressed
 _LAYOUTS = ("NCHW", "NHWC")
-_ORDERS = ("RGB", "BGR")
+_ORDERS = ("RGB", "BGR", "GRAY")
+GRAY = "GRAY"
 _PRECISIONS = ("fp32", "w8a8", "w6a6", "mixed")
 
 
@@ -140,8 +157,8 @@ class ModelSpec:
     input_size: tuple[int, int] = (112, 112)
     layout: str = "NCHW"
     channel_order: str = "RGB"
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # one value per channel
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
     embedding_dim: int = 512
     face_crop: tuple[float, float, float, float] | None = None
     threshold: float | None = None
@@ -155,6 +172,11 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         validate(self.to_dict())
+
+    @property
+    def channels(self) -> int:
+        """Channels of the network input: 1 for GRAY, 3 for RGB/BGR."""
+        return channel_count(self.channel_order)
 
     def crop_box(self) -> tuple[float, float, float, float]:
         """[x, y, w, h] of the ArcFace 112x112 frame that becomes the network input (see `face_crop`).
@@ -225,20 +247,26 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> ModelSpec:
-        try:
-            data = json.loads(text, parse_constant=_refuse_constant)
-        except ValueError as e:
-            if not isinstance(e, json.JSONDecodeError):
-                raise EdgefaceError(f"{source}: {e}") from None
-            raise EdgefaceError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        except RecursionError:
-            raise EdgefaceError(f"{source}: not valid JSON (nested too deeply)") from None
-        if not isinstance(data, dict):
-            raise EdgefaceError(f"{source}: a spec must be a JSON object")
+        data = parse_spec_object(text, source)
         try:
             return cls.from_dict(data)
         except EdgefaceError as e:
             raise EdgefaceError(f"{source}: {e}") from None
+
+
+def parse_spec_object(text: str, source: str = "spec") -> dict[str, Any]:
+    """JSON text -> a dict, with one error line naming `source` for anything that is not a JSON object."""
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as e:
+        if not isinstance(e, json.JSONDecodeError):
+            raise EdgefaceError(f"{source}: {e}") from None
+        raise EdgefaceError(f"{source}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise EdgefaceError(f"{source}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise EdgefaceError(f"{source}: a spec must be a JSON object")
+    return data
 
 
 def _fail(msg: str) -> None:
@@ -257,11 +285,16 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _numbers(data: dict[str, Any], key: str, n: int) -> list[float]:
+def channel_count(channel_order: str) -> int:
+    return 1 if channel_order == GRAY else 3
+
+
+def _numbers(data: dict[str, Any], key: str, n: int, why: str = "") -> list[float]:
     """Exactly `n` finite numbers: NaN or Infinity in a spec silently breaks every comparison downstream."""
     v = data.get(key)
     if not isinstance(v, list | tuple) or len(v) != n or not all(_is_number(x) for x in v):
-        _fail(f"'{key}' must be a list of {n} finite numbers, got {v!r}")
+        what = f"{n} finite number{'s' if n > 1 else ''}" + (f" ({why})" if why else "")
+        _fail(f"'{key}' must be a list of {what}, got {v!r}")
     return list(v)  # type: ignore[arg-type]
 
 
@@ -295,9 +328,10 @@ def validate(data: dict[str, Any]) -> None:
         _fail(f"'layout' must be one of {_LAYOUTS}, got {data['layout']!r}")
     if data["channel_order"] not in _ORDERS:
         _fail(f"'channel_order' must be one of {_ORDERS}, got {data['channel_order']!r}")
-    if any(abs(m) > 255 for m in _numbers(data, "mean", 3)):
+    n, why = channel_count(data["channel_order"]), f"one per channel of {data['channel_order']}"
+    if any(abs(m) > 255 for m in _numbers(data, "mean", n, why)):
         _fail("'mean' values must lie in [-255, 255] (mean is in units of pixel / 255)")
-    if any(not 1e-6 <= s <= 1e6 for s in _numbers(data, "std", 3)):
+    if any(not 1e-6 <= s <= 1e6 for s in _numbers(data, "std", n, why)):
         _fail("'std' values must be > 0 (and within [1e-6, 1e6])")
     dim = data["embedding_dim"]
     if not _is_int(dim) or not 1 <= dim <= 65536:
@@ -362,17 +396,69 @@ def write_spec_json(spec: ModelSpec, path: str | os.PathLike[str]) -> Path:
     return atomic_write_text(path, spec.to_json() + "\n")
 
 
-def read_spec_json(path: str | os.PathLike[str]) -> ModelSpec:
-    path = Path(path)
+def _read_spec_text(path: Path) -> str:
     try:
         if path.stat().st_size > MAX_SPEC_BYTES:
             raise EdgefaceError(f"spec {path} is larger than {MAX_SPEC_BYTES // 1024} KB; not a model spec")
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except OSError as e:
         raise EdgefaceError(f"cannot read spec {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise EdgefaceError(f"spec {path} is not UTF-8 JSON text") from None
-    return ModelSpec.from_json(text, source=str(path))
+
+
+def read_spec_json(path: str | os.PathLike[str]) -> ModelSpec:
+    """A complete spec (an artifact's sidecar): every required field must be there."""
+    path = Path(path)
+    return ModelSpec.from_json(_read_spec_text(path), source=str(path))
+
+
+def read_declared_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A user's `--spec FILE.json` as a JSON object, which may leave fields out (`with_defaults`)."""
+    path = Path(path)
+    return parse_spec_object(_read_spec_text(path), str(path))
+
+
+# Fields a declared spec may leave out; `with_defaults` fills them from a base spec and names them.
+DEFAULTABLE = ("input_size", "layout", "channel_order", "mean", "std", "embedding_dim")
+
+
+def with_defaults(declared: dict[str, Any], base: ModelSpec) -> tuple[ModelSpec, list[str]]:
+    """The spec a model declares, with `base`'s value for each field it leaves out, and those fields.
+
+    Users declare what differs from the defaults (a 112x96 input, their mean/std) and expect the rest to be
+    the documented defaults. Fields that are present are validated as they are: a wrong value is never
+    replaced. mean/std left out take `base`'s only when the channel count is the same, else 0.5 per channel
+    (a GRAY model's one value); face_crop left out is null when input_size is declared (it follows that
+    size), else base's. The caller measures an `embedding_dim` left out (registry.check_spec).
+    """
+    if not isinstance(declared, dict):
+        _fail("a spec must be a JSON object")
+    data = {k: v for k, v in base.to_dict().items() if k not in DEFAULTABLE}
+    if "input_size" in declared:
+        data["face_crop"] = None  # base's crop was for base's size; left out, it follows the declared one
+    data.update(declared)
+    data.setdefault("schema_version", SCHEMA_VERSION)
+    missing = [k for k in DEFAULTABLE if k not in declared]
+    order = declared.get("channel_order", base.channel_order)
+    same = order in _ORDERS and channel_count(order) == base.channels
+    defaults: dict[str, Any] = {
+        "input_size": list(base.input_size),
+        "layout": base.layout,
+        "channel_order": base.channel_order,
+        "mean": list(base.mean) if same else [0.5] * channel_count(order),
+        "std": list(base.std) if same else [0.5] * channel_count(order),
+        "embedding_dim": base.embedding_dim,
+    }
+    for key in missing:
+        data[key] = defaults[key]
+    try:
+        return ModelSpec.from_dict(data), missing
+    except EdgefaceError as e:
+        if "input_size" in missing and "face_crop" in str(e):
+            h, w = base.input_size
+            raise EdgefaceError(f"{e}; input_size was not declared, so it is {h}x{w}: declare it") from None
+        raise
 
 
 def spec_path_for(artifact: str | os.PathLike[str]) -> Path:

@@ -139,7 +139,8 @@ class Artifact:
 
     def _check_input_shape(self, shape: Sequence[Any]) -> None:
         h, w = self.spec.input_size
-        want = (3, h, w) if self.spec.layout == "NCHW" else (h, w, 3)
+        c = self.spec.channels
+        want = (c, h, w) if self.spec.layout == "NCHW" else (h, w, c)
         got = tuple(shape[1:])
         if len(got) != 3 or any(
             isinstance(g, int) and g > 0 and g != e for g, e in zip(got, want, strict=True)

@@ -18,7 +18,7 @@ from edgeface.runtime.align import crop_aligned
 
 from edgeface.errors import EdgefaceError
 from edgeface.io import os_errors, printable
-from edgeface.spec import ModelSpec, TensorQuant
+from edgeface.spec import GRAY, ModelSpec, TensorQuant
 
 # 2**27 pixels (e.g. 11585 x 11585, or a 108 MP phone photo) decode to 384 MB of BGR: what a 1 GB Pi can
 # afford. OpenCV's own limit is 2**30 pixels (3 GB), too late and too large to protect a device.
@@ -254,11 +254,26 @@ _PROBES: list[tuple[bytes | Callable[[bytes], bool], Callable[[bytes], tuple[str
 ]
 
 
+# BT.601 luma in 14-bit fixed point (the weights sum to 2**14): exact integers, so the Kotlin demo and any
+# other reader reproduce every grey level bit for bit; the float formula would differ by one level on ties.
+LUMA_BGR = (1868, 9617, 4899)  # B, G, R: 0.114, 0.587, 0.299 times 2**14
+LUMA_SHIFT = 14
+
+
+def luma(face_bgr: np.ndarray) -> np.ndarray:
+    """BGR uint8 (H, W, 3) -> grey uint8 (H, W, 1): Y = (1868 B + 9617 G + 4899 R + 8192) >> 14, the
+    standard BT.601 luma (0.114, 0.587, 0.299) rounded to the nearest level, as a GRAY spec defines it."""
+    b, g, r = (face_bgr[..., k].astype(np.uint32) for k in range(3))
+    y = (LUMA_BGR[0] * b + LUMA_BGR[1] * g + LUMA_BGR[2] * r + (1 << (LUMA_SHIFT - 1))) >> LUMA_SHIFT
+    return y.astype(np.uint8)[..., None]
+
+
 def arrange(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip: bool = False) -> np.ndarray:
-    """Aligned BGR uint8 faces -> uint8 (N, H, W, 3) at the spec's size and channel order, mirrored if asked.
+    """Aligned BGR uint8 faces -> uint8 (N, H, W, C) at the spec's size and channel order, mirrored if asked.
 
     Faces that are not `spec.input_size` are cut and resized by `align.crop_aligned` (the spec's face
     crop, aspect ratio kept), which is right for already-aligned crops; raw photos go through alignment.
+    C is 3 (RGB/BGR) or 1 (GRAY, the luma of the colour face).
     """
     batch = []
     for face in faces_bgr if isinstance(faces_bgr, Sequence) else list(faces_bgr):
@@ -270,22 +285,25 @@ def arrange(faces_bgr: np.ndarray | Sequence[np.ndarray], spec: ModelSpec, flip:
             face = cv2.flip(face, 1)
         if spec.channel_order == "RGB":
             face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
+        elif spec.channel_order == GRAY:
+            face = luma(face)
         batch.append(np.ascontiguousarray(face, dtype=np.uint8))
     return batch[0][None] if len(batch) == 1 else np.stack(batch)  # N, H, W, C
 
 
 def input_table(spec: ModelSpec, quant: TensorQuant | None = None) -> np.ndarray:
-    """(256, 1, 3) lookup table: pixel value -> network input, per channel (in the spec's channel order).
+    """(256, 1, C) lookup table: pixel value -> network input, per channel (in the spec's channel order).
 
     Pixels are 8-bit, so the spec's scaling (x / 255 - mean) / std, and for a quantized input the
     quantization after it, is a per-channel function of 256 values: a table computed once replaces float
     arithmetic over every pixel (cv2.LUT applies it), and the table is the one place mean and std are used.
     """
-    ramp = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+    c = spec.channels
+    ramp = np.repeat(np.arange(256, dtype=np.float32)[:, None], c, axis=1)
     table = (ramp / 255.0 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if quant is not None:
         table = quant.quantize(table)
-    return np.ascontiguousarray(table.reshape(256, 1, 3))
+    return np.ascontiguousarray(table.reshape(256, 1, c))
 
 
 def apply_table(
@@ -293,9 +311,13 @@ def apply_table(
 ) -> np.ndarray:
     """Aligned BGR uint8 faces -> network input (the table's dtype) in the spec's layout."""
     x = arrange(faces_bgr, spec, flip)
-    n, h, w, _ = x.shape
-    y = cv2.LUT(x.reshape(n * h, w, 3), table).reshape(n, h, w, 3)
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if spec.layout == "NCHW" else y
+    n, h, w, c = x.shape
+    y = cv2.LUT(x.reshape(n * h, w, c), table).reshape(n, h, w, c)
+    if spec.layout == "NHWC":
+        return y
+    # one channel: a reshape, whose strides are plain NCHW ones; a transposed (N, H, W, 1) array has the
+    # strides of channels_last, which torch propagates and `x.view(x.size(0), -1)` then refuses
+    return y.reshape(n, c, h, w) if c == 1 else np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
 def normalize(

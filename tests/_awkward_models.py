@@ -18,6 +18,9 @@
 - `shared_conv_net`: weight sharing: one conv stem applied to the image and its mirror image, one block
   applied twice in a row.
 - `bias_kv_attention_net`: an nn.MultiheadAttention with `add_bias_kv`, which quantize leaves opaque (float).
+- `gray_lightcnn`: a LightCNN-like net on 128x128 grayscale faces (one input channel, pixel / 255 with
+  mean 0 and std 1), Max-Feature-Map activations; its `edgeface_spec` declares only input_size,
+  channel_order GRAY, mean and std (the rest takes the defaults).
 """
 
 from __future__ import annotations
@@ -280,3 +283,37 @@ class BiasKVAttentionNet(nn.Module):
 
 def bias_kv_attention_net() -> nn.Module:
     return BiasKVAttentionNet()
+
+
+class MFM(nn.Module):
+    """LightCNN's Max-Feature-Map: a conv to 2C channels, then the elementwise max of its two halves."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 2 * cout, k, s, k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.conv(x).chunk(2, dim=1)
+        return torch.max(a, b)
+
+
+class GrayLightCNN(nn.Module):
+    def __init__(self, emb: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = MFM(1, 8, 5, 2)  # 64x64
+        self.pool = nn.MaxPool2d(2, 2)  # 32x32
+        self.conv2 = MFM(8, 16, 3, 2)  # 16x16
+        self.conv3 = MFM(16, 16, 3, 2)  # 8x8
+        self.fc = nn.Linear(16 * 8 * 8, emb)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.conv2(self.pool(self.conv1(x))))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def gray_lightcnn() -> nn.Module:
+    model = GrayLightCNN()
+    model.edgeface_spec = {"input_size": [128, 128], "channel_order": "GRAY", "mean": [0.0], "std": [1.0]}
+    return model

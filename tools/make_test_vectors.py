@@ -136,6 +136,8 @@ INVALID_SPECS: list[tuple[str, dict[str, Any]]] = [
     ("channel_order", {"channel_order": "rgb"}),
     ("std", {"std": [0.5, 0.0, 0.5]}),
     ("mean", {"mean": [0.5, 0.5]}),
+    ("mean", {"channel_order": "GRAY"}),  # GRAY takes one mean and one std value
+    ("std", {"channel_order": "GRAY", "mean": [0.5]}),
     ("embedding_dim", {"embedding_dim": 0}),
     ("threshold", {"threshold": 1.5}),
     ("input_size", {"input_size": [112, 100000]}),
@@ -170,6 +172,20 @@ def synthetic_int8_spec(base: ModelSpec) -> ModelSpec:
         precision="w8a8",
         input_quant=TensorQuant(scale=0.018658, zero_point=-14, dtype="int8"),
         output_quant=TensorQuant(scale=0.0625, zero_point=5, dtype="int8"),
+        provenance={"source": "tools/make_test_vectors.py (synthetic, no artifact)"},
+    )
+
+
+def synthetic_gray_spec(base: ModelSpec) -> ModelSpec:
+    """GRAY (one channel, the pixel's luma) + NCHW + int8 input: a LightCNN-style grayscale model."""
+    return base.replace(
+        name="synthetic_gray_int8",
+        channel_order="GRAY",
+        mean=(0.0,),
+        std=(1.0,),
+        precision="w8a8",
+        input_quant=TensorQuant(scale=0.003921569, zero_point=-128, dtype="int8"),
+        output_quant=None,
         provenance={"source": "tools/make_test_vectors.py (synthetic, no artifact)"},
     )
 
@@ -264,6 +280,7 @@ def main() -> None:
         sections.append(artifact_section(path, spec_file, landmarks))
     base = specs[f"{args.artifact[0].name}.json"]
     specs["synthetic_nhwc_bgr_int8.json"] = synthetic_int8_spec(base)
+    specs["synthetic_gray_int8.json"] = synthetic_gray_spec(base)
 
     vectors = {
         "format": FORMAT,

@@ -64,7 +64,8 @@ class LazyGroup(click.Group):
 @click.option(
     "--verbose", "-v", is_flag=True, help="Also show warnings and log lines of the libraries edgeface uses."
 )
-def cli(debug: bool, verbose: bool) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No `note:` lines (warnings and errors still show).")
+def cli(debug: bool, verbose: bool, quiet: bool) -> None:
     """Compress, export and run face-recognition models on devices."""
 
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     before_verb = args[: next((i for i, a in enumerate(args) if a in COMMANDS), len(args))]
     debug = "--debug" in before_verb
     quiet.configure(verbose=debug or bool({"-v", "--verbose"} & set(before_verb)))
+    quiet.silence_notes(bool({"-q", "--quiet"} & set(before_verb)))  # each run decides (tests run many)
     try:
         cli.main(args=args, prog_name="edgeface", standalone_mode=False)
     except EdgefaceError as e:

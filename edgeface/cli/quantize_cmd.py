@@ -202,7 +202,7 @@ def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
     default=None,
     help="LFW root for --report (default: --calib when it is an LFW root).",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--quiet", is_flag=True, help="No progress bars and no `note:` lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def quantize_cmd(
     model: str,
@@ -276,6 +276,10 @@ def quantize_cmd(
 
     rank, world = join_distributed()
     progress = not quiet and rank == 0
+    if quiet:
+        from edgeface.quiet import silence_notes
+
+        silence_notes()
     start, cpu_start = time.perf_counter(), time.process_time()
     loaded = load_model(model, weights, spec_file)
     if loaded.checkpoint is not None and any(

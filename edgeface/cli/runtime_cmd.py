@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from edgeface import quiet
 from edgeface.cli.options import (
     FACE_POLICIES,
     SECONDS,
@@ -50,7 +51,7 @@ def resolve_model(ctx: click.Context, param: click.Parameter, value: str | None)
 
     resolved = resolve(value, ctx.meta.get(ARTIFACT_META))  # hashes checked before the note is printed
     if resolved.note:
-        click.echo(f"note: {printable(resolved.note)}", err=True)
+        quiet.note(printable(resolved.note))
     return str(resolved.path)
 
 

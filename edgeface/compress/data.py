@@ -142,9 +142,10 @@ class Augmenter:
             raise EdgefaceError(f"unknown augmentation '{preset}'; choose one of {', '.join(AUGMENTATIONS)}")
         self.preset = preset
         order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]  # luminance weights follow channels
-        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)[order].view(1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+        weights = [1.0] if spec.channels == 1 else [[0.299, 0.587, 0.114][k] for k in order]  # GRAY is luma
+        self.luma = torch.tensor(weights, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if self.preset == "basic":

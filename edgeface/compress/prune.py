@@ -71,7 +71,7 @@ class PruneResult:
 
 def _example(spec: ModelSpec, batch: int = 1) -> torch.Tensor:
     h, w = spec.input_size
-    return torch.randn(batch, 3, h, w)
+    return torch.randn(batch, spec.channels, h, w)
 
 
 def count_macs_params(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:

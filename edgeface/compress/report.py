@@ -48,11 +48,11 @@ def _embedder(
 
     from edgeface.runtime.preprocess import normalize, read_image
 
+    nchw = spec.replace(layout="NCHW")  # torch models take NCHW whatever the artifact layout
+
     def run(x: np.ndarray) -> np.ndarray:
-        if spec.layout == "NHWC":
-            x = x.transpose(0, 3, 1, 2)
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
+            return model(torch.from_numpy(x)).float().numpy()
 
     def embed(paths: Sequence[Path]) -> np.ndarray:
         model.eval()
@@ -61,8 +61,8 @@ def _embedder(
         for start in range(0, len(paths), batch_size):
             chunk = list(paths[start : start + batch_size])
             faces = [read_image(p) for p in chunk]
-            plain = run(normalize(faces, spec))
-            mirrored = run(normalize(faces, spec, flip=True)) if flip else 0.0
+            plain = run(normalize(faces, nchw))
+            mirrored = run(normalize(faces, nchw, flip=True)) if flip else 0.0
             for p, e in zip(chunk, plain, strict=True):
                 cache[Path(p)] = e
             out.append(plain + mirrored)
@@ -120,7 +120,7 @@ def model_row(name: str, model: nn.Module, spec: ModelSpec, evaluation: dict[str
         "name": name,
         "precision": spec.precision,
         "params": parameter_count(model),
-        "macs": count_macs(model, (3, h, w)),
+        "macs": count_macs(model, (spec.channels, h, w)),
         "size_bytes": model_size_bytes(model),
         "acc": v["acc"],
         "acc_std": v["acc_std"],

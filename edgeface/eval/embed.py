@@ -37,12 +37,11 @@ class TorchFaceModel:
     def embed(self, faces_bgr: Sequence[np.ndarray], flip: bool = False) -> np.ndarray:
         self.model.eval()
         out: list[np.ndarray] = []
+        nchw = self.spec.replace(layout="NCHW")  # torch models take NCHW whatever the artifact layout
         with torch.inference_mode():
             for start in range(0, len(faces_bgr), self.batch_size):
-                x = normalize(faces_bgr[start : start + self.batch_size], self.spec, flip)
-                if self.spec.layout == "NHWC":  # torch models take NCHW whatever the artifact layout
-                    x = x.transpose(0, 3, 1, 2)
-                out.append(self.model(torch.from_numpy(np.ascontiguousarray(x))).float().numpy())
+                x = normalize(faces_bgr[start : start + self.batch_size], nchw, flip)
+                out.append(self.model(torch.from_numpy(x)).float().numpy())
         if not out:
             return np.zeros((0, self.spec.embedding_dim), np.float32)
         return np.concatenate(out).astype(np.float32)

@@ -86,7 +86,7 @@ def open_model(
     from edgeface.models.loading import load_model
 
     loaded = load_model(ref, weights, spec_file)
-    _fast_layout(loaded.model, loaded.spec.input_size)
+    _fast_layout(loaded.model, (loaded.spec.channels, *loaded.spec.input_size))
     if threads:
         torch.set_num_threads(threads)
     name = label or (f"{ref}@{Path(weights).name}" if weights else ref)
@@ -95,7 +95,7 @@ def open_model(
     return EvalModel(name, "pytorch", net, Path(weights) if weights else None, int(size))
 
 
-def _fast_layout(model: Any, input_size: tuple[int, int]) -> None:
+def _fast_layout(model: Any, input_shape: tuple[int, int, int]) -> None:
     """Run `model` in channels_last when it can: same numbers (|diff| ~ 1e-6), ~1.6x faster on CPU, since
     oneDNN runs depthwise/1x1 convs best in NHWC. A forward that reads memory order, as the common
     `x.view(x.size(0), -1)` flatten does, fails on NHWC tensors: such a model stays in NCHW."""
@@ -104,7 +104,7 @@ def _fast_layout(model: Any, input_size: tuple[int, int]) -> None:
     model.to(memory_format=torch.channels_last)
     try:
         with torch.inference_mode():
-            model(torch.zeros(2, 3, *input_size))
+            model(torch.zeros(2, *input_shape))
     except Exception:  # noqa: BLE001 - any failure here only means NHWC does not suit this model
         model.to(memory_format=torch.contiguous_format)
 

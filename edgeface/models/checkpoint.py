@@ -22,8 +22,8 @@ from torch import nn
 from edgeface.errors import EdgefaceError
 from edgeface.io import atomic_write
 from edgeface.models.loading import CHECKPOINT_FORMAT, load_state_strict
-from edgeface.models.registry import build_model
-from edgeface.spec import ModelSpec
+from edgeface.models.registry import build_model, check_spec
+from edgeface.spec import ModelSpec, with_defaults
 
 # kind -> "module:function" with signature (model, record, state_dict) -> nn.Module
 REBUILDERS: dict[str, str] = {
@@ -91,10 +91,12 @@ def _check_layout(obj: dict[str, Any], source: str) -> None:
 def restore(
     obj: dict[str, Any],
     requested_model: str,
-    spec_override: ModelSpec | None = None,
+    spec_override: ModelSpec | dict[str, Any] | None = None,
     source: str = "checkpoint",
 ) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild a compressed model; `requested_model` is the user's --model (see base_model_of)."""
+    """Rebuild a compressed model; `requested_model` is the user's --model (see base_model_of).
+
+    A `spec_override` dict (a user's `--spec FILE.json`) may leave fields out: they keep the checkpoint's."""
     _check_layout(obj, source)
     try:
         recorded_spec = ModelSpec.from_dict(obj["spec"])
@@ -111,4 +113,8 @@ def restore(
         module_name, _, fn = ref.partition(":")
         model = getattr(importlib.import_module(module_name), fn)(model, record, state)
     load_state_strict(model, state, source="checkpoint weights")
-    return model, spec_override or recorded_spec
+    if spec_override is None:
+        return model, recorded_spec
+    if isinstance(spec_override, dict):
+        spec_override = with_defaults({"name": recorded_spec.name, **spec_override}, recorded_spec)[0]
+    return model, check_spec(model, spec_override)  # an override must fit the model, as a declared spec

@@ -11,6 +11,8 @@ counts, quantization recipe) to rebuild the compressed model.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeface import quiet
 from edgeface.errors import EdgefaceError
-from edgeface.models.registry import build_model
-from edgeface.spec import ModelSpec, read_spec_json
+from edgeface.models.registry import build_model, defaulted_note
+from edgeface.spec import ModelSpec, read_declared_spec
 
 CHECKPOINT_FORMAT = "edgeface.checkpoint/1"
 _WRAPPER_KEYS = ("state_dict", "model", "net_state_dict", "model_state_dict", "backbone")
@@ -140,16 +143,30 @@ def load_model(
     model: str, weights: str | os.PathLike[str] | None = None, spec_file: str | os.PathLike[str] | None = None
 ) -> LoadedModel:
     """Build `model` and load `weights`; the returned model is in eval mode."""
-    override = read_spec_json(spec_file) if spec_file else None
+    declared = read_declared_spec(spec_file) if spec_file else None
     obj = read_checkpoint(weights) if weights else None
-    if is_edgeface_checkpoint(obj):
-        from edgeface.models.checkpoint import restore
+    with _naming(spec_file):
+        if is_edgeface_checkpoint(obj):
+            from edgeface.models.checkpoint import restore
 
-        net, spec = restore(obj, model, override, source=f"checkpoint {weights}")
-        return LoadedModel(net.eval(), spec, obj)
-    net, spec = build_model(model, override)
+            # the fields --spec leaves out keep the checkpoint's
+            net, spec = restore(obj, model, declared, source=f"checkpoint {weights}")
+            return LoadedModel(net.eval(), spec, obj)
+        net, spec = build_model(model, declared)
+    quiet.note(defaulted_note(spec.provenance.get("spec_defaults") or [], spec))
     if obj is not None:
         state = fit_prefix(unwrap_state_dict(obj), net.state_dict())
         load_state_strict(net, state, source=f"weights {weights}")
         spec = spec.replace(provenance={**spec.provenance, "weights": Path(weights).name})  # type: ignore[arg-type]
     return LoadedModel(net.eval(), spec, None)
+
+
+@contextmanager
+def _naming(spec_file: str | os.PathLike[str] | None) -> Iterator[None]:
+    """An invalid field of a `--spec FILE.json` is reported with the file's name."""
+    try:
+        yield
+    except EdgefaceError as e:
+        if spec_file and str(e).startswith("invalid model spec"):
+            raise type(e)(f"{spec_file}: {e}") from None
+        raise

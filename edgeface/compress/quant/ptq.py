@@ -56,10 +56,8 @@ def load_batches(
     bar = tqdm(total=len(images), desc="load images", unit="img", disable=not progress, leave=False)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        x = normalize([read_image(p) for p in chunk], spec)
-        if spec.layout == "NHWC":
-            x = x.transpose(0, 3, 1, 2)
-        out.append(torch.from_numpy(np.ascontiguousarray(x)))
+        x = normalize([read_image(p) for p in chunk], spec.replace(layout="NCHW"))  # torch takes NCHW
+        out.append(torch.from_numpy(x))
         bar.update(len(chunk))
     bar.close()
     return out
@@ -114,7 +112,7 @@ def new_record(
 
 def spec_input_shape(spec: ModelSpec) -> tuple[int, int, int]:
     h, w = spec.input_size
-    return (3, int(h), int(w))
+    return (spec.channels, int(h), int(w))
 
 
 def ptq(

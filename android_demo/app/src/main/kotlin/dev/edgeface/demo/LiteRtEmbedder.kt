@@ -30,7 +30,8 @@ class LiteRtEmbedder(model: ByteBuffer, val spec: ModelSpec, threads: Int) : Aut
     init {
         val h = spec.inputHeight
         val w = spec.inputWidth
-        val want = if (spec.layout == Layout.NCHW) intArrayOf(1, 3, h, w) else intArrayOf(1, h, w, 3)
+        val c = spec.channelOrder.channels
+        val want = if (spec.layout == Layout.NCHW) intArrayOf(1, c, h, w) else intArrayOf(1, h, w, c)
         check(inputTensor.shape().contentEquals(want)) {
             "the model's input ${inputTensor.shape().contentToString()} does not match its spec " +
                 "(${spec.layout} ${h}x$w)"

@@ -80,10 +80,10 @@ data class ModelSpec(
             val layout = Layout.values().firstOrNull { it.name == data.opt("layout") }
                 ?: fail("'layout' must be one of NCHW, NHWC, got ${data.opt("layout")}")
             val order = ChannelOrder.values().firstOrNull { it.name == data.opt("channel_order") }
-                ?: fail("'channel_order' must be one of RGB, BGR, got ${data.opt("channel_order")}")
-            val mean = numbers(data, "mean", 3)
+                ?: fail("'channel_order' must be one of RGB, BGR, GRAY, got ${data.opt("channel_order")}")
+            val mean = numbers(data, "mean", order.channels)
             if (mean.any { Math.abs(it) > 255 }) fail("'mean' values must lie in [-255, 255]")
-            val std = numbers(data, "std", 3)
+            val std = numbers(data, "std", order.channels)
             if (std.any { it < 1e-6 || it > 1e6 }) fail("'std' values must be > 0 (and within [1e-6, 1e6])")
             val dim = data.opt("embedding_dim")
             if (!isInteger(dim) || (dim as Number).toLong() < 1 || dim.toLong() > 65536) {
@@ -185,7 +185,8 @@ data class ModelSpec(
 
 enum class Layout { NCHW, NHWC }
 
-enum class ChannelOrder { RGB, BGR }
+/** GRAY is one channel: the BT.601 luma of the face ([Preprocess.luma]), with one mean and one std value. */
+enum class ChannelOrder(val channels: Int) { RGB(3), BGR(3), GRAY(1) }
 
 /** A user-facing problem with a spec file: shown on screen as one line, never a crash. */
 class SpecException(message: String) : IllegalArgumentException(message)

@@ -32,29 +32,42 @@ data class TensorQuant(val scale: Double, val zeroPoint: Int, val dtype: String)
  * Input is an aligned crop as OpenCV holds it: BGR, interleaved, 8 bits per channel, `inputHeight` x
  * `inputWidth` (alignment produces exactly that size, so unlike the Python function no resize happens
  * here). Each value becomes `(v / 255 - mean[c]) / std[c]` in float32, in the spec's channel order and
- * layout, for a batch of one.
+ * layout, for a batch of one. A GRAY spec's one channel is the luma of each pixel ([luma]).
  */
 object Preprocess {
     fun normalize(bgr: ByteArray, spec: ModelSpec): FloatArray {
         val h = spec.inputHeight
         val w = spec.inputWidth
+        val n = spec.channelOrder.channels
         require(bgr.size == h * w * 3) { "expected a ${h}x${w} BGR face (${h * w * 3} bytes), got ${bgr.size}" }
-        val mean = FloatArray(3) { spec.mean[it].toFloat() }
-        val std = FloatArray(3) { spec.std[it].toFloat() }
-        val out = FloatArray(h * w * 3)
+        val mean = FloatArray(n) { spec.mean[it].toFloat() }
+        val std = FloatArray(n) { spec.std[it].toFloat() }
+        val out = FloatArray(h * w * n)
         for (y in 0 until h) {
             for (x in 0 until w) {
-                for (c in 0 until 3) {
+                val p = (y * w + x) * 3
+                for (c in 0 until n) {
                     // c is the channel index in the spec's order; the source is BGR.
-                    val src = if (spec.channelOrder == ChannelOrder.RGB) 2 - c else c
-                    val v = (bgr[(y * w + x) * 3 + src].toInt() and 0xFF).toFloat()
-                    val dst = if (spec.layout == Layout.NCHW) (c * h + y) * w + x else (y * w + x) * 3 + c
+                    val v = when (spec.channelOrder) {
+                        ChannelOrder.GRAY -> luma(byte(bgr, p), byte(bgr, p + 1), byte(bgr, p + 2))
+                        ChannelOrder.RGB -> byte(bgr, p + 2 - c)
+                        ChannelOrder.BGR -> byte(bgr, p + c)
+                    }.toFloat()
+                    val dst = if (spec.layout == Layout.NCHW) (c * h + y) * w + x else (y * w + x) * n + c
                     out[dst] = (v / 255f - mean[c]) / std[c]
                 }
             }
         }
         return out
     }
+
+    /**
+     * BT.601 luma of one pixel in 14-bit fixed point, as `edgeface.runtime.preprocess.luma` computes it:
+     * (1868 B + 9617 G + 4899 R + 8192) >> 14, the weights 0.114, 0.587, 0.299 times 2^14, rounded.
+     */
+    fun luma(b: Int, g: Int, r: Int): Int = (1868 * b + 9617 * g + 4899 * r + 8192) shr 14
+
+    private fun byte(a: ByteArray, i: Int): Int = a[i].toInt() and 0xFF
 
     /** The spec's input quantization applied to a normalised tensor; fails for a float model. */
     fun quantizeInput(x: FloatArray, spec: ModelSpec): ByteArray {
