@@ -20,6 +20,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"../shared is missing (looked in {SHARED}); see README")
 
 
+@pytest.fixture(autouse=True)
+def _notes_on() -> None:
+    """Each test starts with `note:` lines on: an in-process `quantize --quiet` silences them for the rest
+    of the process (the CLI decides again at every run; a library caller after it would not)."""
+    from edgeface import quiet
+
+    quiet.silence_notes(False)
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     return SHARED
