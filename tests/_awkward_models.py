@@ -21,6 +21,8 @@
 - `gray_lightcnn`: a LightCNN-like net on 128x128 grayscale faces (one input channel, pixel / 255 with
   mean 0 and std 1), Max-Feature-Map activations; its `edgeface_spec` declares only input_size,
   channel_order GRAY, mean and std (the rest takes the defaults).
+- `ghost_net`: a GhostFaceNets-like net: ghost modules (a PReLU output read by a depthwise conv and a
+  concat), trained-like slopes, squeeze-and-excitation with hard-sigmoid gates, Hardswish, SiLU.
 """
 
 from __future__ import annotations
@@ -317,3 +319,65 @@ def gray_lightcnn() -> nn.Module:
     model = GrayLightCNN()
     model.edgeface_spec = {"input_size": [128, 128], "channel_order": "GRAY", "mean": [0.0], "std": [1.0]}
     return model
+
+
+class _SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(c, c // 4, 1)
+        self.expand = nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.hardsigmoid(self.expand(F.relu(self.reduce(self.pool(x)))))
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: half the channels from a 1x1 conv, the other half from a cheap depthwise conv of
+    those, concatenated (the PReLU output is read twice: by the depthwise conv and the concat)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        half = cout // 2
+        self.primary = nn.Sequential(
+            nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.PReLU(half)
+        )
+        self.cheap = nn.Sequential(
+            nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False), nn.BatchNorm2d(half), nn.PReLU(half)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], dim=1)
+
+
+class GhostNet(nn.Module):
+    """A GhostFaceNets-like net: ghost modules with trained-like PReLU slopes, squeeze-and-excitation with
+    hard-sigmoid gates, Hardswish and SiLU activations, a GDC head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish())
+        self.g1 = _Ghost(16, 32)
+        self.dw = nn.Sequential(nn.Conv2d(32, 32, 3, 2, 1, groups=32, bias=False), nn.BatchNorm2d(32))
+        self.se = _SqueezeExcite(32)
+        self.g2 = _Ghost(32, 32)
+        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.SiLU())
+        self.down2 = nn.Sequential(nn.Conv2d(64, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.SiLU())
+        self.gdc = nn.Sequential(nn.Conv2d(64, 64, 7, 1, 0, groups=64, bias=False), nn.BatchNorm2d(64))
+        self.fc = nn.Linear(64, 128, bias=False)
+        for k, m in enumerate(m for m in self.modules() if isinstance(m, nn.PReLU)):
+            m.weight.data.copy_(trained_like_slopes(m.weight.numel(), 10 + k))
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.g1(self.stem(x))
+        x = self.se(self.dw(x))
+        x = x + self.g2(x)
+        x = self.gdc(self.down2(self.down(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def ghost_net() -> nn.Module:
+    return GhostNet()
