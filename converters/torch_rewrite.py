@@ -261,7 +261,7 @@ def _channel_ranges(net: Any, sites: list[_Site], batches: Iterable[np.ndarray])
     try:
         with torch.no_grad():
             for batch in batches:
-                net(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+                net(torch.as_tensor(np.ascontiguousarray(batch, np.float32)))
     finally:
         for h in handles:
             h.remove()
@@ -279,7 +279,6 @@ def prelu_as_max(
     learned activation grids belong to the original channels) every layer keeps the form its slopes allow.
     Single-slope PReLUs are left alone.
     """
-    from edgeface.converters.equalize import prelu_scales
     from torch import nn
 
     out = copy.deepcopy(net).eval()
@@ -303,12 +302,31 @@ def prelu_as_max(
             report.rewritten += 1
             report.max_form += int(exact_max)
     if calib is not None and sites:
-        stats = _channel_ranges(out, list(sites.values()), calib)
-        for name, s in sites.items():
-            if name not in stats:  # not reached by the forward pass
-                continue
-            lo_x, hi_x, lo_y, hi_y = stats[name]
-            d = prelu_scales((lo_x, lo_y), (hi_x, hi_y), _reader_weights(out, s), alpha)
-            _scale_channels(out, s, d)
-            report.equalized.append(name)
+        report.equalized = _equalize(out, list(sites.values()), calib, alpha)
     return out, report
+
+
+def equalize_prelus(net: Any, calib: Iterable[Any], alpha: float = 0.5) -> list[str]:
+    """Range-equalize, in place, the PReLU layers `_sites` finds in `net` (PReLU modules kept: scaling a
+    channel by d_c > 0 commutes with any slope), on calibration batches (NCHW); their names.
+
+    `edgeface quantize` runs it before it learns any grid, so a checkpoint's per-tensor grids are those
+    of the even channels the exporters would otherwise make themselves (equalize.py says why)."""
+    return _equalize(net, _sites(net), calib, alpha)
+
+
+def _equalize(net: Any, sites: list[_Site], calib: Iterable[Any], alpha: float) -> list[str]:
+    from edgeface.converters.equalize import prelu_scales
+
+    if not sites:
+        return []
+    stats = _channel_ranges(net, sites, calib)
+    done = []
+    for s in sites:
+        if s.prelu not in stats:  # not reached by the forward pass
+            continue
+        lo_x, hi_x, lo_y, hi_y = stats[s.prelu]
+        d = prelu_scales((lo_x, lo_y), (hi_x, hi_y), _reader_weights(net, s), alpha)
+        _scale_channels(net, s, d)
+        done.append(s.prelu)
+    return done

@@ -1,0 +1,114 @@
+"""`edgeface quantize` checkpoints of a PReLU net with trained-like slopes (negative and above 1) through
+`edgeface export`, both formats: the PReLU-as-max grid shared by x, a x and the max is 8-bit in w6a6
+where a slope lies beyond [-1, 1] (a 6-bit rounding of x reached the output |a| times over: parity
+0.95 / 0.94 to the checkpoint, measured), and TFLite negates channels around a checkpoint's PReLUs as it
+does for float weights (they kept the three-op form a x + (1 - a) relu(x), three roundings)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from edgeface.converters import qdq
+from edgeface.converters import tflite_learned as tl
+from onnx import numpy_helper
+
+from edgeface.cli.main import main
+
+LFW = Path(__file__).parents[1].parent / "shared" / "data" / "lfw"
+PV = "tests._awkward_models:prelu_view_net"
+
+
+@pytest.fixture(scope="module")
+def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 aligned faces of 40 compression-split identities (the export minimum is 72)."""
+    from edgeface.data.lfw import compression_split
+
+    by_id: dict[str, list[Path]] = {}
+    for p in compression_split(LFW):
+        by_id.setdefault(p.parent.name, []).append(p)
+    root = tmp_path_factory.mktemp("calib")
+    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
+        for p in ps:
+            (root / p.parent.name).mkdir(exist_ok=True)
+            shutil.copy(p, root / p.parent.name / p.name)
+    return root
+
+
+def _quantize_and_export(calib: Path, out: Path, bits: str, capsys: pytest.CaptureFixture) -> dict[str, dict]:
+    """{suffix: report row} of `edgeface export` (both formats) of a `quantize --bits BITS` checkpoint."""
+    ckpt = out / "q.pt"
+    args = ["quantize", "-m", PV, "--bits", bits, "--calib", str(calib), "--num-images", "32", "--quiet"]
+    assert main([*args, "-o", str(ckpt)]) == 0
+    capsys.readouterr()
+    flag = "--w6a6" if bits == "w6a6" else "--int8"
+    args = ["export", "-m", PV, "-w", str(ckpt), flag, "--format", "onnx,tflite", "--calib", str(calib)]
+    args += ["-o", str(out), "--calib-images", "48", "--parity-images", "24", "--min-cosine", "0.5", "--json"]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-1500:]
+    return {Path(r["path"]).suffix: r for r in json.loads(captured.out)}
+
+
+def test_w6a6_prelu_checkpoint_exports_at_the_parity_of_its_checkpoint(
+    calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rows = _quantize_and_export(calib, tmp_path, "w6a6", capsys)
+    # cosine to the checkpoint's fake-quant forward; before: ONNX 0.9478, TFLite 0.9372 (measured)
+    assert rows[".onnx"]["parity"]["mean_cosine"] >= 0.965, rows[".onnx"]["parity"]
+    assert rows[".tflite"]["parity"]["mean_cosine"] >= 0.965, rows[".tflite"]["parity"]
+
+    proto = onnx.load(rows[".onnx"]["path"])
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    maxes = [n for n in proto.graph.node if n.op_type == "Max"]
+    assert len(maxes) >= 4  # every PReLU whose output convs read (pw and res feed the residual Add)
+    for m in maxes:  # every layer has a slope beyond [-1, 1] (test_amplifying_prelus...)
+        codes = producer[producer[m.input[0]].input[0]]  # Max <- DequantizeLinear <- the codes
+        assert codes.op_type == "QuantizeLinear", m.name  # 8-bit: not clamped to 64 codes by a Clip
+    assert any(n.op_type == "Clip" for n in proto.graph.node)  # while the other tensors are 6-bit
+
+    model = tl.read(Path(rows[".tflite"]["path"]).read_bytes())
+    ops = [tl.op_name(model, op) for op in model.subgraphs[0].operators]
+    # stem, dw and down in one max (stem and down negated: slopes above 1); pw, res and last (a residual
+    # Add, a Linear behind a view read them) keep a x + (1 - a) relu(x)
+    assert ops.count("MAXIMUM") == 3
+
+
+def test_int8_prelu_checkpoint_meets_the_parity_bar(
+    calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rows = _quantize_and_export(calib, tmp_path, "w8a8", capsys)
+    for row in rows.values():
+        assert row["parity"]["mean_cosine"] >= 0.99, row["parity"]
+
+
+def test_amplifying_prelus_are_the_ones_with_a_slope_beyond_one() -> None:
+    from edgeface.converters.onnx_float import export_float_onnx, prelu_as_max
+
+    from tests._awkward_models import prelu_view_net
+
+    net = prelu_view_net()
+    graph = prelu_as_max(export_float_onnx(net, (112, 96)), any_slope=True)
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    found = set(qdq.amplifying_prelus(graph))
+    for n in graph.graph.node:
+        if qdq.is_prelu_max(n):
+            slope = next(inits[s.input[1]] for s in graph.graph.node if n.input[1] in s.output)
+            assert (n.input[0] in found) == bool(np.abs(slope).max() > 1)
+    assert len(found) == sum(qdq.is_prelu_max(n) for n in graph.graph.node)  # all of them, here
+    with_small_slopes = prelu_as_max(export_float_onnx(_small_slopes(net), (112, 96)), any_slope=True)
+    assert qdq.amplifying_prelus(with_small_slopes) == []
+
+
+def _small_slopes(net: object) -> object:
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.PReLU):
+                m.weight.clamp_(-1.0, 1.0)
+    return net
