@@ -1,8 +1,9 @@
 """`edgeface quantize` checkpoints of a PReLU net with trained-like slopes (negative and above 1) through
-`edgeface export`, both formats: the PReLU-as-max grid shared by x, a x and the max is 8-bit in w6a6
-where a slope lies beyond [-1, 1] (a 6-bit rounding of x reached the output |a| times over: parity
-0.95 / 0.94 to the checkpoint, measured), and TFLite negates channels around a checkpoint's PReLUs as it
-does for float weights (they kept the three-op form a x + (1 - a) relu(x), three roundings)."""
+`edgeface export`, both formats. quantize range-equalizes the PReLU layers before it learns any grid
+(torch_rewrite.equalize_prelus); the PReLU-as-max grid shared by x, a x and the max is 8-bit in w6a6
+where a slope lies beyond [-1, 1] (a 6-bit rounding of x reached the output |a| times over); TFLite
+negates channels around a checkpoint's PReLUs as it does for float weights (they kept the three-op form
+a x + (1 - a) relu(x), three roundings)."""
 
 from __future__ import annotations
 
@@ -58,16 +59,17 @@ def test_w6a6_prelu_checkpoint_exports_at_the_parity_of_its_checkpoint(
     calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     rows = _quantize_and_export(calib, tmp_path, "w6a6", capsys)
-    # cosine to the checkpoint's fake-quant forward; before: ONNX 0.9478, TFLite 0.9372 (measured)
+    # cosine to the checkpoint's fake-quant forward: ONNX 0.9809, TFLite 0.9742 (measured; before: the
+    # 6-bit shared grid and no equalization in quantize, 0.9569 and 0.9455)
     assert rows[".onnx"]["parity"]["mean_cosine"] >= 0.965, rows[".onnx"]["parity"]
     assert rows[".tflite"]["parity"]["mean_cosine"] >= 0.965, rows[".tflite"]["parity"]
 
     proto = onnx.load(rows[".onnx"]["path"])
     producer = {o: n for n in proto.graph.node for o in n.output}
-    maxes = [n for n in proto.graph.node if n.op_type == "Max"]
+    maxes = [n for n in proto.graph.node if qdq.is_prelu_max(n)]
     assert len(maxes) >= 4  # every PReLU whose output convs read (pw and res feed the residual Add)
     for m in maxes:  # every layer has a slope beyond [-1, 1] (test_amplifying_prelus...)
-        codes = producer[producer[m.input[0]].input[0]]  # Max <- DequantizeLinear <- the codes
+        codes = producer[m.input[0]]  # the Max runs on x's codes
         assert codes.op_type == "QuantizeLinear", m.name  # 8-bit: not clamped to 64 codes by a Clip
     assert any(n.op_type == "Clip" for n in proto.graph.node)  # while the other tensors are 6-bit
 
@@ -82,8 +84,8 @@ def test_int8_prelu_checkpoint_meets_the_parity_bar(
     calib: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     rows = _quantize_and_export(calib, tmp_path, "w8a8", capsys)
-    for row in rows.values():
-        assert row["parity"]["mean_cosine"] >= 0.99, row["parity"]
+    for row in rows.values():  # min cosine ONNX 0.9926, TFLite 0.9920 (before: 0.9870, 0.9879; measured)
+        assert row["parity"]["mean_cosine"] >= 0.99 and row["parity"]["min_cosine"] >= 0.99, row["parity"]
 
 
 def test_amplifying_prelus_are_the_ones_with_a_slope_beyond_one() -> None:
