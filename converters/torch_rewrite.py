@@ -275,8 +275,9 @@ def prelu_as_max(
 
     With `flip`, the layers `_sites` finds get the max form whatever their slopes, their channels with slope
     above 1 negated around them; with `calib` (NCHW float batches) as well, their channels are equalized on
-    those images (equalize.prelu_scales, `alpha` for dense readers). Without `flip` (a checkpoint whose
-    learned activation grids belong to the original channels) every layer keeps the form its slopes allow.
+    those images (equalize.prelu_scales, `alpha` for dense readers). Without `flip` every layer keeps the
+    form its slopes allow. A checkpoint's float twin is flipped but not equalized here: `edgeface quantize`
+    equalized it before it learned its grids (equalize_prelus).
     Single-slope PReLUs are left alone.
     """
     from torch import nn
