@@ -81,7 +81,7 @@ def build_onnx(
     missing = [p for p in points if p not in ranges]
     if missing and stats is None:
         raise ValueError(f"no calibration statistics for {missing[0]}, which the plan does not cover")
-    # a checkpoint never rounds a PReLU's input; an integer graph must, on 8 bits where slopes amplify it
+    # a PReLU's input is rounded before its slopes multiply it: 8 bits where they amplify it
     wide = [p for p in qdq.amplifying_prelus(float_proto) if p in missing] if bits < 8 else []
     if missing:
         ranges.update(

@@ -140,9 +140,9 @@ def build_tflite(
     if (hint := scripted_hint(net, "TFLite export")) is not None:
         raise ModelError(hint)
     key = id(net)
-    # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales (they
-    # belong to the original channels; negating channels, which keeps a symmetric weight grid, is done for
-    # both); exact in float, so the fp32 artifact shares the equalized graph
+    # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales
+    # (`edgeface quantize` equalized it before learning them); channels are negated for both (a symmetric
+    # weight grid holds a negated channel); exact in float, so the fp32 artifact shares the equalized graph
     equalize = bool(batches) and not plan
     if _FLOAT_CACHE.get("key") != key or (
         equalize and precision != "fp32" and not _FLOAT_CACHE.get("calibrated")
