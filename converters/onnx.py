@@ -81,14 +81,9 @@ def build_onnx(
     missing = [p for p in points if p not in ranges]
     if missing and stats is None:
         raise ValueError(f"no calibration statistics for {missing[0]}, which the plan does not cover")
-    # a PReLU's input is rounded before its slopes multiply it: 8 bits where they amplify it
-    wide = [p for p in qdq.amplifying_prelus(float_proto) if p in missing] if bits < 8 else []
     if missing:
-        ranges.update(
-            qdq.calibrated_ranges(float_proto, [p for p in missing if p not in wide], stats, method, bits)
-        )
-        ranges.update(qdq.calibrated_ranges(float_proto, wide, stats, method, 8))
-    act_bits = {**dict.fromkeys(wide, 8), **(plan or {}).get("activation_bits", {})}
+        ranges.update(qdq.calibrated_ranges(float_proto, missing, stats, method, bits))
+    act_bits = dict((plan or {}).get("activation_bits", {}))
     act = qdq.activation_plan(
         float_proto,
         {p: ranges[p] for p in points},

@@ -429,24 +429,6 @@ def activation_plan(
     return plan
 
 
-def amplifying_prelus(proto: Any) -> list[str]:
-    """The inputs of the PReLU-as-Max layers with a slope beyond [-1, 1]. Their grid is 8-bit in w6a6 too:
-    x is rounded before the slope multiplies it, so a slope of -4 carries x's rounding into the output
-    four times over, where `edgeface quantize` (PReLU in float, then the output's grid) has none. 8 bits
-    rather than 6 make x's step 4x finer; activations cost no artifact size (measured in
-    docs/export_hybrid.md: w6a6 PReLU nets with slopes in [-4, 2.2])."""
-    from onnx import numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    slope_of = {n.output[0]: n.input[1] for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 1}
-    out = []
-    for node in proto.graph.node:
-        w = inits.get(slope_of.get(node.input[1], "")) if is_prelu_max(node) else None
-        if w is not None and float(np.abs(numpy_helper.to_array(w)).max()) > 1.0:
-            out.append(node.input[0])
-    return out
-
-
 def is_prelu_relu(node: Any) -> bool:
     return node.op_type == "Relu" and node.name.endswith("/prelu_relu")
 

@@ -308,8 +308,7 @@ def activation_targets(
     input and output stay 8-bit in w6a6; ops that pass codes through (pad, reshape, max-pool) keep their
     input's grid, and a PReLU-as-max lives on its input's grid (its negative side must not be clipped before
     the slope is applied), widened to span the max's output too (negative slopes reach beyond x's range; as
-    qdq.prelu_ranges for ONNX), as does max(x, eps); that grid is 8-bit in w6a6 when a slope lies beyond
-    [-1, 1] (qdq.amplifying_prelus). Where ai-edge-quantizer decides a grid itself, the
+    qdq.prelu_ranges for ONNX), as does max(x, eps). Where ai-edge-quantizer decides a grid itself, the
     target is what it will do, so that check_targets stays exact: softmax/logistic/tanh write the kernel's
     fixed grid, and an input of a concat (which puts its inputs on its output's grid) that only the concat
     reads is written on the concat's grid by its producer.
@@ -329,21 +328,17 @@ def activation_targets(
     known = learned.activations if learned is not None else {}
     users = tl.consumers(graph)
     widen: dict[str, str] = {}  # PReLU-as-max input -> its output, whose range the input's grid spans
-    wide: set[str] = set()  # PReLU-as-max inputs whose slopes amplify their rounding: 8 bits
     for k, op in enumerate(graph.operators):
         if tl.is_prelu_slope(model, graph, k, users) and tl.op_name(model, op) == "DEPTHWISE_CONV_2D":
             m = graph.operators[users[int(op.outputs[0])][0]]
             if tl.op_name(model, m) == "MAXIMUM":
                 widen[name[op.inputs[0]]] = name[m.outputs[0]]
-                slopes = tl.buffer_array(model, graph.tensors[op.inputs[1]], np.float32)
-                if float(np.abs(slopes).max()) > 1.0:  # as qdq.amplifying_prelus: 8 bits in w6a6 too
-                    wide.add(name[op.inputs[0]])
 
     def target(n: str) -> Any:
         if n in known:
             s, z, qmin, b = known[n]
             return tl.from_affine(s, z, qmin, b, hold=bits < 8 and n not in ends)
-        b = 8 if n in ends or n in wide else bits
+        b = 8 if n in ends else bits
         lo, hi = stats.range(n, method, b)
         if n in widen:  # see torch_rewrite: the max's output reaches beyond x's range for slopes < 0
             y_lo, y_hi = stats.range(widen[n], method, b)

@@ -149,7 +149,7 @@ def ptq(
     shape = spec_input_shape(spec)
     qmodel, place = prepare_float(model, shape, keep_float)
     given_plan = plan
-    plan = plan or amplifying_prelus_8bit(qmodel, place, resolve_bits(place, bits, layer_bits))
+    plan = plan or resolve_bits(place, bits, layer_bits)
     smoothed = migrate_outliers(qmodel, place, batches, smooth, plan)
     from edgeface.converters.torch_rewrite import equalize_prelus  # exact: the float function is kept
 
@@ -209,7 +209,7 @@ def _transplant(
     """The structure with `keep_float`, holding `qmodel`'s (smoothed, calibrated) values; None if it needs
     a quantizer `qmodel` does not have."""
     gm, place = prepare_float(model, shape, keep_float)
-    plan = amplifying_prelus_8bit(gm, place, resolve_bits(place, bits, layer_bits))
+    plan = resolve_bits(place, bits, layer_bits)
     old = qmodel.state_dict()
     if not set(plan["activations"]) <= set(activation_names(qmodel)):
         return None
@@ -219,24 +219,6 @@ def _transplant(
         return None
     gm.load_state_dict({k: old[k] for k in new}, strict=True)
     return gm, place, plan
-
-
-def amplifying_prelus_8bit(
-    gm: fx.GraphModule, place: Any, plan: dict[str, dict[str, int]]
-) -> dict[str, dict[str, int]]:
-    """`plan` with the output grid of every PReLU that has a slope beyond [-1, 1] at 8 bits (w6a6). The
-    exporters run PReLU as max(x, a x) on one grid for x and the output, 8-bit there because the slope
-    multiplies x's rounding (converters/qdq.amplifying_prelus); the checkpoint rounds that output on the
-    same number of codes, so it is what its artifacts compute. Activations cost no size."""
-    acts = dict(plan["activations"])
-    for p in place.points:
-        end = p.end
-        if acts.get(p.name, 8) >= 8 or end.op != "call_module":
-            continue
-        m = gm.get_submodule(str(end.target))
-        if isinstance(m, nn.PReLU) and float(m.weight.detach().abs().max()) > 1.0:
-            acts[p.name] = 8
-    return {**plan, "activations": acts}
 
 
 def activation_names(qmodel: nn.Module) -> list[str]:
