@@ -22,7 +22,7 @@ LFW = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--weights", required=True, help="the fp32 weights (the reference)")
+    ap.add_argument("--weights", help="the fp32 weights (the reference; default: the model's own)")
     ap.add_argument("--checkpoint", help="an `edgeface quantize` checkpoint, run as fake-quant")
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("artifacts", nargs="*")
@@ -48,10 +48,17 @@ def main() -> None:
         (art, art, None) for art in a.artifacts
     ]
     print(f"{a.model}: {len(crops)} LFW test-fold images, cosine to the fp32 weights {a.weights}\n")
-    print("| model | mean cosine | min cosine |\n|---|---:|---:|")
+    ck = embed(a.model, a.checkpoint) if a.checkpoint else None
+    print("| model | mean cosine | min cosine | to the checkpoint, mean / min |\n|---|---:|---:|---:|")
     for label, ref, weights in rows:
-        cos = np.sum(embed(ref, weights) * fp32, axis=1)
-        print(f"| {label} | {cos.mean():.5f} | {cos.min():.5f} |")
+        e = ck if weights else embed(ref, weights)
+        cos = np.sum(e * fp32, axis=1)
+        to_ck = "" if ck is None or weights else "{:.5f} / {:.5f}".format(*_mean_min(np.sum(e * ck, axis=1)))
+        print(f"| {label} | {cos.mean():.5f} | {cos.min():.5f} | {to_ck} |")
+
+
+def _mean_min(cos: np.ndarray) -> tuple[float, float]:
+    return float(cos.mean()), float(cos.min())
 
 
 if __name__ == "__main__":

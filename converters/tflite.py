@@ -143,8 +143,9 @@ def build_tflite(
     if (hint := scripted_hint(net, "TFLite export")) is not None:
         raise ModelError(hint)
     key = id(net)
-    # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales (they
-    # belong to the original channels); exact in float, so the fp32 artifact shares the equalized graph
+    # PReLU channels are equalized on the calibration images unless a checkpoint brings learned scales
+    # (`edgeface quantize` equalized it before learning them); channels are negated for both (a symmetric
+    # weight grid holds a negated channel); exact in float, so the fp32 artifact shares the equalized graph
     equalize = bool(batches) and not plan
     if _FLOAT_CACHE.get("key") != key or (
         equalize and precision != "fp32" and not _FLOAT_CACHE.get("calibrated")
@@ -153,7 +154,7 @@ def build_tflite(
 
         _FLOAT_CACHE.clear()
         calib = [b.transpose(0, 3, 1, 2) for b in batches] if equalize else None
-        rewritten, rewrite = prelu_as_max(net, calib, flip=not plan)
+        rewritten, rewrite = prelu_as_max(net, calib)
         _FLOAT_CACHE.update(
             key=key,
             data=fold_constants(_convert(rewritten, spec))[0],

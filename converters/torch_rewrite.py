@@ -93,9 +93,22 @@ class PReLURewrite:
 
 
 def _is_conv(m: Any) -> bool:
+    """A plain Conv2d, or the float twin of an `edgeface quantize` layer (its weight rounding switched off:
+    a checkpoint exports its float twin, converters/learned.py)."""
     from torch import nn
 
-    return type(m) is nn.Conv2d
+    from edgeface.compress.quant.fakequant import QuantConv2d
+
+    return type(m) is nn.Conv2d or (type(m) is QuantConv2d and not m.quant_enabled)
+
+
+def _passes_through(m: Any) -> bool:
+    """A module that returns its input: nn.Identity, or a checkpoint twin's switched-off quantizer."""
+    from torch import nn
+
+    from edgeface.compress.quant.fakequant import ActQuant
+
+    return type(m) is nn.Identity or (type(m) is ActQuant and not m.enabled)
 
 
 def _is_bn(m: Any) -> bool:
@@ -113,11 +126,12 @@ def _is_bn(m: Any) -> bool:
 def _sites(net: Any) -> list[_Site]:
     """The per-channel PReLUs of `net` whose channels can be rescaled, exactly: input from a Conv2d or
     BatchNorm2d read by nothing else, output read only by Conv2d/BatchNorm2d layers as their one input, each
-    module called once and owning its parameters. Nothing when the module does not trace."""
+    module called once and owning its parameters; modules that pass a tensor through (_passes_through) may
+    sit between them. Nothing when the module does not trace."""
     from torch import fx, nn
 
-    try:
-        graph = fx.symbolic_trace(net).graph
+    try:  # a checkpoint's twin keeps its own graph: retracing would inline its quantized layers
+        graph = net.graph if isinstance(net, fx.GraphModule) else fx.symbolic_trace(net).graph
     except Exception:  # noqa: BLE001 - any model code fx cannot follow: every layer keeps its exact form
         return []
     modules = dict(net.named_modules(remove_duplicate=False))
@@ -143,6 +157,27 @@ def _sites(net: Any) -> list[_Site]:
             return m.num_features == c
         return _is_conv(m) and (m.in_channels if reader else m.out_channels) == c
 
+    def through(node: Any) -> bool:
+        return (
+            node.op == "call_module"
+            and _passes_through(modules[node.target])
+            and len(node.args) == 1
+            and not node.kwargs
+        )
+
+    def source(node: Any) -> Any:
+        """The node whose value `node` passes on unchanged (itself unless it passes through)."""
+        while isinstance(node, fx.Node) and through(node) and len(node.users) == 1:
+            node = node.args[0]
+        return node
+
+    def reads(node: Any) -> list[tuple[Any, Any]]:
+        """(reader, the node it reads) of `node`'s value, past modules that pass it through."""
+        out = []
+        for u in node.users:
+            out.extend(reads(u) if through(u) else [(u, node)])
+        return out
+
     found = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.PReLU):
@@ -151,14 +186,14 @@ def _sites(net: Any) -> list[_Site]:
         c = prelu.weight.numel()
         if c < 2 or calls[id(prelu)] != 1 or node.kwargs or len(node.args) != 1:
             continue
-        producer, readers = node.args[0], list(node.users)
+        producer, readers = source(node.args[0]), reads(node)
         if (
             single(producer, c, reader=False)
-            and list(producer.users) == [node]
+            and reads(producer) == [(node, node.args[0])]
             and readers
-            and all(single(r, c, reader=True) and r.args[0] is node for r in readers)
+            and all(single(r, c, reader=True) and r.args[0] is src for r, src in readers)
         ):
-            found.append(_Site(node.target, producer.target, [r.target for r in readers]))
+            found.append(_Site(node.target, producer.target, [r.target for r, _ in readers]))
     return found
 
 
@@ -226,7 +261,7 @@ def _channel_ranges(net: Any, sites: list[_Site], batches: Iterable[np.ndarray])
     try:
         with torch.no_grad():
             for batch in batches:
-                net(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+                net(torch.as_tensor(np.ascontiguousarray(batch, np.float32)))
     finally:
         for h in handles:
             h.remove()
@@ -240,11 +275,11 @@ def prelu_as_max(
 
     With `flip`, the layers `_sites` finds get the max form whatever their slopes, their channels with slope
     above 1 negated around them; with `calib` (NCHW float batches) as well, their channels are equalized on
-    those images (equalize.prelu_scales, `alpha` for dense readers). Without `flip` (a checkpoint whose
-    learned activation grids belong to the original channels) every layer keeps the form its slopes allow.
+    those images (equalize.prelu_scales, `alpha` for dense readers). Without `flip` every layer keeps the
+    form its slopes allow. A checkpoint's float twin is flipped but not equalized here: `edgeface quantize`
+    equalized it before it learned its grids (equalize_prelus).
     Single-slope PReLUs are left alone.
     """
-    from edgeface.converters.equalize import prelu_scales
     from torch import nn
 
     out = copy.deepcopy(net).eval()
@@ -268,12 +303,31 @@ def prelu_as_max(
             report.rewritten += 1
             report.max_form += int(exact_max)
     if calib is not None and sites:
-        stats = _channel_ranges(out, list(sites.values()), calib)
-        for name, s in sites.items():
-            if name not in stats:  # not reached by the forward pass
-                continue
-            lo_x, hi_x, lo_y, hi_y = stats[name]
-            d = prelu_scales((lo_x, lo_y), (hi_x, hi_y), _reader_weights(out, s), alpha)
-            _scale_channels(out, s, d)
-            report.equalized.append(name)
+        report.equalized = _equalize(out, list(sites.values()), calib, alpha)
     return out, report
+
+
+def equalize_prelus(net: Any, calib: Iterable[Any], alpha: float = 0.5) -> list[str]:
+    """Range-equalize, in place, the PReLU layers `_sites` finds in `net` (PReLU modules kept: scaling a
+    channel by d_c > 0 commutes with any slope), on calibration batches (NCHW); their names.
+
+    `edgeface quantize` runs it before it learns any grid, so a checkpoint's per-tensor grids are those
+    of the even channels the exporters would otherwise make themselves (equalize.py says why)."""
+    return _equalize(net, _sites(net), calib, alpha)
+
+
+def _equalize(net: Any, sites: list[_Site], calib: Iterable[Any], alpha: float) -> list[str]:
+    from edgeface.converters.equalize import prelu_scales
+
+    if not sites:
+        return []
+    stats = _channel_ranges(net, sites, calib)
+    done = []
+    for s in sites:
+        if s.prelu not in stats:  # not reached by the forward pass
+            continue
+        lo_x, hi_x, lo_y, hi_y = stats[s.prelu]
+        d = prelu_scales((lo_x, lo_y), (hi_x, hi_y), _reader_weights(net, s), alpha)
+        _scale_channels(net, s, d)
+        done.append(s.prelu)
+    return done

@@ -149,6 +149,9 @@ def ptq(
     given_plan = plan
     plan = plan or resolve_bits(place, bits, layer_bits)
     smoothed = migrate_outliers(qmodel, place, batches, smooth, plan)
+    from edgeface.converters.torch_rewrite import equalize_prelus  # exact: the float function is kept
+
+    equalized = equalize_prelus(qmodel, batches)
     reference = copy.deepcopy(qmodel)
     insert_quantizers(qmodel, place, plan)
     record = new_record(bits, plan, place, shape)
@@ -185,6 +188,7 @@ def ptq(
         bias_correction=bias_correction,
         smooth=smooth,
         smoothed=smoothed,
+        prelu_equalized=equalized,
         wall_s=round(time.perf_counter() - start, 2),
     )
     if calibration == "percentile":
