@@ -47,3 +47,22 @@ def mfn_weights() -> Path:
 @pytest.fixture(scope="session")
 def mfn_onnx() -> Path:
     return MFN_ONNX
+
+
+@pytest.fixture(scope="session")
+def pair_faces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 aligned faces, two of each of 40 compression-split identities: enough for an export (its minimum
+    is 72 calibration images) and for impostor pairs, read-only for every test that takes it."""
+    import shutil
+
+    from edgeface.data.lfw import compression_split
+
+    by_id: dict[str, list[Path]] = {}
+    for p in compression_split(LFW):
+        by_id.setdefault(p.parent.name, []).append(p)
+    root = tmp_path_factory.mktemp("pair_faces")
+    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
+        for p in ps:
+            (root / p.parent.name).mkdir(exist_ok=True)
+            shutil.copy(p, root / p.parent.name / p.name)
+    return root

@@ -5,7 +5,6 @@ arithmetic; multi-format export that keeps what passes; our failures as one line
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,19 +38,8 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """80 aligned faces of 40 compression-split identities (the export minimum is 72)."""
-    from edgeface.data.lfw import compression_split
-
-    by_id: dict[str, list[Path]] = {}
-    for p in compression_split(LFW):
-        by_id.setdefault(p.parent.name, []).append(p)
-    root = tmp_path_factory.mktemp("calib")
-    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
-        for p in ps:
-            (root / p.parent.name).mkdir(exist_ok=True)
-            shutil.copy(p, root / p.parent.name / p.name)
-    return root
+def calib(pair_faces: Path) -> Path:
+    return pair_faces
 
 
 def test_prelu_rewrites_are_exact_for_any_slope() -> None:

@@ -5,7 +5,6 @@ the spec in the flatbuffer metadata and beside it, parity through LiteRT."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -58,18 +57,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgeface.data.lfw import compression_split
-
-    by_id: dict[str, list[Path]] = {}
-    for p in compression_split(LFW):
-        by_id.setdefault(p.parent.name, []).append(p)
-    root = tmp_path_factory.mktemp("calib")
-    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
-        for p in ps:
-            (root / p.parent.name).mkdir(exist_ok=True)
-            shutil.copy(p, root / p.parent.name / p.name)
-    return root
+def calib_dir(pair_faces: Path) -> Path:
+    return pair_faces
 
 
 def test_tflite_int8_export(

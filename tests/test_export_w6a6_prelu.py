@@ -7,7 +7,6 @@ every activation grid but the graph's input and output."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import onnx
@@ -22,19 +21,8 @@ PV = "tests._awkward_models:prelu_view_net"
 
 
 @pytest.fixture(scope="module")
-def calib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """80 aligned faces of 40 compression-split identities (the export minimum is 72)."""
-    from edgeface.data.lfw import compression_split
-
-    by_id: dict[str, list[Path]] = {}
-    for p in compression_split(LFW):
-        by_id.setdefault(p.parent.name, []).append(p)
-    root = tmp_path_factory.mktemp("calib")
-    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
-        for p in ps:
-            (root / p.parent.name).mkdir(exist_ok=True)
-            shutil.copy(p, root / p.parent.name / p.name)
-    return root
+def calib(pair_faces: Path) -> Path:
+    return pair_faces
 
 
 def _quantize_and_export(calib: Path, out: Path, bits: str, capsys: pytest.CaptureFixture) -> dict[str, dict]:

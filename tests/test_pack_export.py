@@ -7,32 +7,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from edgeface.runtime.pack import MANIFEST, open_pack
 
 from edgeface.cli.main import main
-from tests.test_runtime_support import LFW, SHARED, raw
+from tests.test_runtime_support import SHARED, raw
 
 WEIGHTS = SHARED / "models" / "mobilefacenet_ms1m.pt"
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory) -> Path:
-    """80 aligned faces of 40 compression-split identities (2 each, so impostor pairs exist)."""
-    from edgeface.data.lfw import compression_split
-
-    by_id: dict[str, list[Path]] = {}
-    for p in compression_split(LFW):
-        by_id.setdefault(p.parent.name, []).append(p)
-    root = tmp_path_factory.mktemp("calib")
-    for ps in [ps[:2] for ps in by_id.values() if len(ps) >= 2][:40]:
-        (root / ps[0].parent.name).mkdir()
-        for p in ps:
-            shutil.copy(p, root / p.parent.name / p.name)
-    return root
+def calib_dir(pair_faces: Path) -> Path:
+    return pair_faces
 
 
 def export_args(calib: Path, out: Path, *extra: object) -> list[str]:
