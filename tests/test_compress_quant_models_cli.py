@@ -127,4 +127,26 @@ def test_quantize_names_the_weight_layers_it_leaves_float(
     for model in (HYBRID, "tests._awkward_models:tiny_face_transformer"):
         assert main([*args, "-m", model, "-o", str(tmp_path / "h.pt")]) == 0
         captured = capsys.readouterr()
-        assert "warning:" not in captured.err and json.loads(captured.out)["opaque_float_modules"] == []
+        assert "opaque op" not in captured.err and json.loads(captured.out)["opaque_float_modules"] == []
+
+
+def test_quantize_names_the_conv_layers_its_placement_keeps_float(
+    faces: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A conv whose only reader the per-operator table does not make integer stays float (an integer kernel
+    would not pay), silently before: LightCNN's Max-Feature-Map (chunk, then torch.max of the halves) left
+    every conv of the net float under a "w8a8" label. Its share decides warning or note; the JSON lists
+    each layer with its reader; a plain PReLU CNN gets neither."""
+    import json
+
+    args = ["quantize", "--calib", str(faces), "--num-images", "8", "--json"]
+    assert main([*args, "-m", "tests._awkward_models:gray_lightcnn", "-o", str(tmp_path / "g.pt")]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)["float_weight_layers"]
+    assert [r["name"] for r in rows] == ["conv1.conv", "conv2.conv", "conv3.conv"]
+    assert all(r["weights"] > 0 and r["why"].endswith("(read by max)") for r in rows), rows
+    (line,) = [ln for ln in captured.err.splitlines() if "keep float weights" in ln]
+    assert line.startswith("warning: 3 conv/linear layer(s)") and "(18 % of the model's)" in line, line
+    assert main([*args, "-m", "tests._awkward_models:prelu_view_net", "-o", str(tmp_path / "p.pt")]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["float_weight_layers"] == [] and "keep float" not in captured.err

@@ -18,6 +18,7 @@ from edgeface.cli.options import (
     model_options,
 )
 from edgeface.io import dumps_json
+from edgeface.quiet import note
 
 BITS = ("w8a8", "w6a6", "mixed")
 
@@ -82,6 +83,25 @@ def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
         f"forward calls {'it' if one else 'each'} as one opaque op (quantize writes out only torch.nn's "
         "own MultiheadAttention without add_bias_kv/add_zero_attn, TransformerEncoder and its layers) "
         "and export keeps it float; call its Linear layers in forward to make them integer"
+    )
+
+
+KEPT_FLOAT_WARN = 10.0  # % of the weights: above it, layers the placement kept float are a warning
+
+
+def kept_share(kept: list[tuple[str, int, str]], net: Any) -> float:
+    from edgeface.compress.quant.prepare import weight_count
+
+    return 100.0 * sum(w for _, w, _ in kept) / max(weight_count(net), 1)
+
+
+def kept_float_line(kept: list[tuple[str, int, str]], net: Any) -> str:
+    """One line naming the Conv2d/Linear layers the placement kept float, their share, and the first why."""
+    share = kept_share(kept, net)
+    names = ", ".join(n for n, _, _ in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+    return (
+        f"{len(kept)} conv/linear layer(s) keep float weights ({share:.0f} % of the model's): {names}; "
+        f"{kept[0][0]}: {kept[0][2]}; --json lists them all"
     )
 
 
@@ -271,7 +291,7 @@ def quantize_cmd(
         raise EdgefaceError("--report needs an LFW root (pairs.txt + aligned112/): give --lfw DIR")
 
     from edgeface.compress.quant import mixed_precision, model_size_bytes, ptq, qat, quant_plan
-    from edgeface.compress.quant.prepare import opaque_weight_modules
+    from edgeface.compress.quant.prepare import float_weight_layers, opaque_weight_modules
     from edgeface.models.loading import load_model
 
     rank, world = join_distributed()
@@ -357,6 +377,8 @@ def quantize_cmd(
         data["mixed"] = {k: v for k, v in mixed_report.items() if k != "sensitivity"}
     floating = opaque_weight_modules(qmodel)
     data["opaque_float_modules"] = [{"name": n, "class": c, "weights": w} for n, c, w in floating]
+    kept = float_weight_layers(qmodel)
+    data["float_weight_layers"] = [{"name": n, "weights": w, "why": why} for n, w, why in kept]
     if rank == 0:
         save_quantized(out, qmodel, spec, model, loaded.checkpoint, plan)
         if plan_path:
@@ -378,6 +400,12 @@ def quantize_cmd(
             data["report"] = [str(p) for p in write_report(rep, report_path)]
         if floating:
             click.echo(f"warning: {float_weights_line(floating, net)}", err=True)
+        if kept:  # a small share is the placement's usual choice (convs before LayerNorm): a note
+            line = kept_float_line(kept, net)
+            if kept_share(kept, net) >= KEPT_FLOAT_WARN:
+                click.echo(f"warning: {line}", err=True)
+            else:
+                note(line)
         click.echo(dumps_json(data) if as_json else summary_line(data))
     if world > 1:
         import torch.distributed as dist
