@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +71,16 @@ def summary_line(data: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
-    """One line naming the opaque modules whose weights stayed float and their share of the weights."""
+def weight_share(counts: Iterable[int], net: Any) -> float:
+    """Percent of `net`'s weights that `counts` (weights of some of its modules) add up to."""
     from edgeface.compress.quant.prepare import weight_count
 
-    share = 100.0 * sum(w for _, _, w in floating) / max(weight_count(net), 1)
+    return 100.0 * sum(counts) / max(weight_count(net), 1)
+
+
+def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
+    """One line naming the opaque modules whose weights stayed float and their share of the weights."""
+    share = weight_share((w for _, _, w in floating), net)
     names = ", ".join(f"{n} ({c})" for n, c, _ in floating[:3])
     more = f" and {len(floating) - 3} more" if len(floating) > 3 else ""
     one = len(floating) == 1
@@ -89,15 +95,8 @@ def float_weights_line(floating: list[tuple[str, str, int]], net: Any) -> str:
 KEPT_FLOAT_WARN = 10.0  # % of the weights: above it, layers the placement kept float are a warning
 
 
-def kept_share(kept: list[tuple[str, int, str]], net: Any) -> float:
-    from edgeface.compress.quant.prepare import weight_count
-
-    return 100.0 * sum(w for _, w, _ in kept) / max(weight_count(net), 1)
-
-
-def kept_float_line(kept: list[tuple[str, int, str]], net: Any) -> str:
+def kept_float_line(kept: list[tuple[str, int, str]], share: float) -> str:
     """One line naming the Conv2d/Linear layers the placement kept float, their share, and the first why."""
-    share = kept_share(kept, net)
     names = ", ".join(n for n, _, _ in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
     return (
         f"{len(kept)} conv/linear layer(s) keep float weights ({share:.0f} % of the model's): {names}; "
@@ -291,7 +290,8 @@ def quantize_cmd(
         raise EdgefaceError("--report needs an LFW root (pairs.txt + aligned112/): give --lfw DIR")
 
     from edgeface.compress.quant import mixed_precision, model_size_bytes, ptq, qat, quant_plan
-    from edgeface.compress.quant.prepare import float_weight_layers, opaque_weight_modules
+    from edgeface.compress.quant.plan import float_weight_layers
+    from edgeface.compress.quant.prepare import opaque_weight_modules
     from edgeface.models.loading import load_model
 
     rank, world = join_distributed()
@@ -401,8 +401,9 @@ def quantize_cmd(
         if floating:
             click.echo(f"warning: {float_weights_line(floating, net)}", err=True)
         if kept:  # a small share is the placement's usual choice (convs before LayerNorm): a note
-            line = kept_float_line(kept, net)
-            if kept_share(kept, net) >= KEPT_FLOAT_WARN:
+            share = weight_share((w for _, w, _ in kept), net)
+            line = kept_float_line(kept, share)
+            if share >= KEPT_FLOAT_WARN:
                 click.echo(f"warning: {line}", err=True)
             else:
                 note(line)

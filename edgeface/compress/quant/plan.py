@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from edgeface.compress.quant.fakequant import ActQuant, QuantConv2d, QuantLinear, act_range, weight_range
 from edgeface.compress.quant.fold import get_module, is_passthrough
-from edgeface.compress.quant.prepare import opaque_weight_modules
+from edgeface.compress.quant.prepare import FLOAT_KEY, opaque_weight_modules, weight_count
 
 
 def _act(q: ActQuant) -> dict[str, Any]:
@@ -107,6 +107,26 @@ def _readers(gm: fx.GraphModule, node: fx.Node) -> list[str]:
             if key not in ("getattr", "size", "dim"):
                 out.append(key)
     return sorted(set(out))
+
+
+def float_weight_layers(model: nn.Module) -> list[tuple[str, int, str]]:
+    """(layer, weight count, why) of each Conv2d / Linear on the input's data path that the placement kept
+    float for a reason of its own (not --keep-float): typically a conv whose only readers are ops the
+    per-operator table does not make integer (LightCNN's Max-Feature-Map: chunk, then torch.max of the
+    halves), so an integer kernel would not pay. "w8a8" alone would imply those weights are integer."""
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return []
+    found = []
+    for node in graph.nodes:
+        why = node.meta.get(FLOAT_KEY)
+        if node.op != "call_module" or not why or why.startswith("--keep-float"):
+            continue
+        module = model.get_submodule(str(node.target))
+        if type(module) in (nn.Conv2d, nn.Linear):
+            read = ", ".join(_readers(model, node))
+            found.append((str(node.target), weight_count(module), f"{why} (read by {read})"))
+    return found
 
 
 def quant_plan(qmodel: nn.Module) -> dict[str, Any]:

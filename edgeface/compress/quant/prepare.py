@@ -469,37 +469,6 @@ def opaque_weight_modules(model: nn.Module) -> list[tuple[str, str, int]]:
     return found
 
 
-def float_weight_layers(model: nn.Module) -> list[tuple[str, int, str]]:
-    """(layer, weight count, why) of each Conv2d / Linear on the input's data path that the placement kept
-    float for a reason of its own (not --keep-float): typically a conv whose only readers are ops the
-    per-operator table does not make integer (LightCNN's Max-Feature-Map: chunk, then torch.max of the
-    halves), so an integer kernel would not pay. "w8a8" alone would imply those weights are integer."""
-    graph = getattr(model, "graph", None)
-    if graph is None:
-        return []
-
-    def readers(node: fx.Node) -> list[str]:  # the first ops past moves (chunk, getitem, view, ...)
-        out: list[str] = []
-        for user in node.users:
-            rule = rule_of(model, user)
-            if rule is not None and rule.kind == "same_grid":
-                out += readers(user)
-            else:
-                out.append("the model output" if user.op == "output" else op_name(model, user))
-        return out
-
-    found = []
-    for node in graph.nodes:
-        why = node.meta.get(FLOAT_KEY)
-        if node.op != "call_module" or not why or why.startswith("--keep-float"):
-            continue
-        module = model.get_submodule(str(node.target))
-        if type(module) in (nn.Conv2d, nn.Linear):
-            read = sorted(set(readers(node)))
-            found.append((str(node.target), weight_count(module), f"{why} (read by {', '.join(read)})"))
-    return found
-
-
 def set_quant_enabled(model: nn.Module, weights: bool | None = None, activations: bool | None = None) -> None:
     for m in model.modules():
         if weights is not None and isinstance(m, QuantConv2d | QuantLinear):
