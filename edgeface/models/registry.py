@@ -9,7 +9,8 @@ forward pass, since guessing it wrong would only fail later and more confusingly
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,21 @@ def _describe(out: Any) -> str:
     return str(getattr(out, "shape", type(out).__name__))
 
 
+@contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    """A probe forward: eval mode (BatchNorm on its running statistics, no dropout), no autograd, and the
+    model's own mode back afterwards, whatever the forward raised."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 class _FirstConv(Exception):
     """Raised by a pre-hook to stop the probe forward at the first conv: only its input matters."""
 
@@ -151,15 +167,12 @@ def first_conv(model: nn.Module, input_size: tuple[int, int], channels: int = 3)
         raise _FirstConv
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _probing(model):
             model(torch.zeros(1, channels, *input_size))
     except Exception:  # noqa: BLE001 - _FirstConv, or a forward that fails before any conv
         pass
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     if not found or found[0][2] != channels:
@@ -203,13 +216,10 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
     import torch
 
     c, (h, w) = spec.channels, spec.input_size
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _probing(model):
             out = model(torch.zeros(1, c, h, w))
     except Exception as e:
-        model.train(was_training)
         reason = _channel_error(model, spec)
         if reason is not None:
             raise reason from None
@@ -218,8 +228,6 @@ def _measure_embedding_dim(model: nn.Module, spec: ModelSpec) -> int:
             f"the model fails on a 1x{c}x{h}x{w} input ({type(e).__name__}: {first}); give --spec with its "
             "input_size, or declare EDGEFACE_SPEC in its module"
         ) from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
         raise EdgefaceError(
             f"model output must be a [batch, dim] embedding tensor, got {_describe(out)}; make the factory "
@@ -245,22 +253,20 @@ def _default_spec(model: nn.Module, name: str, declared: dict[str, Any]) -> Mode
     a 1-channel model RGB would be a default that cannot run. Declared three-value mean/std keep RGB, so a
     1-channel model gets the channel error that names its first conv."""
     counts = {len(v) for k in ("mean", "std") if isinstance(v := declared.get(k), list)}
-    if counts == {1}:
-        return ModelSpec(name=name, channel_order=GRAY, mean=(0.5,), std=(0.5,))
     if counts:
-        return ModelSpec(name=name)
-    size = declared.get("input_size")
-    probe = (
-        tuple(size)
-        if isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and 8 <= v <= 4096 for v in size)
-        else (112, 112)
-    )
-    conv = first_conv(model, probe)  # type: ignore[arg-type]
-    if conv is not None and conv[1] == 1:
-        return ModelSpec(name=name, channel_order=GRAY, mean=(0.5,), std=(0.5,))
-    return ModelSpec(name=name)
+        gray = counts == {1}
+    else:
+        size = declared.get("input_size")
+        probe = (
+            tuple(size)
+            if isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and 8 <= v <= 4096 for v in size)
+            else (112, 112)
+        )
+        conv = first_conv(model, probe)  # type: ignore[arg-type]
+        gray = conv is not None and conv[1] == 1
+    return ModelSpec(name=name, channel_order=GRAY, mean=(0.5,), std=(0.5,)) if gray else ModelSpec(name=name)
 
 
 def defaulted_note(defaulted: list[str], spec: ModelSpec) -> str | None:
