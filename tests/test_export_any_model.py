@@ -59,15 +59,22 @@ def test_prelu_rewrites_are_exact_for_any_slope() -> None:
         assert torch.allclose(module(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+def _outputs(
+    net: torch.nn.Module, proto: onnx.ModelProto, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ONNX Runtime's output, torch's) for one random input of `size`."""
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    return _session(proto).run(None, {"input": x.numpy()})[0], ref
+
+
 def test_shape_arithmetic_in_op_arguments_exports() -> None:
     """`h, w = x.shape[-2:]; F.avg_pool2d(x, (h, w))` cannot be traced with a symbolic batch (the pooling
     kernel must be a constant); the static-batch export takes it, and computes what torch does."""
     net = shape_pool_net()
     proto = export_float_onnx(net, (112, 112))
-    x = torch.randn(1, 3, 112, 112)
-    with torch.no_grad():
-        ref = net(x).numpy()
-    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    out, ref = _outputs(net, proto, (112, 112))
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
@@ -81,16 +88,15 @@ def test_adaptive_pooling_to_any_size_exports_exactly() -> None:
 
     net = adaptive_pool_net()
     proto = export_float_onnx(net, (112, 96))
-    x = torch.randn(1, 3, 112, 96)
-    with torch.no_grad():
-        ref = net(x).numpy()
-    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    out, ref = _outputs(net, proto, (112, 96))
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
     assert "MatMul" in {n.op_type for n in proto.graph.node}
     # the pooling matrices do not pose as Linear layers (a quantize checkpoint matches layers to those)
     assert [n.op_type for n in weighted_nodes(proto)] == ["Conv", "Conv", "Gemm"]
     with pytest.raises(torch.onnx.errors.SymbolicValueError, match="not factor"), torch.no_grad():
-        torch.onnx.export(net, (x,), io.BytesIO(), dynamo=False, opset_version=17)  # torch's own, restored
+        torch.onnx.export(
+            net, (torch.randn(1, 3, 112, 96),), io.BytesIO(), dynamo=False, opset_version=17
+        )  # torch's own, restored
 
 
 def test_batchnorm1d_on_vectors_exports() -> None:
@@ -101,10 +107,7 @@ def test_batchnorm1d_on_vectors_exports() -> None:
     proto = export_float_onnx(net, (112, 112))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("BatchNormalization") == 1 and ops.count("Gemm") == 1
-    x = torch.randn(1, 3, 112, 112)
-    with torch.no_grad():
-        ref = net(x).numpy()
-    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    out, ref = _outputs(net, proto, (112, 112))
     assert np.abs(out - ref).max() < 1e-5
 
 
@@ -116,10 +119,7 @@ def test_transformer_encoder_exports_without_its_fused_fast_path() -> None:
     assert torch.backends.mha.get_fastpath_enabled()
     proto = export_float_onnx(net, (112, 112))
     assert torch.backends.mha.get_fastpath_enabled()
-    x = torch.randn(1, 3, 112, 112)
-    with torch.no_grad():
-        ref = net(x).numpy()
-    out = _session(proto).run(None, {"input": x.numpy()})[0]
+    out, ref = _outputs(net, proto, (112, 112))
     assert np.abs(out - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
